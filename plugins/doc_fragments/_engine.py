@@ -1,0 +1,26 @@
+# -*- coding: utf-8 -*-
+# Copyright: safedeploy.compose contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Private doc fragment of safedeploy.compose: may change without notice.
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+
+    # Paired with plugins/module_utils/_engine.py (ENGINE_ARGUMENT_SPEC).
+    DOCUMENTATION = r'''
+options:
+  docker_host:
+    description:
+      - Address of the Docker engine API, for example C(unix:///var/run/docker.sock) or C(tcp://127.0.0.1:2375).
+      - When not set, the E(DOCKER_HOST) environment variable is used, else C(unix:///var/run/docker.sock).
+    type: str
+  engine_timeout:
+    description:
+      - Seconds to wait for one Docker engine API call before giving up.
+    type: int
+    default: 60
+requirements:
+  - docker (Python library, 7.0.0 or newer) on the managed host
+'''

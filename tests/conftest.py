@@ -1,0 +1,106 @@
+"""Shared pytest plumbing: the collection on sys.path, a module runner, and the test bed fixtures.
+
+Modules run exactly as Ansible runs them on a host: a separate Python process reading
+``{"ANSIBLE_MODULE_ARGS": ...}`` from a file, so ``fail_json``/``exit_json`` and no_log
+filtering behave as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COLLECTIONS = ROOT / '.build' / 'collections'
+LINK = COLLECTIONS / 'ansible_collections' / 'safedeploy' / 'compose'
+
+
+def ensure_collection_link():
+    """Expose this checkout as ansible_collections.safedeploy.compose (idempotent)."""
+    LINK.parent.mkdir(parents=True, exist_ok=True)
+    if not LINK.is_symlink():
+        LINK.symlink_to(os.path.relpath(ROOT, LINK.parent))
+    return COLLECTIONS
+
+
+ensure_collection_link()
+if str(COLLECTIONS) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS))
+sys.path.insert(0, str(ROOT / 'tests'))
+
+from testbed import testbed as testbed_mod  # noqa: E402  (needs sys.path above)
+
+
+class ModuleResult(dict):
+    """A module's JSON result plus the raw process output (for no_log assertions)."""
+
+    stdout = ''
+    stderr = ''
+    rc = 0
+
+    @property
+    def failed(self):
+        return bool(self.get('failed'))
+
+
+def run_module(name, args, check=False, diff=False, env=None, timeout=300):
+    """Run plugins/modules/<name>.py as Ansible would and return its parsed result."""
+    payload = dict(args)
+    payload['_ansible_check_mode'] = check
+    payload['_ansible_diff'] = diff
+    payload.setdefault('_ansible_remote_tmp', tempfile.gettempdir())
+    payload.setdefault('_ansible_tmpdir', tempfile.gettempdir())
+    with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as handle:
+        json.dump({'ANSIBLE_MODULE_ARGS': payload}, handle)
+        args_file = handle.name
+    run_env = dict(os.environ)
+    run_env['PYTHONPATH'] = os.pathsep.join([str(COLLECTIONS), run_env.get('PYTHONPATH', '')]).rstrip(os.pathsep)
+    if env:
+        run_env.update(env)
+    try:
+        proc = subprocess.run(
+            [sys.executable, '-m', 'ansible_collections.safedeploy.compose.plugins.modules.%s' % name, args_file],
+            capture_output=True, text=True, env=run_env, timeout=timeout, check=False)
+    finally:
+        os.unlink(args_file)
+    try:
+        start = proc.stdout.index('{')
+        result = ModuleResult(json.loads(proc.stdout[start:]))
+    except ValueError:
+        raise AssertionError('module %s printed no JSON (rc=%s)\nstdout:\n%s\nstderr:\n%s'
+                             % (name, proc.returncode, proc.stdout, proc.stderr))
+    result.stdout, result.stderr, result.rc = proc.stdout, proc.stderr, proc.returncode
+    return result
+
+
+@pytest.fixture(name='run_module')
+def run_module_fixture():
+    return run_module
+
+
+@pytest.fixture(scope='session')
+def testbed():
+    """The engine, the two registries and the test images (brought up once, idempotently)."""
+    return testbed_mod.up()
+
+
+@pytest.fixture(scope='session')
+def small_engine(testbed):
+    """A second dockerd whose data-root is a small loop-mounted ext4 filesystem (torn down after)."""
+    engine = testbed_mod.small_engine_up()
+    yield engine
+    testbed_mod.small_engine_down()
+
+
+@pytest.fixture
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
