@@ -1,0 +1,61 @@
+# safedeploy.compose: the two commands the README promises, and their parts.
+#   make demo   roll a demo stack out, break it, watch it roll back (local engine + registry)
+#   make test   sanity, lint, unit, integration, molecule, bench smoke: everything CI runs
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.build/collections
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: test demo venv collection testbed testbed-down sanity lint unit integration molecule bench bench-smoke clean
+
+test: venv collection testbed
+	@tests/run-suite
+
+demo: venv collection testbed
+	@$(BIN)/python demo/demo.py
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+collection:
+	@mkdir -p .build/collections/ansible_collections/safedeploy
+	@test -L .build/collections/ansible_collections/safedeploy/compose || ln -s ../../../.. .build/collections/ansible_collections/safedeploy/compose
+
+testbed: venv
+	$(BIN)/python tests/testbed/testbed.py up > /dev/null
+
+testbed-down: venv
+	$(BIN)/python tests/testbed/testbed.py down
+
+sanity: venv
+	tests/sanity/sanity.sh
+
+lint: venv collection
+	$(BIN)/ansible-lint
+
+unit: venv collection
+	tests/pytest-honest tests/unit $(PYTEST_ARGS)
+
+integration: venv collection testbed
+	tests/pytest-honest tests/integration $(PYTEST_ARGS)
+
+molecule: venv collection testbed
+	tests/run-molecule
+
+bench: venv collection testbed
+	$(BIN)/python bench/run.py
+
+bench-smoke: venv collection testbed
+	$(BIN)/python bench/run.py --smoke
+
+clean:
+	rm -rf .build tests/output .pytest_cache

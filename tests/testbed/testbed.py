@@ -1,0 +1,419 @@
+"""The safedeploy.compose test bed: a real Docker engine, two real registries and test images.
+
+Everything here is real and local: Debian's dockerd, Debian's docker-registry on 127.0.0.1 only,
+images built FROM scratch with busybox-static (nothing is pulled from a public registry).
+
+    python tests/testbed/testbed.py up          # engine + registries + images (idempotent)
+    python tests/testbed/testbed.py status      # what is up, as JSON
+    python tests/testbed/testbed.py small-up    # second dockerd on a small loop-mounted ext4
+    python tests/testbed/testbed.py small-down
+    python tests/testbed/testbed.py down        # stop what this test bed started
+
+pytest uses the same functions through the fixtures in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STATE = Path(os.environ.get('SAFEDEPLOY_TESTBED_DIR', '/var/lib/safedeploy-testbed'))
+LOGS = STATE / 'logs'
+APT_PACKAGES = ['docker.io', 'docker-compose', 'docker-registry', 'busybox-static', 'apache2-utils',
+                'openssh-server', 'iproute2', 'e2fsprogs', 'util-linux', 'shellcheck']
+REGISTRY = '127.0.0.1:5000'
+AUTH_REGISTRY = '127.0.0.1:5001'
+AUTH_USER = 'safedeploy'
+APP_REPO = REGISTRY + '/safedeploy-test/app'
+BIG_REPO = REGISTRY + '/safedeploy-test/big'
+MAIN_DOCKER_HOST = 'unix:///var/run/docker.sock'
+SMALL = STATE / 'small'
+SMALL_SOCKET = '/run/safedeploy-testbed-small.sock'
+SMALL_DOCKER_HOST = 'unix://' + SMALL_SOCKET
+SMALL_BRIDGE = 'sdtb0'
+SMALL_BRIDGE_CIDR = '172.31.250.1/24'
+
+# tag -> (APP_VERSION, APP_MODE, with Docker HEALTHCHECK)
+APP_IMAGES = {
+    'v1': ('v1', 'healthy', False),
+    'v2': ('v2', 'healthy', False),
+    'v3': ('v3', 'crash', False),
+    'slow': ('slow', 'slow', False),
+    'error500': ('error500', 'error500', False),
+    'wrongport': ('wrongport', 'wrongport', False),
+    'flap': ('flap', 'flap', False),
+    'hc-v1': ('hc-v1', 'healthy', True),
+    'hc-slow': ('hc-slow', 'slow', True),
+}
+
+
+def log(msg):
+    print('testbed: %s' % msg, file=sys.stderr, flush=True)
+
+
+def run(argv, check=True, **kwargs):
+    return subprocess.run(argv, check=check, text=True, capture_output=True, **kwargs)
+
+
+# ---------------------------------------------------------------- packages and daemons
+
+def ensure_packages():
+    needed = {'dockerd': 'docker.io', 'docker-compose': 'docker-compose', 'docker-registry': 'docker-registry',
+              'htpasswd': 'apache2-utils', 'mkfs.ext4': 'e2fsprogs', 'ip': 'iproute2', 'losetup': 'util-linux',
+              'sshd': 'openssh-server', 'shellcheck': 'shellcheck'}
+    missing = [pkg for cmd, pkg in needed.items() if not shutil.which(cmd, path=os.environ.get('PATH', '') + ':/usr/sbin:/sbin')]
+    if run(['dpkg-query', '-W', '-f=${Status}', 'busybox-static'], check=False).stdout != 'install ok installed':
+        missing.append('busybox-static')
+    if not missing:
+        return
+    log('installing Debian packages: %s' % ' '.join(sorted(set(missing))))
+    env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
+    subprocess.run(['apt-get', 'update', '-q'], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(['apt-get', 'install', '-y', '-q', '--no-install-recommends'] + APT_PACKAGES,
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def start_daemon(name, argv):
+    """Start a long-running process in its own session, logging to LOGS/<name>.log; remember its pid."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with open(LOGS / ('%s.log' % name), 'ab') as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True)
+    (STATE / ('%s.pid' % name)).write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_daemon(name, timeout=30):
+    pid_file = STATE / ('%s.pid' % name)
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink()
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        try:  # reap if it is our child
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink()
+    return True
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise RuntimeError('test bed: %s did not come up within %ss (logs in %s)' % (what, timeout, LOGS))
+
+
+def engine_answers(docker_host):
+    import docker
+    try:
+        docker.DockerClient(base_url=docker_host, timeout=5).ping()
+        return True
+    except Exception:
+        return False
+
+
+def ensure_engine():
+    if engine_answers(MAIN_DOCKER_HOST):
+        return
+    log('starting dockerd')
+    start_daemon('dockerd', ['dockerd', '--host', MAIN_DOCKER_HOST])
+    wait_for(lambda: engine_answers(MAIN_DOCKER_HOST), 90, 'dockerd')
+
+
+def http_status(url, auth=None):
+    import requests
+    try:
+        return requests.get(url, auth=auth, timeout=3).status_code
+    except requests.RequestException:
+        return None
+
+
+def auth_password():
+    """The auth registry's password: random, made once, kept 0600 in the test bed's state dir."""
+    path = STATE / 'auth-registry.password'
+    if not path.exists():
+        STATE.mkdir(parents=True, exist_ok=True)
+        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, 'w') as handle:
+            handle.write('tb-' + os.urandom(12).hex())
+    return path.read_text().strip()
+
+
+def registry_config(port, auth):
+    root = STATE / ('registry-%d' % port)
+    (root / 'storage').mkdir(parents=True, exist_ok=True)
+    config = {
+        'version': 0.1,
+        'log': {'level': 'warn'},
+        'storage': {'filesystem': {'rootdirectory': str(root / 'storage')}, 'delete': {'enabled': True}},
+        'http': {'addr': '127.0.0.1:%d' % port, 'secret': 'safedeploy-testbed-%d' % port},
+    }
+    if auth:
+        htpasswd = root / 'htpasswd'
+        line = run(['htpasswd', '-Bbn', AUTH_USER, auth_password()]).stdout.strip()
+        htpasswd.write_text(line + '\n')
+        config['auth'] = {'htpasswd': {'realm': 'safedeploy-testbed', 'path': str(htpasswd)}}
+    path = root / 'config.yml'
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    return path
+
+
+def ensure_registries():
+    for port, auth, expected in ((5000, False, 200), (5001, True, 401)):
+        url = 'http://127.0.0.1:%d/v2/' % port
+        if http_status(url) == expected:
+            continue
+        log('starting docker-registry on 127.0.0.1:%d%s' % (port, ' (htpasswd auth)' if auth else ''))
+        start_daemon('registry-%d' % port, ['docker-registry', 'serve', str(registry_config(port, auth))])
+        wait_for(lambda u=url, e=expected: http_status(u) == e, 30, 'registry on :%d' % port)
+
+
+# ---------------------------------------------------------------- images
+
+def _app_context(directory, version, mode, healthcheck, extra_bytes=0):
+    directory = Path(directory)
+    shutil.copy('/bin/busybox', directory / 'busybox')
+    shutil.copy(HERE / 'app' / 'app.sh', directory / 'app.sh')
+    shutil.copytree(HERE / 'app' / 'www', directory / 'www')
+    lines = [
+        'FROM scratch',
+        'COPY busybox /bin/busybox',
+        'RUN ["/bin/busybox", "--install", "-s", "/bin"]',
+        'RUN mkdir -p /tmp /run && chmod 1777 /tmp',
+        'COPY app.sh /app.sh',
+        'COPY www /srv/www',
+    ]
+    if extra_bytes:
+        with open(directory / 'payload.bin', 'wb') as handle:
+            remaining = extra_bytes
+            while remaining:  # incompressible, so it costs its full size in the registry and on disk
+                chunk = min(remaining, 1 << 20)
+                handle.write(os.urandom(chunk))
+                remaining -= chunk
+        lines.append('COPY payload.bin /srv/payload.bin')
+    lines += [
+        'ENV APP_VERSION=%s APP_MODE=%s APP_PORT=8080' % (version, mode),
+        'LABEL org.opencontainers.image.version="%s" io.safedeploy.testbed="app"' % version,
+    ]
+    if healthcheck:
+        lines.append('HEALTHCHECK --interval=1s --timeout=2s --start-period=1s --retries=2 '
+                     'CMD ["/bin/wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/cgi-bin/health"]')
+    lines.append('ENTRYPOINT ["/bin/sh", "/app.sh"]')
+    (directory / 'Dockerfile').write_text('\n'.join(lines) + '\n')
+
+
+def _recipe_hash(*parts):
+    digest = hashlib.sha256()
+    for path in sorted((HERE / 'app').rglob('*')):
+        if path.is_file():
+            digest.update(path.read_bytes())
+    digest.update(repr(parts).encode())
+    return digest.hexdigest()[:16]
+
+
+def build_app_image(client, ref, version, mode, healthcheck=False, extra_bytes=0, force=False):
+    """Build (unless an image of the same recipe exists) and return the local image."""
+    recipe = _recipe_hash(version, mode, healthcheck, extra_bytes)
+    if not force:
+        try:
+            image = client.images.get(ref)
+            if image.labels.get('io.safedeploy.testbed.recipe') == recipe:
+                return image
+        except Exception:
+            pass
+    with tempfile.TemporaryDirectory(prefix='safedeploy-testbed-') as ctx:
+        _app_context(ctx, version, mode, healthcheck, extra_bytes)
+        with open(Path(ctx) / 'Dockerfile', 'a') as handle:
+            handle.write('LABEL io.safedeploy.testbed.recipe="%s"\n' % recipe)
+        image = client.images.build(path=ctx, tag=ref, rm=True, forcerm=True, pull=False)[0]
+    return image
+
+
+def push(client, ref, auth_config=None):
+    repo, tag = ref.rsplit(':', 1)
+    for line in client.images.push(repo, tag=tag, stream=True, decode=True, auth_config=auth_config):
+        if 'error' in line:
+            raise RuntimeError('push of %s failed: %s' % (ref, line['error']))
+
+
+def registry_digest(ref, auth=None):
+    """The registry's Docker-Content-Digest for ref (host:port/repo:tag), read over the Registry API."""
+    import requests
+    host, rest = ref.split('/', 1)
+    repo, tag = rest.rsplit(':', 1)
+    accept = ', '.join(['application/vnd.oci.image.index.v1+json',
+                        'application/vnd.docker.distribution.manifest.list.v2+json',
+                        'application/vnd.oci.image.manifest.v1+json',
+                        'application/vnd.docker.distribution.manifest.v2+json'])
+    resp = requests.head('http://%s/v2/%s/manifests/%s' % (host, repo, tag), headers={'Accept': accept},
+                         auth=auth, timeout=10)
+    resp.raise_for_status()
+    return resp.headers['Docker-Content-Digest']
+
+
+def ensure_images(client):
+    images = {}
+    for tag, (version, mode, healthcheck) in APP_IMAGES.items():
+        ref = '%s:%s' % (APP_REPO, tag)
+        build_app_image(client, ref, version, mode, healthcheck)
+        push(client, ref)
+        images[tag] = {'ref': ref, 'digest': registry_digest(ref)}
+    return images
+
+
+def ensure_big_images(client, count=4, size_mb=40):
+    """Images of incompressible data, to fill the small-disk engine (pushed once, reused)."""
+    refs = []
+    for index in range(1, count + 1):
+        ref = '%s:%d' % (BIG_REPO, index)
+        build_app_image(client, ref, 'big%d' % index, 'healthy', extra_bytes=size_mb << 20)
+        push(client, ref)
+        refs.append(ref)
+    return refs
+
+
+# ---------------------------------------------------------------- the bed
+
+@dataclass
+class Testbed:
+    docker_host: str = MAIN_DOCKER_HOST
+    registry: str = REGISTRY
+    auth_registry: str = AUTH_REGISTRY
+    auth_user: str = AUTH_USER
+    auth_password: str = ''
+    app_repo: str = APP_REPO
+    big_repo: str = BIG_REPO
+    images: dict = field(default_factory=dict)
+
+    def client(self):
+        import docker
+        return docker.DockerClient(base_url=self.docker_host, timeout=120)
+
+
+def up(build=True):
+    ensure_packages()
+    STATE.mkdir(parents=True, exist_ok=True)
+    ensure_engine()
+    ensure_registries()
+    bed = Testbed(auth_password=auth_password())
+    if build:
+        bed.images = ensure_images(bed.client())
+    return bed
+
+
+def down():
+    small_engine_down()
+    stopped = [name for name in ('registry-5001', 'registry-5000', 'dockerd') if stop_daemon(name)]
+    log('stopped: %s' % (', '.join(stopped) or 'nothing this test bed had started'))
+
+
+# ---------------------------------------------------------------- the small-disk engine
+
+@dataclass
+class SmallEngine:
+    docker_host: str
+    mountpoint: str
+    size_bytes: int
+    bridge: str
+
+
+def _is_mounted(path):
+    return run(['mountpoint', '-q', str(path)], check=False).returncode == 0
+
+
+def small_engine_up(size_mb=400):
+    """A second dockerd whose --data-root lives on a loop-mounted ext4 of size_mb (idempotent)."""
+    mnt = SMALL / 'root'
+    image = SMALL / 'disk.img'
+    mnt.mkdir(parents=True, exist_ok=True)
+    if not _is_mounted(mnt):
+        with open(image, 'wb') as handle:
+            handle.truncate(size_mb << 20)
+        run(['mkfs.ext4', '-q', '-F', '-m', '0', str(image)])
+        run(['mount', '-o', 'loop', str(image), str(mnt)])
+    if run(['ip', 'link', 'show', SMALL_BRIDGE], check=False).returncode != 0:
+        # dockerd given --bridge=none deletes the first engine's docker0: give it a bridge of its own.
+        run(['ip', 'link', 'add', SMALL_BRIDGE, 'type', 'bridge'])
+        run(['ip', 'addr', 'add', SMALL_BRIDGE_CIDR, 'dev', SMALL_BRIDGE])
+        run(['ip', 'link', 'set', SMALL_BRIDGE, 'up'])
+    if not engine_answers(SMALL_DOCKER_HOST):
+        log('starting the small-disk dockerd (%d MB at %s)' % (size_mb, mnt))
+        start_daemon('dockerd-small', [
+            'dockerd', '--host', SMALL_DOCKER_HOST, '--data-root', str(mnt / 'docker'),
+            '--exec-root', '/run/safedeploy-testbed-small', '--pidfile', '/run/safedeploy-testbed-small.pid',
+            '--iptables=false', '--ip-masq=false', '--bridge', SMALL_BRIDGE])
+        wait_for(lambda: engine_answers(SMALL_DOCKER_HOST), 90, 'small-disk dockerd')
+    return SmallEngine(SMALL_DOCKER_HOST, str(mnt), os.statvfs(mnt).f_blocks * os.statvfs(mnt).f_frsize,
+                       SMALL_BRIDGE)
+
+
+def small_engine_down():
+    stop_daemon('dockerd-small')
+    mnt = SMALL / 'root'
+    if mnt.exists() and _is_mounted(mnt):
+        for _attempt in range(20):
+            if run(['umount', str(mnt)], check=False).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            run(['umount', '-l', str(mnt)], check=False)
+    if (SMALL / 'disk.img').exists():
+        (SMALL / 'disk.img').unlink()
+    if run(['ip', 'link', 'show', SMALL_BRIDGE], check=False).returncode == 0:
+        run(['ip', 'link', 'delete', SMALL_BRIDGE], check=False)
+
+
+def main(argv):
+    command = argv[1] if len(argv) > 1 else 'up'
+    if command == 'up':
+        bed = up()
+        data = asdict(bed)
+        data['auth_password'] = '<in %s>' % (STATE / 'auth-registry.password')
+        print(json.dumps(data, indent=2))
+    elif command == 'status':
+        print(json.dumps({
+            'engine': engine_answers(MAIN_DOCKER_HOST),
+            'registry': http_status('http://%s/v2/' % REGISTRY),
+            'auth_registry': http_status('http://%s/v2/' % AUTH_REGISTRY),
+            'small_engine': engine_answers(SMALL_DOCKER_HOST),
+        }, indent=2))
+    elif command == 'small-up':
+        print(json.dumps(asdict(small_engine_up()), indent=2))
+    elif command == 'small-down':
+        small_engine_down()
+    elif command == 'down':
+        down()
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv))
