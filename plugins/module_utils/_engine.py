@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 import traceback
 
 try:
@@ -65,3 +67,465 @@ def connect_engine(module):
     except Exception as exc:  # any failure to reach the engine ends the module the same way
         module.fail_json(msg=describe_engine_error(exc, address, 'answer a ping'))
     return client
+
+
+# ---------------------------------------------------------------- disk usage and reclaim (disk_reclaim)
+#
+# The reclaim plan works on a model of what occupies the engine's disk (EngineInventory):
+# images with their layers (chain ids and sizes), containers, build cache and volumes.
+# Removing something from the model returns what that removal would free: a layer is freed
+# only when the last image using it goes, so two old tags sharing a base layer are counted
+# right. Check mode runs the same plan on the model alone; a real run removes each item from
+# the engine and measures the filesystem again after every removal.
+
+RECLAIM_STAGES = ('containers', 'dangling_images', 'build_cache', 'unused_images', 'volumes')
+STOPPED_CONTAINER_STATES = ('exited', 'created', 'dead')
+COMPOSE_PROJECT_LABEL = 'com.docker.compose.project'
+
+# Dockerfile instructions that only change the image config (no filesystem layer).
+_CONFIG_ONLY_INSTRUCTIONS = frozenset(['ARG', 'CMD', 'ENTRYPOINT', 'ENV', 'EXPOSE', 'HEALTHCHECK', 'LABEL',
+                                       'MAINTAINER', 'ONBUILD', 'SHELL', 'STOPSIGNAL', 'USER', 'VOLUME',
+                                       'WORKDIR'])
+_HEX_ID_RE = re.compile(r'^(sha256:)?([0-9a-f]{12,64})$')
+_NO_REFERENCE = ('<none>:<none>', '<none>@<none>')
+
+
+def usage_percent(used, capacity):
+    return round(100.0 * used / capacity, 2) if capacity > 0 else 0.0
+
+
+def measure_disk(path):
+    """Usage of the filesystem holding `path`, in bytes, computed as df(1) computes it.
+
+    total = all blocks; used = blocks - free blocks (f_bfree); free = blocks an unprivileged
+    writer may still use (f_bavail, df's "Avail"); percent = used / (used + free), df's "Use%"
+    before df rounds it up. Blocks reserved for root (and ext4's own reserve) are neither used
+    nor free, so used + free <= total; a drop of `used` is what df shows as space regained.
+    Raises OSError when `path` does not exist on this host.
+    """
+    stat = os.statvfs(path)
+    used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+    free = stat.f_bavail * stat.f_frsize
+    return dict(path=path, total=stat.f_blocks * stat.f_frsize, used=used, free=free,
+                percent=usage_percent(used, used + free))
+
+
+def usage_after_freeing(usage, freed):
+    """The usage `usage` would have once `freed` more bytes are released (for check mode)."""
+    used = max(usage['used'] - freed, 0)
+    free = usage['free'] + (usage['used'] - used)
+    return dict(usage, used=used, free=free, percent=usage_percent(used, used + free))
+
+
+def engine_root_dir(client):
+    """The engine's DockerRootDir (the directory holding images, containers and volumes)."""
+    return client.info()['DockerRootDir']
+
+
+# --- image references and protection
+
+def normalize_repository(name):
+    """`nginx` -> `docker.io/library/nginx`, `127.0.0.1:5000/app` unchanged (as the engine resolves them)."""
+    parts = name.split('/')
+    if len(parts) == 1 or not ('.' in parts[0] or ':' in parts[0] or parts[0] == 'localhost'):
+        parts.insert(0, 'docker.io')
+    if parts[0] == 'index.docker.io':
+        parts[0] = 'docker.io'
+    if parts[0] == 'docker.io' and len(parts) == 2:
+        parts.insert(1, 'library')
+    return '/'.join(parts)
+
+
+def split_tag(name):
+    """`host:5000/repo:tag` -> (`host:5000/repo`, `tag`); no tag -> (name, None)."""
+    slash, colon = name.rfind('/'), name.rfind(':')
+    if colon > slash:
+        return name[:colon], name[colon + 1:]
+    return name, None
+
+
+def parse_image_ref(ref):
+    """What an image reference names, as a dict of repository, tag, digest and id_prefix.
+
+    Accepted: `repo:tag`, `repo` (tag latest), `repo@sha256:..`, `repo:tag@sha256:..`,
+    `sha256:<hex>` (an image id, or its prefix of at least 12 digits, or a manifest digest)
+    and a bare 64-digit image id. Returns None for a string that is none of these.
+    """
+    text = (ref or '').strip()
+    if not text or any(char.isspace() for char in text):
+        return None
+    hex_id = _HEX_ID_RE.match(text)
+    if hex_id and (hex_id.group(1) or len(hex_id.group(2)) == 64):
+        value = 'sha256:' + hex_id.group(2)
+        return dict(repository=None, tag=None, digest=value if len(value) == 71 else None, id_prefix=value)
+    name, _sep, digest = text.partition('@')
+    if _sep and not re.match(r'^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]+$', digest):
+        return None
+    repository, tag = split_tag(name)
+    if not repository or repository != repository.lower() or repository.startswith('/') or repository.endswith('/'):
+        return None
+    if tag is None and not digest:
+        tag = 'latest'
+    return dict(repository=normalize_repository(repository), tag=tag, digest=digest or None, id_prefix=None)
+
+
+def image_names(image):
+    """The normalized `repo:tag` and `repo@digest` names of an inventory image, and its digests."""
+    tags = set()
+    for tag in image.get('tags') or ():
+        repository, name = split_tag(tag)
+        tags.add('%s:%s' % (normalize_repository(repository), name))
+    digests = set()
+    for ref in image.get('digests') or ():
+        digests.add(ref.partition('@')[2])
+    return tags, digests
+
+
+def ref_protects(parsed, image):
+    """True when the parsed reference names `image` by tag, by digest or by id.
+
+    A digest protects every local image carrying that manifest digest whatever the repository
+    it was pulled from; `repo:tag@digest` protects by the digest and by the tag, so an image
+    recorded by tag and built locally (no RepoDigests) is still kept.
+    """
+    tags, digests = image_names(image)
+    if parsed['id_prefix'] and image['id'].startswith(parsed['id_prefix']):
+        return True
+    if parsed['digest'] and (parsed['digest'] in digests or parsed['digest'] == image['id']):
+        return True
+    return bool(parsed['tag'] and parsed['repository'] and '%s:%s' % (parsed['repository'], parsed['tag']) in tags)
+
+
+class ImageProtection:
+    """The images a reclaim must keep: refs from `protect`, from release ledgers, and projects."""
+
+    def __init__(self):
+        self.entries = []      # (ref, source, parsed)
+        self.projects = set()  # compose projects whose volumes a volume prune keeps
+
+    def add(self, ref, source):
+        parsed = parse_image_ref(ref)
+        if parsed is None:
+            raise ValueError('%r (from %s) is not an image reference; use repo:tag, repo@sha256:<digest>, '
+                             'repo:tag@sha256:<digest> or sha256:<image id>' % (ref, source))
+        self.entries.append((ref, source, parsed))
+
+    def protecting(self, image):
+        """The refs that protect `image` (empty when nothing does)."""
+        return [ref for ref, _source, parsed in self.entries if ref_protects(parsed, image)]
+
+    def report(self, inventory):
+        """[{ref, source, image_ids}] for the result: each protecting ref and the local images it keeps."""
+        report = []
+        for ref, source, parsed in self.entries:
+            ids = sorted(image_id for image_id, image in inventory.images.items() if ref_protects(parsed, image))
+            report.append(dict(ref=ref, source=source, image_ids=ids))
+        for image_id, names in sorted(inventory.images_in_use().items()):
+            image = inventory.images.get(image_id, {})
+            refs = list(image.get('tags') or ()) + list(image.get('digests') or ())
+            report.append(dict(ref=refs[0] if refs else image_id, source='in use by container %s' % ', '.join(sorted(names)),
+                               image_ids=[image_id]))
+        return report
+
+
+# --- the model of the engine's disk
+
+def chain_ids(diff_ids):
+    """Layer chain ids (what the engine stores and shares layers by) from an image's diff ids."""
+    chains = []
+    for diff_id in diff_ids:
+        if chains:
+            diff_id = 'sha256:' + hashlib.sha256(('%s %s' % (chains[-1], diff_id)).encode('ascii')).hexdigest()
+        chains.append(diff_id)
+    return chains
+
+
+def _config_only(created_by):
+    text = created_by or ''
+    words = (text.split('#(nop)', 1)[1] if '#(nop)' in text else text).split()
+    return bool(words) and words[0].upper() in _CONFIG_ONLY_INSTRUCTIONS
+
+
+def layer_sizes(diff_ids, history):
+    """The size of each layer (oldest first) from the engine's image history.
+
+    The history lists every build step newest first with the size of the layer it made; steps
+    that only changed the config (ENV, LABEL, ...) made none. Steps of size 0 are ambiguous;
+    when the count does not come out right, every byte is still attributed, to the top layers.
+    """
+    steps = list(reversed(history or []))
+    sizes = [int(step.get('Size') or 0) for step in steps
+             if int(step.get('Size') or 0) > 0 or not _config_only(step.get('CreatedBy'))]
+    if len(sizes) != len(diff_ids):
+        nonzero = [size for size in sizes if size > 0]
+        sizes = ([0] * len(diff_ids) + nonzero)[-len(diff_ids):] if diff_ids else []
+    return sizes
+
+
+def _clean_refs(refs):
+    return [ref for ref in refs or () if ref not in _NO_REFERENCE]
+
+
+class EngineInventory:
+    """What occupies the engine's disk, as a model a reclaim plan removes things from.
+
+    images: {id: {id, tags, digests, created, size, layers: [(chain_id, bytes)]}}
+    containers: {id: {id, name, state, image_id, created, bytes}}
+    build_cache: [{id, type, bytes, in_use, shared}]
+    volumes: {name: {name, driver, bytes, ref_count, labels}}
+    """
+
+    def __init__(self, images=(), containers=(), build_cache=(), volumes=()):
+        self.images = dict((image['id'], image) for image in images)
+        self.containers = dict((container['id'], container) for container in containers)
+        self.build_cache = list(build_cache)
+        self.volumes = dict((volume['name'], volume) for volume in volumes)
+        self._layer_users = {}
+        for image in self.images.values():
+            for chain, _size in image['layers']:
+                self._layer_users.setdefault(chain, set()).add(image['id'])
+
+    def images_in_use(self):
+        """{image id: [container names]} for every container left, running or not."""
+        used = {}
+        for container in self.containers.values():
+            used.setdefault(container['image_id'], []).append(container['name'])
+        return used
+
+    def image_bytes(self, image_id):
+        """Bytes removing this image would free now: its layers no other image uses."""
+        return sum(size for chain, size in self.images[image_id]['layers']
+                   if self._layer_users.get(chain) == {image_id})
+
+    def build_cache_bytes(self):
+        return sum(entry['bytes'] for entry in self.build_cache if not entry['in_use'] and not entry['shared'])
+
+    def forget(self, candidate):
+        """Take a candidate out of the model; return the bytes its removal frees (an estimate)."""
+        kind, key = candidate['kind'], candidate['id']
+        if kind == 'container':
+            return self.containers.pop(key)['bytes']
+        if kind == 'image':
+            freed = self.image_bytes(key)
+            for chain, _size in self.images.pop(key)['layers']:
+                users = self._layer_users.get(chain, set())
+                users.discard(key)
+                if not users:
+                    self._layer_users.pop(chain, None)
+            return freed
+        if kind == 'build_cache':
+            freed = self.build_cache_bytes()
+            self.build_cache = [entry for entry in self.build_cache if entry['in_use']]
+            return freed
+        if kind == 'volume':
+            return max(self.volumes.pop(key)['bytes'], 0)
+        raise ValueError('unknown reclaim candidate kind %r' % kind)
+
+
+def _image_candidate(image):
+    refs = list(image['tags']) + list(image['digests'])
+    return dict(kind='image', id=image['id'], name=refs[0] if refs else image['id'][:19], refs=refs)
+
+
+def reclaim_candidates(stage, inventory, protection):
+    """What `stage` may remove from `inventory`, oldest first.
+
+    Never an image a remaining container uses (running or not) and never an image any
+    protecting ref names: an image with several tags or digests goes only when none of them
+    is protected. Volumes: unused ones only, never one of a protected compose project.
+    """
+    if stage == 'containers':
+        stopped = [c for c in inventory.containers.values() if c['state'] in STOPPED_CONTAINER_STATES]
+        return [dict(kind='container', id=c['id'], name=c['name'], refs=[])
+                for c in sorted(stopped, key=lambda c: (c['created'], c['id']))]
+    if stage in ('dangling_images', 'unused_images'):
+        in_use = inventory.images_in_use()
+        images = [image for image in inventory.images.values()
+                  if image['id'] not in in_use and not protection.protecting(image)
+                  and (stage == 'unused_images' or not (image['tags'] or image['digests']))]
+        return [_image_candidate(image) for image in sorted(images, key=lambda i: (i['created'], i['id']))]
+    if stage == 'build_cache':
+        records = [entry['id'] for entry in inventory.build_cache if not entry['in_use']]
+        if not records:
+            return []
+        return [dict(kind='build_cache', id='build cache', name='%d unused build cache record(s)' % len(records),
+                     refs=records)]
+    if stage == 'volumes':
+        volumes = [v for v in inventory.volumes.values()
+                   if v['ref_count'] == 0 and v['driver'] == 'local'
+                   and (v['labels'] or {}).get(COMPOSE_PROJECT_LABEL) not in protection.projects]
+        return [dict(kind='volume', id=v['name'], name=v['name'], refs=[]) for v in sorted(volumes, key=lambda v: v['name'])]
+    raise ValueError('unknown reclaim stage %r' % stage)
+
+
+class Reclaimer:
+    """Run reclaim stages in order until usage is at or below `target_percent`.
+
+    read_inventory() returns a fresh EngineInventory; measure() the current disk usage;
+    remove(candidate) removes one candidate from the engine and returns None, or the reason
+    the engine kept it. Without `remove` (check mode) the plan runs on the model alone and
+    usage is estimated. `stages` (the result) grows as the run goes, so a caller that fails
+    half way can still report what was already removed.
+    """
+
+    def __init__(self, read_inventory, protection, target_percent, measure=None, remove=None):
+        self.read_inventory = read_inventory
+        self.protection = protection
+        self.target_percent = target_percent
+        self.measure = measure
+        self.remove = remove
+        self.stages = []
+        self.estimated_bytes = 0
+
+    def reached(self, usage):
+        return usage['percent'] <= self.target_percent
+
+    def run(self, stages, usage, inventory=None):
+        """Return the usage at the end (measured, or estimated in check mode)."""
+        simulate = self.remove is None
+        fresh = inventory
+        for stage in [name for name in RECLAIM_STAGES if name in stages]:
+            if self.reached(usage):
+                break
+            # A real run reads the engine again before each stage: what the previous stage
+            # removed (a stopped container) changes what this one may remove (its image).
+            if simulate:
+                inventory = fresh if fresh is not None else (inventory or self.read_inventory())
+            else:
+                inventory = fresh if fresh is not None else self.read_inventory()
+            fresh = None
+            result = dict(name=stage, removed=[], skipped=[], bytes=0, estimated_bytes=0)
+            self.stages.append(result)
+            used_at_start = usage['used']
+            for candidate in reclaim_candidates(stage, inventory, self.protection):
+                if self.reached(usage):
+                    break
+                estimate = inventory.forget(candidate)
+                item = dict(kind=candidate['kind'], id=candidate['id'], name=candidate['name'],
+                            refs=candidate['refs'], estimated_bytes=estimate, bytes=0)
+                if simulate:
+                    usage = usage_after_freeing(usage, estimate)
+                else:
+                    reason = self.remove(candidate)
+                    if reason:
+                        item['reason'] = reason
+                        result['skipped'].append(item)
+                        continue
+                    after = self.measure()
+                    item['bytes'] = usage['used'] - after['used']
+                    usage = after
+                result['removed'].append(item)
+                result['estimated_bytes'] += estimate
+                self.estimated_bytes += estimate
+            if not simulate:
+                result['bytes'] = used_at_start - usage['used']
+        return usage
+
+
+# --- reading the engine and removing from it
+
+def _read_image_layers(client, image_id, fallback_bytes):
+    try:
+        diff_ids = (client.api.inspect_image(image_id).get('RootFS') or {}).get('Layers') or []
+        sizes = layer_sizes(diff_ids, client.api.history(image_id))
+        return list(zip(chain_ids(diff_ids), sizes))
+    except docker_errors.NotFound:
+        return None
+    except docker_errors.APIError as exc:
+        if is_no_space_error(exc):
+            raise
+        # Without layer details the image's own bytes stand for it as one unshared layer.
+        return [('image:' + image_id, max(fallback_bytes, 0))]
+
+
+def read_engine_inventory(client, layer_cache=None):
+    """An EngineInventory of the engine's images, containers, build cache and volumes (/system/df).
+
+    `layer_cache` ({image id: layers}) spares re-reading layers of images already seen:
+    an image's layers never change.
+    """
+    layer_cache = {} if layer_cache is None else layer_cache
+    usage = client.api.df()
+    images = []
+    for entry in usage.get('Images') or []:
+        image_id = entry['Id']
+        if image_id not in layer_cache:
+            own = int(entry.get('Size') or 0) - max(int(entry.get('SharedSize') or 0), 0)
+            layer_cache[image_id] = _read_image_layers(client, image_id, own)
+        if layer_cache[image_id] is None:
+            continue  # removed while we looked
+        images.append(dict(id=image_id, tags=_clean_refs(entry.get('RepoTags')), digests=_clean_refs(entry.get('RepoDigests')),
+                           created=int(entry.get('Created') or 0), size=int(entry.get('Size') or 0),
+                           layers=layer_cache[image_id]))
+    containers = []
+    for entry in usage.get('Containers') or []:
+        state = entry.get('State') or ''
+        names = [name.lstrip('/') for name in entry.get('Names') or []]
+        size = max(int(entry.get('SizeRw') or 0), 0)
+        if state in STOPPED_CONTAINER_STATES:
+            size += _container_log_bytes(client, entry['Id'])
+        containers.append(dict(id=entry['Id'], name=names[0] if names else entry['Id'][:12], state=state,
+                               image_id=entry.get('ImageID') or '', created=int(entry.get('Created') or 0), bytes=size))
+    build_cache = [dict(id=entry.get('ID') or '', type=entry.get('Type') or '', bytes=int(entry.get('Size') or 0),
+                        in_use=bool(entry.get('InUse')), shared=bool(entry.get('Shared')))
+                   for entry in usage.get('BuildCache') or []]
+    volumes = [dict(name=entry['Name'], driver=entry.get('Driver') or 'local', labels=entry.get('Labels') or {},
+                    bytes=int((entry.get('UsageData') or {}).get('Size', -1)),
+                    ref_count=int((entry.get('UsageData') or {}).get('RefCount', -1)))
+               for entry in usage.get('Volumes') or []]
+    return EngineInventory(images, containers, build_cache, volumes)
+
+
+def _container_log_bytes(client, container_id):
+    """The size of a container's json-file log (removed with it), when this host can see it."""
+    try:
+        log_path = client.api.inspect_container(container_id).get('LogPath') or ''
+        return os.stat(log_path).st_size if log_path else 0
+    except (OSError, docker_errors.APIError):
+        return 0
+
+
+def _remove_image(client, candidate):
+    refs = candidate['refs']
+    repositories = set(split_tag(ref.partition('@')[0])[0] for ref in refs)
+    if len(repositories) > 1:
+        # The engine deletes an image named in several repositories by id only with force
+        # (which would also strip it from stopped containers); untagging each name lets the
+        # last removal delete it, and the engine still refuses if a container appeared meanwhile.
+        for ref in refs:
+            client.api.remove_image(ref, force=False, noprune=False)
+    else:
+        client.api.remove_image(candidate['id'], force=False, noprune=False)
+    try:
+        left = client.api.inspect_image(candidate['id'])
+    except docker_errors.NotFound:
+        return None
+    return 'the engine kept it (still named %s)' % ', '.join(_clean_refs(left.get('RepoTags')) + _clean_refs(left.get('RepoDigests'))
+                                                             or [candidate['id']])
+
+
+def remove_reclaim_candidate(client, candidate):
+    """Remove one candidate from the engine: None when done, else why the engine kept it.
+
+    The engine's own refusals (409: in use, has dependent child images, a container started
+    meanwhile; 404: already gone) become reasons; ENOSPC and failures to reach the engine raise.
+    """
+    kind = candidate['kind']
+    try:
+        if kind == 'container':
+            client.api.remove_container(candidate['id'], v=False, force=False)
+        elif kind == 'image':
+            return _remove_image(client, candidate)
+        elif kind == 'build_cache':
+            client.api.prune_builds(all=True)
+        elif kind == 'volume':
+            client.api.remove_volume(candidate['id'], force=False)
+        else:
+            raise ValueError('unknown reclaim candidate kind %r' % kind)
+    except docker_errors.NotFound:
+        return 'already gone (removed by someone else meanwhile)'
+    except docker_errors.APIError as exc:
+        if is_no_space_error(exc):
+            raise
+        return 'the engine refused: %s' % (exc.explanation or exc)
+    return None

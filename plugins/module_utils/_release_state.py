@@ -389,28 +389,26 @@ def normalize_services(services, release_id):
 
 
 def record_release(ledger, release_id, services, compose_hash=None, source=None, now=None):
-    """Add a candidate release; return warnings. An existing id must have the same images."""
+    """Add `release_id` as a candidate. An id names one set of images for good: recording it
+    again with the same images changes nothing (its status and source stay), with other images
+    fails. A new compose_hash is taken over, because the configuration (an edited .env) may
+    change under the same images and the rollout must see that the running config is not it."""
     validate_release_id(release_id)
     services = normalize_services(services, release_id)
     existing = find_release(ledger, release_id)
-    if existing is not None:
-        if existing['services'] != services:
-            changed = sorted(name for name in set(existing['services']) | set(services)
-                             if existing['services'].get(name) != services.get(name))
-            raise ReleaseStateError(
-                'release %s is already recorded with other images (services differing: %s); a release id is '
-                'immutable: record this build under a new id' % (release_id, ', '.join(changed)))
-        warnings = []
-        if compose_hash is not None and compose_hash != existing.get('compose_hash'):
-            warnings.append('release %s was recorded with compose_hash %s; keeping it (a release id is immutable), '
-                            'the compose configuration given now (%s) differs' % (
-                                release_id, existing.get('compose_hash'), compose_hash))
-        return warnings
-    now = now or utc_now()
-    ledger['releases'].append(dict(
-        id=release_id, status='candidate', created_at=now, updated_at=now, promoted_at=None,
-        services=services, compose_hash=compose_hash, health=None, source=dict(source or {}), reason=None))
-    return []
+    if existing is None:
+        now = now or utc_now()
+        ledger['releases'].append(dict(
+            id=release_id, status='candidate', created_at=now, updated_at=now, promoted_at=None,
+            services=services, compose_hash=compose_hash, health=None, source=dict(source or {}), reason=None))
+    elif existing['services'] != services:
+        differing = sorted(name for name in set(existing['services']) | set(services)
+                           if existing['services'].get(name) != services.get(name))
+        raise ReleaseStateError(
+            'release %s is already recorded with other images (services differing: %s); a release id is '
+            'immutable: record this build under a new id' % (release_id, ', '.join(differing)))
+    elif compose_hash is not None and compose_hash != existing.get('compose_hash'):
+        existing.update(compose_hash=compose_hash, updated_at=now or utc_now())
 
 
 def _require_release(ledger, release_id, action):
@@ -484,9 +482,8 @@ def _evaluate(loaded, action, release, services, compose_hash, source, health, r
     before = loaded.ledger
     after = copy.deepcopy(before)
     after.pop('checksum', None)
-    warnings = []
     if action == 'record':
-        warnings.extend(record_release(after, release, services, compose_hash, source))
+        record_release(after, release, services, compose_hash, source)
     elif action == 'promote':
         promote_release(after, release, health)
     elif action == 'fail':
@@ -497,7 +494,7 @@ def _evaluate(loaded, action, release, services, compose_hash, source, health, r
     changed = loaded.recovered or _content_differs(before, after)
     if changed:
         after['serial'] = before['serial'] + 1
-    return after, changed, evicted, warnings
+    return after, changed, evicted
 
 
 def _result(path, before, after, changed, evicted, warnings):
@@ -528,31 +525,33 @@ def apply_ledger_action(state_dir, project, action='query', release=None, servic
     if history_limit < 1:
         raise ReleaseStateError('history_limit must be at least 1, got %s' % history_limit)
     args = (action, release, services, compose_hash, source, health, reason, fail_status, history_limit)
+    stale = []
     try:
         if check_mode or (action == 'query' and not os.path.isdir(os.path.dirname(path))):
             loaded = read_ledger(state_dir, project, recover_from_backup)
-            after, changed, evicted, warnings = _evaluate(loaded, *args)
-            return _result(path, loaded.ledger, after, changed, evicted, warnings)
-        ensure_project_dir(state_dir, project)
-        flock_path = os.path.join(os.path.dirname(path), LEDGER_FLOCK_NAME)
-        with exclusive_flock(flock_path, 'release ledger %s' % path, timeout=flock_timeout):
-            stale = remove_stale_temp_files(path) + remove_stale_temp_files(path + BACKUP_SUFFIX)
-            loaded = read_ledger(state_dir, project, recover_from_backup)
-            after, changed, evicted, warnings = _evaluate(loaded, *args)
-            if changed:
-                write_ledger(state_dir, project, loaded, after)
+            after, changed, evicted = _evaluate(loaded, *args)
+        else:
+            ensure_project_dir(state_dir, project)
+            flock_path = os.path.join(os.path.dirname(path), LEDGER_FLOCK_NAME)
+            with exclusive_flock(flock_path, 'release ledger %s' % path, timeout=flock_timeout):
+                stale = remove_stale_temp_files(path) + remove_stale_temp_files(path + BACKUP_SUFFIX)
+                loaded = read_ledger(state_dir, project, recover_from_backup)
+                after, changed, evicted = _evaluate(loaded, *args)
+                if changed:
+                    write_ledger(state_dir, project, loaded, after)
     except OSError as exc:
         raise ReleaseStateError(
             'cannot use release ledger %s: %s (%s). Check that state_dir is a local directory this user may write '
-            '(become: true)' % (path, os.strerror(exc.errno) if exc.errno else exc, exc.filename or path))
+            '(become: true)' % (path, exc.strerror or exc, exc.filename or path))
+    warnings = []
     if stale:
-        warnings.insert(0, 'removed %d stale temporary file(s) left by an interrupted write of %s: %s'
+        warnings.append('removed %d stale temporary file(s) left by an interrupted write of %s: %s'
                         % (len(stale), path, ', '.join(os.path.basename(name) for name in stale)))
     if loaded.recovered:
-        warnings.insert(0, 'release ledger %s was %s; restored it from %s (serial %s)%s' % (
-            path, loaded.damaged_cause, path + BACKUP_SUFFIX, after['serial'],
-            '; the damaged file is kept beside it as %s<time>' % (LEDGER_NAME + DAMAGED_SUFFIX)
-            if loaded.damaged_raw is not None else ''))
+        warnings.append('release ledger %s was %s; %s it from %s (serial %s)%s' % (
+            path, loaded.damaged_cause, 'would restore' if check_mode else 'restored', path + BACKUP_SUFFIX,
+            after['serial'], '; the damaged file is kept beside it as %s<time>' % (LEDGER_NAME + DAMAGED_SUFFIX)
+            if loaded.damaged_raw is not None and not check_mode else ''))
     return _result(path, loaded.ledger, after, changed, evicted, warnings)
 
 

@@ -1,0 +1,315 @@
+# -*- coding: utf-8 -*-
+# Copyright: safedeploy.compose contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private module_utils of safedeploy.compose: the Docker Compose command line. Not a public API;
+# it may change in any release.
+#
+# - detect_compose() prefers the v2 plugin (`docker compose`) and falls back to v1 (`docker-compose`).
+# - ComposeProject builds argv lists (never shell strings) that always carry the project name, the
+#   project directory, every -f file and every --env-file, so no command depends on the current
+#   directory or on COMPOSE_* variables of whoever runs Ansible.
+# - render_config() runs `compose config`: it validates the files and gives the effective
+#   configuration, whose sha256 is the compose_hash (a changed .env changes it). The rendered text
+#   may hold secrets from env files: callers keep it to themselves and report only the hash.
+# - Compose has no timeout of its own. Commands run through coreutils `timeout` (TERM at the
+#   deadline, KILL 10 s later, to the whole process group compose starts), via module.run_command;
+#   exit codes 124/137 become ComposeTimeout. A host without `timeout` runs commands unbounded,
+#   with a warning.
+# - remove_interrupted_recreate_leftovers() deletes the `<12 hex>_<name>` containers a recreate
+#   interrupted half-way leaves behind (they block the next `up` with a name conflict).
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+
+try:
+    import yaml
+    HAS_YAML = True
+except ImportError:  # pragma: no cover - PyYAML ships with ansible-core on the controller, maybe not on hosts
+    yaml = None
+    HAS_YAML = False
+
+COMPOSE_FILE_NAMES = ('compose.yaml', 'compose.yml', 'docker-compose.yaml', 'docker-compose.yml')
+PROJECT_LABEL = 'com.docker.compose.project'
+SERVICE_LABEL = 'com.docker.compose.service'
+LEFTOVER_NAME = re.compile(r'^[0-9a-f]{12}_')
+KILL_GRACE_SECONDS = 10
+DETECT_TIMEOUT = 30
+_VERSION = re.compile(r'v?(\d+)\.(\d+)\.(\d+)')
+
+
+class ComposeError(Exception):
+    """A compose command failed or could not run; carries argv, rc and output for the caller's message."""
+
+    def __init__(self, message, argv=None, rc=None, stdout='', stderr=''):
+        super(ComposeError, self).__init__(message)
+        self.message = message
+        self.argv = argv
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class ComposeTimeout(ComposeError):
+    pass
+
+
+class ComposeNotFound(ComposeError):
+    pass
+
+
+class ComposeCli(object):
+    """The compose command found on this host: argv prefix and version."""
+
+    def __init__(self, argv, version):
+        self.argv = list(argv)
+        self.version = version
+        match = _VERSION.search(version or '')
+        self.version_info = tuple(int(part) for part in match.groups()) if match else (0, 0, 0)
+
+    @property
+    def major(self):
+        return self.version_info[0]
+
+    @property
+    def is_v1(self):
+        return self.major == 1
+
+    def __repr__(self):
+        return 'ComposeCli(%r, %r)' % (self.argv, self.version)
+
+
+class CommandRunner(object):
+    """Runs argv lists through module.run_command, each bounded by a timeout."""
+
+    def __init__(self, module, timeout=None, environ_update=None):
+        self.module = module
+        self.timeout = timeout
+        self.environ_update = dict(environ_update or {})
+        self._timeout_bin = module.get_bin_path('timeout')
+        self._warned = False
+
+    def run(self, argv, timeout=None, cwd=None, data=None):
+        """(rc, stdout, stderr); raises ComposeTimeout when the deadline killed the command."""
+        timeout = self.timeout if timeout is None else timeout
+        full = list(argv)
+        if timeout and self._timeout_bin:
+            full = [self._timeout_bin, '--kill-after=%ds' % KILL_GRACE_SECONDS, '%ds' % int(timeout)] + full
+        elif timeout and not self._warned:
+            self._warned = True
+            self.module.warn('coreutils timeout is not installed on this host: compose commands run without a deadline')
+        rc, out, err = self.module.run_command(full, cwd=cwd, data=data, environ_update=self.environ_update)
+        if timeout and self._timeout_bin and rc in (124, 137):
+            raise ComposeTimeout('%s did not finish within %ss and was stopped' % (' '.join(argv), timeout),
+                                 argv=argv, rc=rc, stdout=out, stderr=err)
+        return rc, out, err
+
+
+def detect_compose(module, runner=None, prefer=('plugin', 'standalone')):
+    """The compose CLI of this host: `docker compose` if the plugin answers, else `docker-compose`.
+
+    Raises ComposeNotFound naming what was tried.
+    """
+    runner = runner or CommandRunner(module)
+    tried = []
+    for kind in prefer:
+        if kind == 'plugin':
+            docker = module.get_bin_path('docker')
+            if not docker:
+                tried.append('docker compose (no docker CLI on PATH)')
+                continue
+            argv = [docker, 'compose']
+        else:
+            standalone = module.get_bin_path('docker-compose')
+            if not standalone:
+                tried.append('docker-compose (not on PATH)')
+                continue
+            argv = [standalone]
+        try:
+            rc, out, err = runner.run(argv + ['version', '--short'], timeout=DETECT_TIMEOUT)
+        except ComposeTimeout:
+            tried.append('%s (version did not answer within %ss)' % (' '.join(argv), DETECT_TIMEOUT))
+            continue
+        text = (out or '').strip()
+        if rc == 0 and _VERSION.search(text):
+            return ComposeCli(argv, _VERSION.search(text).group(0).lstrip('v'))
+        tried.append('%s (rc=%s: %s)' % (' '.join(argv + ['version']), rc, (err or out or '').strip()[:200]))
+    raise ComposeNotFound('no Docker Compose CLI found on this host (tried: %s): install the docker compose plugin '
+                          '(v2) or docker-compose (v1)' % '; '.join(tried))
+
+
+def find_default_compose_files(project_src):
+    """[base file, its .override file if present], the way compose picks files when given no -f.
+
+    The first of compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml wins; its
+    override sibling (compose.override.yaml, ...) comes with it. [] when there is none.
+    """
+    for name in COMPOSE_FILE_NAMES:
+        path = os.path.join(project_src, name)
+        if os.path.isfile(path):
+            files = [path]
+            stem = name.rsplit('.', 1)[0]
+            for ext in ('yaml', 'yml'):
+                override = os.path.join(project_src, '%s.override.%s' % (stem, ext))
+                if os.path.isfile(override):
+                    files.append(override)
+                    break
+            return files
+    return []
+
+
+class ComposeProject(object):
+    """One compose project: its name, directory, files and env files, and the argv of each command."""
+
+    def __init__(self, runner, cli, project_dir, project_name, files, env_files=None, timeout=None):
+        self.runner = runner
+        self.cli = cli
+        self.project_dir = project_dir
+        self.project_name = project_name
+        self.files = list(files)
+        self.env_files = list(env_files or [])
+        self.timeout = timeout
+        if cli.is_v1 and len(self.env_files) > 1:
+            raise ComposeError('docker-compose %s accepts a single --env-file, %d were given (%s): merge them into '
+                               'one file or install the docker compose plugin (v2)'
+                               % (cli.version, len(self.env_files), ', '.join(self.env_files)))
+
+    def global_args(self, extra_files=()):
+        args = ['-p', self.project_name, '--project-directory', self.project_dir]
+        for path in list(self.files) + list(extra_files):
+            args += ['-f', path]
+        for path in self.env_files:
+            args += ['--env-file', path]
+        return args
+
+    def argv(self, subcommand, extra_files=()):
+        return self.cli.argv + self.global_args(extra_files) + list(subcommand)
+
+    def config_argv(self, extra_files=()):
+        sub = ['config']
+        if not self.cli.is_v1:
+            sub += ['--format', 'json']
+        return self.argv(sub, extra_files)
+
+    def pull_argv(self, services=(), extra_files=(), quiet=True):
+        sub = ['pull'] + (['--quiet'] if quiet else [])
+        return self.argv(sub + list(services), extra_files)
+
+    def up_argv(self, services=(), extra_files=(), no_build=False, force_recreate=False, extra=()):
+        sub = ['up', '-d', '--remove-orphans']
+        if no_build:
+            sub.append('--no-build')
+        if force_recreate:
+            sub.append('--force-recreate')
+        return self.argv(sub + list(extra) + list(services), extra_files)
+
+    def ps_argv(self, extra_files=(), all_containers=True, quiet=False):
+        sub = ['ps']
+        if all_containers:
+            sub.append('--all')
+        if quiet:
+            sub.append('--quiet')
+        return self.argv(sub, extra_files)
+
+    def down_argv(self, extra_files=(), remove_orphans=True, volumes=False, stop_timeout=None):
+        sub = ['down']
+        if remove_orphans:
+            sub.append('--remove-orphans')
+        if volumes:
+            sub.append('--volumes')
+        if stop_timeout is not None:
+            sub += ['--timeout', str(int(stop_timeout))]
+        return self.argv(sub, extra_files)
+
+    def run_argv(self, service, command=(), extra_files=(), environment=None, no_deps=True):
+        # -T: modules never have a terminal, and v1 would otherwise try to allocate one
+        sub = ['run', '--rm', '-T']
+        if no_deps:
+            sub.append('--no-deps')
+        for key in sorted(environment or {}):
+            sub += ['-e', '%s=%s' % (key, environment[key])]
+        return self.argv(sub + [service] + list(command), extra_files)
+
+    def run(self, argv, timeout=None, action=None):
+        """Run one of the argv above in the project directory; raise ComposeError unless rc is 0."""
+        rc, out, err = self.runner.run(argv, timeout=self.timeout if timeout is None else timeout, cwd=self.project_dir)
+        if rc != 0:
+            raise ComposeError('%s for compose project %s failed (rc=%s): %s' % (
+                action or 'running %s' % ' '.join(argv), self.project_name, rc, _tail(err or out)),
+                argv=argv, rc=rc, stdout=out, stderr=err)
+        return out
+
+    def render_config(self, extra_files=()):
+        """The effective configuration as compose prints it (text); validates the files on the way."""
+        argv = self.config_argv(extra_files)
+        return self.run(argv, action='validating the compose files (compose config)')
+
+    def load_config(self, extra_files=()):
+        """(rendered text, parsed dict) of the effective configuration."""
+        text = self.render_config(extra_files)
+        return text, parse_config(text, self.cli)
+
+    def services(self, config):
+        return services_of(config)
+
+
+def parse_config(text, cli):
+    if not cli.is_v1:
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass  # older v2 releases without --format json print YAML
+    if not HAS_YAML:
+        raise ComposeError('reading the output of compose config needs the Python library PyYAML on this host')
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ComposeError('compose config printed something that is not YAML: %s' % exc)
+    if not isinstance(data, dict):
+        raise ComposeError('compose config printed no configuration')
+    return data
+
+
+def services_of(config):
+    """{service: {'image': str or None, 'build': bool}} from a rendered configuration."""
+    found = {}
+    for name, spec in sorted((config.get('services') or {}).items()):
+        spec = spec or {}
+        found[name] = {'image': spec.get('image') or None, 'build': bool(spec.get('build'))}
+    return found
+
+
+def compose_hash(rendered):
+    """sha256 (hex) of the rendered configuration: any change of files, env files or environment shows."""
+    if not isinstance(rendered, bytes):
+        rendered = rendered.encode('utf-8')
+    return hashlib.sha256(rendered).hexdigest()
+
+
+def remove_interrupted_recreate_leftovers(client, project):
+    """Remove the `<12 hex>_<name>` containers of a compose project; return what was removed.
+
+    A recreate renames the old container to `<its short id>_<name>` before creating the new one and
+    removes it at the end; a run killed in between leaves it behind, and the next `up` then fails or
+    adopts it. The project is found by label (container names differ between compose v1 and v2).
+    Returns a list of {id, name, status}.
+    """
+    removed = []
+    containers = client.containers.list(all=True, filters={'label': '%s=%s' % (PROJECT_LABEL, project)})
+    for container in containers:
+        name = (container.name or '').lstrip('/')
+        if not LEFTOVER_NAME.match(name):
+            continue
+        status = container.status
+        container.remove(force=True)
+        removed.append({'id': container.id, 'name': name, 'status': status})
+    return removed
+
+
+def _tail(text, lines=15):
+    text = (text or '').strip()
+    return '\n'.join(text.splitlines()[-lines:]) or '(no output)'

@@ -1,0 +1,489 @@
+# -*- coding: utf-8 -*-
+# Copyright: safedeploy.compose contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private module_utils of safedeploy.compose: a small client of the Registry HTTP API v2 that
+# resolves image references to manifest digests. Not a public API; it may change in any release.
+#
+# What it does, and why:
+# - HEAD /v2/<repository>/manifests/<reference> with an Accept header naming the OCI index, the
+#   Docker manifest list and both single-platform manifest types, so a multi-arch image resolves to
+#   its index digest (the digest `docker pull` records), and reads Docker-Content-Digest. Registries
+#   that leave that header out of HEAD answers get a GET, and the digest is the sha256 of the body.
+# - Authentication as the Docker client does it: anonymous first; on 401 follow the challenge in
+#   WWW-Authenticate: Bearer (ask the realm for a token, with basic credentials when we have some)
+#   or Basic. Credentials come from the caller (module options) or from the `auths` section of the
+#   Docker client's config.json. Passwords and tokens never enter an exception message.
+# - Loopback registries and those listed as insecure are spoken to over http, all others https.
+# - 429, 5xx and connection errors are retried with exponential backoff, all within one deadline
+#   per call, so an unreachable registry fails in bounded time.
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import time
+import traceback
+from collections import namedtuple
+
+try:
+    import requests
+    HAS_REQUESTS = True
+    REQUESTS_IMPORT_ERROR = None
+except ImportError:  # pragma: no cover - exercised by ansible-test's import sanity test
+    requests = None
+    HAS_REQUESTS = False
+    REQUESTS_IMPORT_ERROR = traceback.format_exc()
+
+from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import (
+    DOCKER_HUB, DOCKER_HUB_ALIASES, DOCKER_HUB_API_HOST, ImageRef, is_valid_digest,
+)
+
+OCI_INDEX = 'application/vnd.oci.image.index.v1+json'
+DOCKER_MANIFEST_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
+OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json'
+DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
+MANIFEST_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
+INDEX_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
+MANIFEST_ACCEPT = ', '.join(MANIFEST_MEDIA_TYPES)
+
+RETRY_STATUSES = frozenset([429, 500, 502, 503, 504])
+DEFAULT_TIMEOUT = 60
+USER_AGENT = 'safedeploy.compose-registry-client'
+
+ResolvedManifest = namedtuple('ResolvedManifest', 'digest media_type size')
+
+
+class RegistryError(Exception):
+    """A registry call failed. Carries where (registry, repository, reference) and the HTTP status."""
+
+    kind = 'error'
+
+    def __init__(self, message, registry=None, repository=None, reference=None, status=None):
+        super(RegistryError, self).__init__(message)
+        self.message = message
+        self.registry = registry
+        self.repository = repository
+        self.reference = reference
+        self.status = status
+
+    def as_dict(self):
+        return dict(kind=self.kind, registry=self.registry, repository=self.repository, reference=self.reference,
+                    status=self.status, message=self.message)
+
+
+class ManifestNotFoundError(RegistryError):
+    """The registry answered, and the manifest (or the repository) is not there."""
+
+    kind = 'missing'
+
+
+class RegistryAuthError(RegistryError):
+    """The registry wants credentials we do not have, or refused the ones we sent."""
+
+    kind = 'auth'
+
+
+class RegistryUnreachableError(RegistryError):
+    """No usable answer within the deadline: connection errors, timeouts or 5xx until the end."""
+
+    kind = 'unreachable'
+
+
+class DockerConfigError(RegistryError):
+    """The Docker client config file exists but cannot be read or parsed."""
+
+    kind = 'config'
+
+
+# ------------------------------------------------------------------ hosts and credentials
+
+def split_host_port(host):
+    """('127.0.0.1', '5000') from '127.0.0.1:5000'; handles '[::1]:5000'. The port may be None."""
+    if host.startswith('['):
+        end = host.find(']')
+        name = host[1:end]
+        rest = host[end + 1:]
+        return name, (rest[1:] if rest.startswith(':') else None)
+    if host.count(':') == 1:
+        name, port = host.split(':')
+        return name, port
+    return host, None
+
+
+def is_loopback(host):
+    name = split_host_port(host)[0].lower()
+    if name == 'localhost' or name.endswith('.localhost'):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_registry_key(key):
+    """The registry a credentials entry is for: scheme and path dropped, Docker Hub aliases folded."""
+    key = (key or '').strip()
+    key = re.sub(r'^[a-zA-Z][a-zA-Z0-9+.-]*://', '', key)
+    key = key.split('/', 1)[0]
+    if key.lower() in DOCKER_HUB_ALIASES:
+        return DOCKER_HUB
+    return key
+
+
+def default_docker_config_path(environ=None):
+    environ = os.environ if environ is None else environ
+    directory = environ.get('DOCKER_CONFIG') or os.path.join(os.path.expanduser('~'), '.docker')
+    return os.path.join(directory, 'config.json')
+
+
+def docker_config_file(path=None, environ=None):
+    """The config.json to read: `path` (a file, or a directory holding config.json) or the default."""
+    if not path:
+        return default_docker_config_path(environ)
+    if os.path.isdir(path):
+        return os.path.join(path, 'config.json')
+    return path
+
+
+def load_docker_config_auths(path):
+    """{registry: (username, password)} from the `auths` section of a Docker client config.json.
+
+    A missing file means no credentials. Entries without an inline `auth` (a credential helper or
+    credsStore keeps them) are skipped; reading helpers is not supported.
+    """
+    try:
+        with open(path, 'rb') as handle:
+            raw = handle.read()
+    except (IOError, OSError) as exc:
+        if not os.path.exists(path):
+            return {}
+        raise DockerConfigError('cannot read Docker client config %s: %s' % (path, exc.strerror or exc))
+    try:
+        data = json.loads(raw.decode('utf-8'))
+    except ValueError as exc:
+        raise DockerConfigError('Docker client config %s is not valid JSON (%s): fix or remove it, or give credentials '
+                                'in registry_auth' % (path, exc))
+    auths = data.get('auths') if isinstance(data, dict) else None
+    found = {}
+    for key, entry in (auths or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        username, password = entry.get('username'), entry.get('password')
+        if entry.get('auth'):
+            try:
+                decoded = base64.b64decode(entry['auth']).decode('utf-8')
+                username, password = decoded.split(':', 1)
+            except (ValueError, TypeError):
+                # the message names the entry, never its content
+                raise DockerConfigError('Docker client config %s: the auth field of the %s entry is not base64 of '
+                                        '"user:password"' % (path, key))
+        if username and password:
+            found[normalize_registry_key(key)] = (username, password)
+    return found
+
+
+def parse_www_authenticate(value):
+    """('bearer', {'realm': ..., 'service': ..., 'scope': ...}) from a WWW-Authenticate header."""
+    value = (value or '').strip()
+    if not value:
+        return None, {}
+    scheme, _, rest = value.partition(' ')
+    params = {}
+    for match in re.finditer(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))', rest):
+        params[match.group(1).lower()] = match.group(2).replace('\\"', '"') if match.group(2) is not None else match.group(3)
+    return scheme.lower(), params
+
+
+# ------------------------------------------------------------------ the client
+
+class RegistryClient(object):
+    """Resolves image references to manifest digests over the Registry HTTP API v2.
+
+    `credentials`: list of dicts {registry, username, password} (they win over the Docker config);
+    `docker_config`: config.json (or its directory) to read `auths` from, default $DOCKER_CONFIG or
+    ~/.docker; `insecure_registries`: hosts spoken to over http like loopback ones; `timeout`: the
+    deadline in seconds for one resolve (all retries included).
+    """
+
+    def __init__(self, credentials=None, docker_config=None, insecure_registries=None, timeout=DEFAULT_TIMEOUT,
+                 validate_certs=True, backoff=0.5, max_backoff=8.0, session=None, sleep=time.sleep, clock=time.monotonic,
+                 environ=None):
+        if not HAS_REQUESTS:
+            raise RegistryError('the Python library requests is required to talk to registries')
+        self.timeout = float(timeout)
+        self.validate_certs = validate_certs
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.session = session or requests.Session()
+        self._sleep = sleep
+        self._clock = clock
+        self.insecure = set(normalize_registry_key(host) for host in (insecure_registries or []))
+        self._option_credentials = {}
+        for entry in credentials or []:
+            self._option_credentials[normalize_registry_key(entry['registry'])] = (entry['username'], entry['password'])
+        self.docker_config_path = docker_config_file(docker_config, environ)
+        self._config_credentials = None
+        self._auth_headers = {}
+        self._unreachable = {}
+
+    # -------------------------------------------------------------- public
+
+    def resolve(self, ref):
+        """The registry's digest for `ref` (an ImageRef or a string): ResolvedManifest(digest, media_type, size)."""
+        ref = ImageRef.parse(ref) if isinstance(ref, str) else ref
+        deadline = self._clock() + self.timeout
+        url = self._manifest_url(ref, ref.reference)
+        response = self._request('HEAD', ref, url, deadline)
+        if response.status_code == 405:  # a registry (or proxy) without HEAD support
+            response = self._request('GET', ref, url, deadline)
+        self._raise_for_status(response, ref)
+        digest = response.headers.get('Docker-Content-Digest', '').strip()
+        if response.request.method == 'HEAD' and not is_valid_digest(digest):
+            response = self._request('GET', ref, url, deadline)
+            self._raise_for_status(response, ref)
+            digest = response.headers.get('Docker-Content-Digest', '').strip()
+        media_type = response.headers.get('Content-Type', '').split(';')[0].strip() or None
+        if response.request.method == 'GET':
+            size = len(response.content)
+            if not is_valid_digest(digest):
+                digest = 'sha256:' + hashlib.sha256(response.content).hexdigest()
+        else:
+            size = _int_or_none(response.headers.get('Content-Length'))
+        if ref.digest and digest != ref.digest:
+            raise RegistryError('registry %s returned digest %s for %s@%s: the registry or a proxy in between is not '
+                                'serving the requested content' % (ref.registry, digest, ref.repository, ref.digest),
+                                ref.registry, ref.repository, ref.reference, response.status_code)
+        return ResolvedManifest(digest, media_type, size)
+
+    def manifest(self, ref, reference=None, deadline=None):
+        """(media_type, parsed JSON, digest) of a manifest, fetched with GET."""
+        ref = ImageRef.parse(ref) if isinstance(ref, str) else ref
+        reference = reference or ref.reference
+        deadline = deadline or (self._clock() + self.timeout)
+        response = self._request('GET', ref, self._manifest_url(ref, reference), deadline)
+        self._raise_for_status(response, ref, reference)
+        try:
+            document = json.loads(response.content.decode('utf-8'))
+        except ValueError:
+            raise RegistryError('registry %s returned a manifest for %s:%s that is not JSON'
+                                % (ref.registry, ref.repository, reference), ref.registry, ref.repository, reference,
+                                response.status_code)
+        media_type = document.get('mediaType') or response.headers.get('Content-Type', '').split(';')[0].strip()
+        return media_type, document, 'sha256:' + hashlib.sha256(response.content).hexdigest()
+
+    def manifest_size(self, ref, os_name='linux', architecture='amd64'):
+        """Approximate download size in bytes (config + compressed layers) of the image `ref` names.
+
+        For an index or manifest list, the entry for os_name/architecture is measured, or the first
+        entry when there is none for that platform. Uncompressed size on disk is larger.
+        """
+        ref = ImageRef.parse(ref) if isinstance(ref, str) else ref
+        deadline = self._clock() + self.timeout
+        media_type, document, _digest = self.manifest(ref, deadline=deadline)
+        if media_type in INDEX_MEDIA_TYPES or ('manifests' in document and 'layers' not in document):
+            entries = document.get('manifests') or []
+            if not entries:
+                raise RegistryError('registry %s: the index of %s:%s lists no manifests' % (
+                    ref.registry, ref.repository, ref.reference), ref.registry, ref.repository, ref.reference)
+            chosen = entries[0]
+            for entry in entries:
+                platform = entry.get('platform') or {}
+                if platform.get('os') == os_name and platform.get('architecture') == architecture:
+                    chosen = entry
+                    break
+            media_type, document, _digest = self.manifest(ref, chosen['digest'], deadline)
+        total = int((document.get('config') or {}).get('size') or 0)
+        for layer in document.get('layers') or []:
+            total += int(layer.get('size') or 0)
+        return total
+
+    # -------------------------------------------------------------- HTTP
+
+    def base_url(self, registry):
+        host = DOCKER_HUB_API_HOST if registry == DOCKER_HUB else registry
+        scheme = 'http' if (is_loopback(host) or normalize_registry_key(registry) in self.insecure) else 'https'
+        return '%s://%s/v2/' % (scheme, host)
+
+    def _manifest_url(self, ref, reference):
+        return '%s%s/manifests/%s' % (self.base_url(ref.registry), ref.repository, reference)
+
+    def _proxies(self, url):
+        # A proxy from the environment must not capture calls to a registry on this very host.
+        host = url.split('://', 1)[-1].split('/', 1)[0]
+        if is_loopback(host):
+            return {'http': None, 'https': None, 'all': None}
+        return None
+
+    def _send(self, method, url, headers, deadline, where, auth=None, params=None):
+        """One logical HTTP call: retried on connection errors, 429 and 5xx until the deadline."""
+        registry, repository, reference = where
+        if registry in self._unreachable:
+            raise self._unreachable[registry]
+        attempt = 0
+        last_problem = None
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                error = RegistryUnreachableError(
+                    'registry %s did not answer usefully within %ss (%s): check that it is up and reachable from this '
+                    'host, or raise timeout' % (registry, _seconds(self.timeout), last_problem or 'no attempt fitted'),
+                    registry, repository, reference, getattr(last_problem, 'status', None))
+                self._unreachable[registry] = error
+                raise error
+            retry_after = None
+            try:
+                response = self.session.request(
+                    method, url, headers=headers, auth=auth, params=params, timeout=max(remaining, 0.1),
+                    verify=self.validate_certs, allow_redirects=True, proxies=self._proxies(url))
+            except requests.exceptions.SSLError as exc:
+                raise RegistryUnreachableError(
+                    'TLS handshake with registry %s failed (%s): fix its certificate, set validate_certs: false, or '
+                    'list it in insecure_registries if it serves plain http' % (registry, _short(exc)),
+                    registry, repository, reference)
+            except requests.exceptions.RequestException as exc:
+                last_problem = _Problem('%s: %s' % (type(exc).__name__, _short(exc)))
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                last_problem = _Problem('last answer HTTP %d' % response.status_code, response.status_code)
+                retry_after = _int_or_none(response.headers.get('Retry-After'))
+            delay = min(self.backoff * (2 ** attempt), self.max_backoff)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            delay = min(delay, max(deadline - self._clock(), 0))
+            attempt += 1
+            if delay > 0:
+                self._sleep(delay)
+
+    def _request(self, method, ref, url, deadline):
+        """A call to the registry API with the authentication dance done the way the Docker client does it."""
+        where = (ref.registry, ref.repository, ref.reference)
+        scope = 'repository:%s:pull' % ref.repository
+        cache_key = (ref.registry, scope)
+        headers = {'Accept': MANIFEST_ACCEPT, 'User-Agent': USER_AGENT}
+        if cache_key in self._auth_headers:
+            headers['Authorization'] = self._auth_headers[cache_key]
+        response = self._send(method, url, headers, deadline, where)
+        if response.status_code != 401:
+            return response
+        challenge = response.headers.get('WWW-Authenticate', '')
+        authorization = self._authorize(challenge, ref, scope, deadline)
+        if authorization is None:
+            return response
+        self._auth_headers[cache_key] = authorization
+        headers['Authorization'] = authorization
+        return self._send(method, url, headers, deadline, where)
+
+    def credentials_for(self, registry):
+        """(username, password) for a registry, or None; module options first, then the Docker config."""
+        key = normalize_registry_key(registry)
+        if key in self._option_credentials:
+            return self._option_credentials[key]
+        if self._config_credentials is None:
+            self._config_credentials = load_docker_config_auths(self.docker_config_path)
+        return self._config_credentials.get(key)
+
+    def credentials_source(self, registry):
+        key = normalize_registry_key(registry)
+        if key in self._option_credentials:
+            return 'registry_auth'
+        return self.docker_config_path
+
+    def _authorize(self, challenge, ref, scope, deadline):
+        """The Authorization header answering a 401 challenge, or None when we have nothing to offer."""
+        scheme, params = parse_www_authenticate(challenge)
+        credentials = self.credentials_for(ref.registry)
+        where = (ref.registry, ref.repository, ref.reference)
+        if scheme == 'basic':
+            if not credentials:
+                raise self._auth_error(ref, 'requires credentials (basic auth) and none are configured for it', None)
+            token = base64.b64encode(('%s:%s' % credentials).encode('utf-8')).decode('ascii')
+            return 'Basic ' + token
+        if scheme == 'bearer' and params.get('realm'):
+            query = {'scope': params.get('scope') or scope}
+            if params.get('service'):
+                query['service'] = params['service']
+            auth = credentials if credentials else None
+            response = self._send('GET', params['realm'], {'User-Agent': USER_AGENT}, deadline, where, auth=auth,
+                                  params=query)
+            if response.status_code in (401, 403):
+                if credentials:
+                    raise self._auth_error(ref, 'token service %s refused the credentials' % params['realm'], credentials,
+                                           response.status_code)
+                raise self._auth_error(ref, 'token service %s requires credentials and none are configured for it'
+                                       % params['realm'], None, response.status_code)
+            if response.status_code != 200:
+                raise RegistryError('token service %s of registry %s answered HTTP %d for %s'
+                                    % (params['realm'], ref.registry, response.status_code, scope),
+                                    ref.registry, ref.repository, ref.reference, response.status_code)
+            try:
+                body = json.loads(response.content.decode('utf-8'))
+                token = body.get('token') or body.get('access_token')
+            except (ValueError, AttributeError):
+                token = None
+            if not token:
+                raise RegistryError('token service %s of registry %s returned no token' % (params['realm'], ref.registry),
+                                    ref.registry, ref.repository, ref.reference, response.status_code)
+            return 'Bearer ' + token
+        return None
+
+    def _auth_error(self, ref, what, credentials, status=401):
+        if credentials:
+            advice = ('check the password of user %s for %s in %s' % (credentials[0], ref.registry,
+                                                                       self.credentials_source(ref.registry)))
+        else:
+            advice = ('give credentials for %s in registry_auth or log in with docker login (auths in %s)'
+                      % (ref.registry, self.docker_config_path))
+        return RegistryAuthError('registry %s %s for repository %s (HTTP %s): %s'
+                                 % (ref.registry, what, ref.repository, status, advice),
+                                 ref.registry, ref.repository, ref.reference, status)
+
+    def _raise_for_status(self, response, ref, reference=None):
+        reference = reference or ref.reference
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status == 404:
+            raise ManifestNotFoundError('image %s:%s not found in registry %s (HTTP 404)' % (
+                ref.name, reference, ref.registry) if not reference.startswith('sha256:') else
+                'image %s@%s not found in registry %s (HTTP 404)' % (ref.name, reference, ref.registry),
+                ref.registry, ref.repository, reference, status)
+        if status in (401, 403):
+            credentials = self.credentials_for(ref.registry)
+            if credentials:
+                what = 'refused the credentials of user %s' % credentials[0]
+            else:
+                what = 'refused anonymous access'
+            raise self._auth_error(ref, what, credentials, status)
+        raise RegistryError('registry %s answered HTTP %d for %s:%s' % (ref.registry, status, ref.repository, reference),
+                            ref.registry, ref.repository, reference, status)
+
+
+class _Problem(str):
+    """A description of the last failed attempt, remembering its HTTP status if there was one."""
+
+    def __new__(cls, text, status=None):
+        obj = str.__new__(cls, text)
+        obj.status = status
+        return obj
+
+
+def _int_or_none(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _seconds(value):
+    return ('%g' % value)
+
+
+def _short(exc):
+    text = str(exc)
+    return text if len(text) <= 300 else text[:300] + '...'
