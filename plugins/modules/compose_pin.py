@@ -1,0 +1,692 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: safedeploy.compose contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: compose_pin
+short_description: Resolve every image of a compose project to its registry digest and pin it in an override file
+version_added: 0.1.0
+description:
+  - Reads the compose files of a project (rendered by the compose CLI, so variables and env files apply),
+    chooses the image of every service for a release, resolves each image to its manifest digest and writes a
+    generated override file that pins every service to C(repository:tag@sha256:...).
+  - Images are resolved against their registries with the Registry HTTP API v2 (HEAD on the manifest, anonymous,
+    bearer-token and basic authentication). Multi-platform images pin to their index digest, as C(docker pull)
+    records it. With O(resolve=local) the digests come from images already present on the host (their
+    C(RepoDigests)), for a rollback that must not depend on the registry.
+  - Nothing is written unless every image resolves. The module fails, before writing anything, when any image is
+    missing from its registry (all missing images are listed), when a service has C(build:) and no pullable image
+    (unless O(allow_build=true)), when an image has a mutable tag (C(latest) or none) and no digest, or when a
+    registry cannot be reached within O(timeout).
+  - The user's own compose files are never modified. Use the override file after them, for example
+    C(docker-compose -p NAME -f compose.yaml -f compose.release.yml up -d); the RV(files) return value lists the
+    files in order.
+  - Also returns RV(compose_hash), the sha256 of the effective configuration with the override applied, so a changed
+    C(.env) or compose file shows as a different release configuration.
+author:
+  - safedeploy.compose contributors
+options:
+  project_src:
+    description:
+      - Directory of the compose project. Relative O(files), O(env_files) and O(override_file) are taken from here.
+    type: path
+    required: true
+  files:
+    description:
+      - The project's compose files, in order.
+      - When not set, the first of C(compose.yaml), C(compose.yml), C(docker-compose.yaml), C(docker-compose.yml)
+        found in O(project_src), followed by its C(.override) sibling (for example C(compose.override.yaml)) when
+        present, as the compose CLI itself picks them.
+    type: list
+    elements: path
+  project_name:
+    description:
+      - The compose project name, passed to every compose command explicitly.
+    type: str
+    required: true
+  env_files:
+    description:
+      - Env files passed to compose with C(--env-file). C(docker-compose) v1 accepts only one.
+      - When not set, compose reads C(.env) in O(project_src).
+    type: list
+    elements: path
+  tag:
+    description:
+      - The release tag. It replaces the tag of every service image whose repository is listed in O(repositories),
+        or of every service image when O(repositories) is not set.
+      - Must not be C(latest).
+      - Mutually exclusive with O(images).
+    type: str
+  repositories:
+    description:
+      - Repositories (without tag) that O(tag) applies to, for example C(registry.example.com/shop/web).
+        Services whose image is in another repository keep the image of the compose files, which must then be
+        pinnable (a tag other than C(latest), or a digest).
+      - Every entry must match the image of at least one service.
+    type: list
+    elements: str
+  images:
+    description:
+      - The release as an explicit map of service name to image reference, for example
+        C({web: "registry.example.com/shop/web:9f2c1ab"}). A reference may carry a digest.
+      - Services not in the map keep the image of the compose files.
+      - Mutually exclusive with O(tag).
+    type: dict
+  release:
+    description:
+      - The release id written in the override file's header (for example a git short SHA).
+      - Defaults to O(tag); required when O(images) is used.
+    type: str
+  override_file:
+    description:
+      - Where to write the generated override. Relative paths are taken from O(project_src).
+      - It must not be one of O(files).
+    type: path
+    default: compose.release.yml
+  registry_auth:
+    description:
+      - Credentials per registry. They take precedence over the Docker client configuration.
+    type: list
+    elements: dict
+    suboptions:
+      registry:
+        description:
+          - Registry host, with port when not the default, for example C(registry.example.com:5000).
+            C(docker.io) for Docker Hub.
+        type: str
+        required: true
+      username:
+        description:
+          - User name.
+        type: str
+        required: true
+      password:
+        description:
+          - Password or access token. Never logged or returned.
+        type: str
+        required: true
+  docker_config:
+    description:
+      - Docker client configuration file (C(config.json)), or the directory holding it, whose C(auths) entries
+        provide credentials.
+      - Defaults to C($DOCKER_CONFIG/config.json), else C(~/.docker/config.json), of the user the module runs as.
+      - Credentials kept by credential helpers (C(credsStore), C(credHelpers)) are not read; use O(registry_auth).
+    type: path
+  insecure_registries:
+    description:
+      - Registries spoken to over plain http. Registries on a loopback address (C(127.0.0.1), C(localhost), C(::1))
+        always are; all others use https.
+    type: list
+    elements: str
+    default: []
+  resolve:
+    description:
+      - V(registry) resolves every image in its registry.
+      - V(local) pins every image to a digest of the image already present on the Docker host (its C(RepoDigests)),
+        without contacting any registry. An image absent from the host is reported as missing.
+    type: str
+    choices: [registry, local]
+    default: registry
+  allow_build:
+    description:
+      - Allow services that have C(build:) and no image. They are left unpinned (they are built, not pulled).
+      - Production hosts should not build, so the default is to fail.
+    type: bool
+    default: false
+  timeout:
+    description:
+      - Seconds allowed for resolving one image (all retries of connection errors and server errors included) and
+        for each compose command.
+    type: int
+    default: 60
+  validate_certs:
+    description:
+      - Verify the TLS certificates of https registries.
+    type: bool
+    default: true
+extends_documentation_fragment:
+  - safedeploy.compose._engine
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in diff mode).
+    support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments and registry content, the second
+      invocation indicates no change.
+    support: full
+notes:
+  - The engine options O(docker_host) and O(engine_timeout) are used only with O(resolve=local).
+  - Needs a compose CLI on the host (C(docker compose) plugin or C(docker-compose)) to render the configuration.
+requirements:
+  - requests (Python library) on the managed host
+  - PyYAML (Python library) on the managed host with C(docker-compose) v1
+seealso:
+  - module: safedeploy.compose.last_good_tag
+'''
+
+EXAMPLES = r'''
+- name: Pin the release 9f2c1ab of the shop images
+  safedeploy.compose.compose_pin:
+    project_src: /srv/shop
+    project_name: shop
+    tag: 9f2c1ab
+    repositories:
+      - registry.example.com/shop/web
+      - registry.example.com/shop/worker
+  register: shop_pin
+
+- name: Pin explicit images, with registry credentials
+  safedeploy.compose.compose_pin:
+    project_src: /srv/shop
+    files:
+      - compose.yaml
+      - compose.prod.yaml
+    env_files:
+      - prod.env
+    project_name: shop
+    release: 2024-06-01.1
+    images:
+      web: registry.example.com/shop/web:9f2c1ab
+      worker: registry.example.com/shop/worker:9f2c1ab
+    registry_auth:
+      - registry: registry.example.com
+        username: deploy
+        password: "{{ vault_registry_password }}"
+
+- name: Pin the last good release from the images on the host (no registry needed)
+  safedeploy.compose.compose_pin:
+    project_src: /srv/shop
+    project_name: shop
+    tag: "{{ ledger.last_good.id }}"
+    repositories:
+      - registry.example.com/shop/web
+    resolve: local
+
+- name: Start what was pinned
+  ansible.builtin.command:
+    argv: "{{ ['docker-compose', '-p', 'shop'] + (shop_pin.files | map('regex_replace', '^', '-f=') | list) + ['up', '-d'] }}"
+  changed_when: true
+'''
+
+RETURN = r'''
+services:
+  description:
+    - Every service of the project with the image chosen for it and its digest.
+    - Services built locally (with O(allow_build=true)) have null image, digest and pinned.
+  returned: always
+  type: dict
+  sample:
+    web:
+      image: registry.example.com/shop/web:9f2c1ab
+      repository: registry.example.com/shop/web
+      tag: 9f2c1ab
+      digest: sha256:4f8c0b1e6a43c0b6bd9ec4b1a7d2b81d0cc0f93a4b9a4c4f4ef2f2d3b4c5d6e7
+      pinned: registry.example.com/shop/web:9f2c1ab@sha256:4f8c0b1e6a43c0b6bd9ec4b1a7d2b81d0cc0f93a4b9a4c4f4ef2f2d3b4c5d6e7
+      build: false
+override_file:
+  description: Absolute path of the generated override file.
+  returned: always
+  type: str
+  sample: /srv/shop/compose.release.yml
+files:
+  description:
+    - The compose files to use for this release, in order, ending with the override file. Pass each with C(-f).
+  returned: always
+  type: list
+  elements: str
+  sample: [/srv/shop/compose.yaml, /srv/shop/compose.release.yml]
+release:
+  description: The release id written in the override file's header.
+  returned: always
+  type: str
+  sample: 9f2c1ab
+missing:
+  description:
+    - Images that could not be found, each with the services using it, the registry, repository and reference
+      asked for, and the HTTP status (null when the image was looked for on the Docker host).
+    - Empty on success; on failure because of missing images, all of them are listed.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - image: registry.example.com/shop/worker:9f2c1ab
+      services: [worker]
+      registry: registry.example.com
+      repository: shop/worker
+      reference: 9f2c1ab
+      status: 404
+      message: image registry.example.com/shop/worker:9f2c1ab not found in registry registry.example.com (HTTP 404)
+compose_hash:
+  description:
+    - sha256 of the effective configuration (C(compose config)) with the override applied; it changes when compose
+      files, env files or interpolated variables change. Null when the module failed before rendering it.
+  returned: always
+  type: str
+  sample: 0d6f2e3c1b8a4f5e9d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e
+diff:
+  description: The override file's content before and after.
+  returned: when diff mode is enabled
+  type: dict
+  sample:
+    before: ''
+    after: "# Generated by safedeploy.compose.compose_pin ...\nservices:\n  web:\n    image: ...\n"
+    before_header: /srv/shop/compose.release.yml
+    after_header: /srv/shop/compose.release.yml
+'''
+
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
+    CommandRunner, ComposeError, ComposeProject, detect_compose, find_default_compose_files, services_of,
+    compose_hash,
+)
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
+    ENGINE_ARGUMENT_SPEC, connect_engine, describe_engine_error, engine_address,
+)
+from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import (
+    ImageRef, ImageRefError, is_mutable_tag, pinned,
+)
+from ansible_collections.safedeploy.compose.plugins.module_utils._registry import (
+    HAS_REQUESTS, REQUESTS_IMPORT_ERROR, RegistryClient, RegistryError,
+)
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover - only used to warn about re-pushed tags
+    yaml = None
+
+OVERRIDE_MODE = 0o644
+HEADER = re.compile(r'^# Generated by safedeploy\.compose\.compose_pin for release (.*?) of project ')
+_PLAIN_KEY = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
+_YAML_SPECIAL = frozenset(['y', 'n', 'yes', 'no', 'on', 'off', 'true', 'false', 'null', '~'])
+
+
+def render_override(release, project_name, pins):
+    """The override file's text: a header, then each service pinned; stable for the same input."""
+    lines = [
+        '# Generated by safedeploy.compose.compose_pin for release %s of project %s. Do not edit:' % (
+            _one_line(release), _one_line(project_name)),
+        '# every rollout rewrites it. It pins each service to the image digest resolved for the release.',
+        'services:',
+    ]
+    for service in sorted(pins):
+        lines.append('  %s:' % _yaml_key(service))
+        lines.append('    image: %s' % json.dumps(pins[service]))
+    return '\n'.join(lines) + '\n'
+
+
+def _one_line(text):
+    return re.sub(r'[\x00-\x1f\x7f]', '?', str(text))
+
+
+def _yaml_key(name):
+    if _PLAIN_KEY.match(name) and name.lower() not in _YAML_SPECIAL and not re.match(r'^[0-9.]+$', name):
+        return name
+    return json.dumps(name)
+
+
+class ComposePin(object):
+    """Plan the image of each service, resolve the digests, then write the override only if all resolved."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.project_src = os.path.abspath(self.params['project_src'])
+        self.override_file = self._in_project(self.params['override_file'])
+        self.result = dict(
+            changed=False,
+            release=self.params['release'] or self.params['tag'],
+            services={},
+            override_file=self.override_file,
+            files=[],
+            missing=[],
+            compose_hash=None,
+        )
+        if module._diff:
+            self.result['diff'] = dict(before='', after='', before_header=self.override_file,
+                                       after_header=self.override_file)
+
+    def fail(self, msg, **extra):
+        self.result.update(extra)
+        self.module.fail_json(msg=msg, **self.result)
+
+    def _in_project(self, path):
+        return os.path.normpath(os.path.join(self.project_src, path))
+
+    # ---------------------------------------------------------------- steps
+
+    def run(self):
+        project = self.compose_project()
+        try:
+            _text, config = project.load_config()
+        except ComposeError as exc:
+            self.fail('compose_pin: the compose files of project %s are not valid: %s' % (
+                project.project_name, exc.message))
+        services = services_of(config)
+        if not services:
+            self.fail('compose_pin: compose project %s (%s) defines no services: check files and project_src' % (
+                project.project_name, ', '.join(project.files)))
+        plan = self.plan(services)
+        resolved = self.resolve(plan)
+        pins = {}
+        for service, ref in plan.items():
+            if ref is None:
+                self.result['services'][service] = dict(image=None, repository=None, tag=None, digest=None,
+                                                        pinned=None, build=True)
+                continue
+            digest = resolved[ref]
+            pins[service] = pinned(ref.name, ref.tag, digest)
+            self.result['services'][service] = dict(image=ref.format(), repository=ref.name, tag=ref.tag,
+                                                    digest=digest, pinned=pins[service],
+                                                    build=services[service]['build'])
+        text = render_override(self.result['release'], project.project_name, pins)
+        self.result['compose_hash'] = self.effective_hash(project, text, pins)
+        self.result['files'] = list(project.files) + [self.override_file]
+        self.write(text, pins)
+        return self.result
+
+    def compose_project(self):
+        params = self.params
+        if not os.path.isdir(self.project_src):
+            self.fail('compose_pin: project_src %s is not a directory: give the directory of the compose project'
+                      % self.project_src)
+        if params['files']:
+            files = [self._in_project(path) for path in params['files']]
+            absent = [path for path in files if not os.path.isfile(path)]
+            if absent:
+                self.fail('compose_pin: compose file(s) %s not found: check files and project_src' % ', '.join(absent))
+        else:
+            files = find_default_compose_files(self.project_src)
+            if not files:
+                self.fail('compose_pin: no compose file in %s (looked for compose.yaml, compose.yml, '
+                          'docker-compose.yaml, docker-compose.yml): give files' % self.project_src)
+        if os.path.realpath(self.override_file) in [os.path.realpath(path) for path in files]:
+            self.fail('compose_pin: override_file %s is one of the project\'s own compose files, which compose_pin '
+                      'never rewrites: choose another override_file' % self.override_file)
+        if not os.path.isdir(os.path.dirname(self.override_file)):
+            self.fail('compose_pin: the directory of override_file %s does not exist' % self.override_file)
+        env_files = [self._in_project(path) for path in params['env_files'] or []]
+        absent = [path for path in env_files if not os.path.isfile(path)]
+        if absent:
+            self.fail('compose_pin: env file(s) %s not found: check env_files' % ', '.join(absent))
+        self.result['files'] = list(files) + [self.override_file]
+        runner = CommandRunner(self.module, timeout=params['timeout'])
+        try:
+            cli = detect_compose(self.module, runner)
+            return ComposeProject(runner, cli, self.project_src, params['project_name'], files, env_files,
+                                  timeout=params['timeout'])
+        except ComposeError as exc:
+            self.fail('compose_pin: %s' % exc.message)
+
+    def plan(self, services):
+        """{service: ImageRef to resolve, or None for a service that is built}; fails on every policy breach."""
+        params = self.params
+        tag = params['tag']
+        images = params['images']
+        repositories = []
+        for text in params['repositories'] or []:
+            try:
+                repo = ImageRef.parse(text)
+            except ImageRefError as exc:
+                self.fail('compose_pin: repositories entry %r is not a repository name: %s' % (text, exc))
+            if repo.tag or repo.digest:
+                self.fail('compose_pin: repositories entry %r has a tag or digest: give repository names only, the tag '
+                          'comes from the tag option' % text)
+            repositories.append((text, repo))
+        if tag is not None and is_mutable_tag(tag):
+            self.fail('compose_pin: tag %r is mutable and cannot identify a release: give an immutable tag such as a '
+                      'commit id' % tag)
+        if images:
+            unknown = sorted(set(images) - set(services))
+            if unknown:
+                self.fail('compose_pin: images names service(s) %s not defined in compose project %s (services: %s)'
+                          % (', '.join(unknown), params['project_name'], ', '.join(sorted(services))))
+
+        plan = {}
+        problems = []
+        matched = set()
+        for service, spec in sorted(services.items()):
+            text = spec['image']
+            origin = 'the compose files'
+            if images and service in images:
+                text, origin = images[service], 'images'
+                if not isinstance(text, str):
+                    self.fail('compose_pin: images.%s must be an image reference string, got %r' % (service, text))
+            if not text:
+                if params['allow_build']:
+                    plan[service] = None
+                else:
+                    problems.append('service %s has build: and no image: production hosts pull, they do not build; '
+                                    'give it an image (push the built image), or set allow_build: true' % service)
+                continue
+            try:
+                ref = ImageRef.parse(text)
+            except ImageRefError as exc:
+                problems.append('service %s: %s (from %s)' % (service, exc, origin))
+                continue
+            if tag is not None:
+                hits = [entry for entry, repo in repositories if repo.same_repository(ref)]
+                matched.update(hits)
+                if hits or not repositories:
+                    ref = ref.with_tag(tag)
+                    origin = 'the tag option'
+            if not ref.digest and is_mutable_tag(ref.tag):
+                problems.append('service %s: image %s has the mutable tag %s (from %s) and cannot be pinned: give an '
+                                'immutable tag or a digest%s' % (
+                                    service, ref.format(), ref.tag or '(none, meaning latest)', origin,
+                                    ', or list its repository in repositories' if tag is not None else ''))
+                continue
+            plan[service] = ref
+        unmatched = [entry for entry, _repo in repositories if entry not in matched]
+        if unmatched:
+            problems.append('repositories entry(ies) %s match no service image (images: %s): fix the names' % (
+                ', '.join(unmatched), ', '.join(sorted(set(spec['image'] for spec in services.values() if spec['image'])))))
+        if problems:
+            self.fail('compose_pin: release %s of project %s cannot be pinned, nothing was written: %s' % (
+                self.result['release'], params['project_name'], '; '.join(problems)))
+        return plan
+
+    def resolve(self, plan):
+        """{ImageRef: digest} for every planned image; fails listing all missing images and all errors."""
+        users = {}
+        for service, ref in sorted(plan.items()):
+            if ref is not None:
+                users.setdefault(ref, []).append(service)
+        if self.params['resolve'] == 'local':
+            resolved, failures = self._resolve_local(users)
+        else:
+            resolved, failures = self._resolve_registry(users)
+        if failures:
+            self.result['missing'] = [entry for entry in failures if entry['kind'] == 'missing']
+            for entry in self.result['missing']:
+                entry.pop('kind')
+            missing = len(self.result['missing'])
+            summary = '%d of %d images of project %s not found' % (missing, len(users), self.params['project_name']) \
+                if missing else 'images of project %s could not be resolved' % self.params['project_name']
+            details = '; '.join('%s (services %s): %s' % (entry['image'], ', '.join(entry['services']), entry['message'])
+                                for entry in failures)
+            where = 'on the Docker host' if self.params['resolve'] == 'local' else 'in their registries'
+            advice = (' Push the missing images or choose another release.' if missing else '')
+            self.fail('compose_pin: %s %s, nothing was written: %s.%s' % (summary, where, details, advice))
+        return resolved
+
+    def _resolve_registry(self, users):
+        if not HAS_REQUESTS:
+            self.fail(missing_required_lib('requests'), exception=REQUESTS_IMPORT_ERROR)
+        client = RegistryClient(credentials=self.params['registry_auth'], docker_config=self.params['docker_config'],
+                                insecure_registries=self.params['insecure_registries'], timeout=self.params['timeout'],
+                                validate_certs=self.params['validate_certs'])
+        resolved, failures = {}, []
+        for ref, services in users.items():
+            try:
+                resolved[ref] = client.resolve(ref).digest
+            except RegistryError as exc:
+                failures.append(dict(kind=exc.kind, image=ref.format(), services=services, registry=exc.registry or ref.registry,
+                                     repository=exc.repository or ref.repository, reference=exc.reference or ref.reference,
+                                     status=exc.status, message=exc.message))
+        return resolved, failures
+
+    def _resolve_local(self, users):
+        client = connect_engine(self.module)
+        address = engine_address(self.params)
+        resolved, failures = {}, []
+        for ref, services in users.items():
+            lookup = pinned(ref.name, None, ref.digest) if ref.digest else ref.format()
+            entry = dict(kind='missing', image=ref.format(), services=services, registry=ref.registry,
+                         repository=ref.repository, reference=ref.reference, status=None)
+            try:
+                image = client.images.get(lookup)
+            except Exception as exc:  # docker.errors.ImageNotFound, or any engine failure
+                if getattr(exc, 'status_code', None) == 404 or type(exc).__name__ == 'ImageNotFound':
+                    entry['message'] = 'image %s is not present on the Docker host %s' % (ref.format(), address)
+                else:
+                    entry.update(kind='error', message=describe_engine_error(exc, address, 'inspect image %s' % lookup))
+                failures.append(entry)
+                continue
+            digests = []
+            for repo_digest in image.attrs.get('RepoDigests') or []:
+                try:
+                    candidate = ImageRef.parse(repo_digest)
+                except ImageRefError:
+                    continue
+                if candidate.same_repository(ref) and candidate.digest:
+                    digests.append(candidate.digest)
+            if ref.digest and ref.digest in digests:
+                resolved[ref] = ref.digest
+            elif digests and not ref.digest:
+                resolved[ref] = digests[0]
+            else:
+                entry.update(kind='unpinnable', message='image %s on the Docker host has no registry digest for %s '
+                             '(it was built or loaded here, never pushed or pulled), so it cannot be pinned'
+                             % (ref.format(), ref.name))
+                failures.append(entry)
+        return resolved, failures
+
+    def effective_hash(self, project, text, pins):
+        """compose_hash of the configuration with `text` as the override, validated before anything is written."""
+        workdir = tempfile.mkdtemp(prefix='compose_pin-', dir=self.module.tmpdir)
+        try:
+            candidate = os.path.join(workdir, os.path.basename(self.override_file))
+            with open(candidate, 'w') as handle:
+                handle.write(text)
+            try:
+                rendered, config = project.load_config(extra_files=[candidate])
+            except ComposeError as exc:
+                self.fail('compose_pin: the compose files of project %s with the generated override are not valid, '
+                          'nothing was written: %s' % (project.project_name, exc.message))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        effective = services_of(config)
+        wrong = sorted(service for service, ref in pins.items() if effective.get(service, {}).get('image') != ref)
+        if wrong:
+            self.fail('compose_pin: after merging the override, service(s) %s of project %s do not use the pinned image:'
+                      ' check that nothing in the compose files overrides image after the override file' % (
+                          ', '.join(wrong), project.project_name))
+        return compose_hash(rendered)
+
+    def write(self, text, pins):
+        before, mode = self._current()
+        self.result['changed'] = before != text or mode != OVERRIDE_MODE
+        if 'diff' in self.result:
+            self.result['diff']['before'] = before or ''
+            self.result['diff']['after'] = text
+        self._warn_repushed(before, pins)
+        if not self.result['changed'] or self.module.check_mode:
+            return
+        directory = os.path.dirname(self.override_file)
+        try:
+            if before != text:
+                fd, temp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(self.override_file), dir=directory)
+                try:
+                    with os.fdopen(fd, 'wb') as handle:
+                        handle.write(text.encode('utf-8'))
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                    self.module.atomic_move(temp, self.override_file)
+                finally:
+                    if os.path.exists(temp):
+                        os.unlink(temp)
+            os.chmod(self.override_file, OVERRIDE_MODE)
+        except (IOError, OSError) as exc:
+            self.fail('compose_pin: writing override file %s failed: %s: check permissions and free space in %s' % (
+                self.override_file, exc, directory), changed=False)
+
+    def _current(self):
+        try:
+            with open(self.override_file, 'rb') as handle:
+                content = handle.read().decode('utf-8', 'replace')
+            return content, stat.S_IMODE(os.stat(self.override_file).st_mode)
+        except (IOError, OSError) as exc:
+            if not os.path.exists(self.override_file):
+                return None, None
+            self.fail('compose_pin: reading override file %s failed: %s' % (self.override_file, exc))
+
+    def _warn_repushed(self, before, pins):
+        """Same release, other digest: somebody re-pushed a release tag, which is worth saying out loud."""
+        if not before or yaml is None:
+            return
+        match = HEADER.match(before)
+        if not match or match.group(1) != _one_line(self.result['release']):
+            return
+        try:
+            old = (yaml.safe_load(before) or {}).get('services') or {}
+        except yaml.YAMLError:
+            return
+        for service, ref in sorted(pins.items()):
+            previous = (old.get(service) or {}).get('image')
+            if previous and previous != ref and previous.split('@')[0] == ref.split('@')[0]:
+                self.module.warn('release %s: the image of service %s now resolves to %s, the override pinned %s: the '
+                                 'tag was pushed again' % (self.result['release'], service, ref.split('@')[1],
+                                                           previous.split('@')[-1]))
+
+
+def main():
+    argument_spec = dict(
+        project_src=dict(type='path', required=True),
+        files=dict(type='list', elements='path'),
+        project_name=dict(type='str', required=True),
+        env_files=dict(type='list', elements='path'),
+        tag=dict(type='str'),
+        repositories=dict(type='list', elements='str'),
+        images=dict(type='dict'),
+        release=dict(type='str'),
+        override_file=dict(type='path', default='compose.release.yml'),
+        registry_auth=dict(type='list', elements='dict', options=dict(
+            registry=dict(type='str', required=True),
+            username=dict(type='str', required=True),
+            password=dict(type='str', required=True, no_log=True),
+        )),
+        docker_config=dict(type='path'),
+        insecure_registries=dict(type='list', elements='str', default=[]),
+        resolve=dict(type='str', choices=['registry', 'local'], default='registry'),
+        allow_build=dict(type='bool', default=False),
+        timeout=dict(type='int', default=60),
+        validate_certs=dict(type='bool', default=True),
+    )
+    argument_spec.update(ENGINE_ARGUMENT_SPEC)
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=[('tag', 'images')],
+        required_one_of=[('tag', 'images'), ('tag', 'release')],
+        required_by={'repositories': 'tag'},
+        supports_check_mode=True,
+    )
+    result = ComposePin(module).run()
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

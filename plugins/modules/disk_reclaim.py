@@ -1,0 +1,467 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: safedeploy.compose contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: disk_reclaim
+short_description: Free disk space on a Docker host without deleting the images a rollback needs
+version_added: 0.1.0
+description:
+  - Measures the filesystem holding O(path) (by default the engine's C(DockerRootDir)) and, when its usage is at or
+    above O(threshold_percent), removes what the engine no longer needs, in stages, until usage is at or below
+    O(target_percent).
+  - 'The stages always run in this order, each only when listed in O(stages): V(containers) (stopped containers:
+    exited, created or dead), V(dangling_images) (images with neither tag nor digest), V(build_cache) (unused
+    build cache), V(unused_images) (images no container uses), V(volumes) (unused volumes, only with
+    O(prune_volumes=true)).'
+  - Within a stage the oldest items go first, and the module measures the filesystem again after each removal, so it
+    stops as soon as the target is reached instead of emptying the whole stage.
+  - Never removed are an image any container uses (running or stopped; an image whose stopped containers were all
+    removed in the V(containers) stage is no longer used), an image named by O(protect), and the images of the current
+    release and the last O(protect_releases.keep_releases) good releases of every project in O(protect_releases).
+    An image with several tags or digests is removed only when none of them is protected.
+  - Images are removed by id without force, so the engine itself still refuses to delete an image a container started
+    using meanwhile; such refusals are reported as skipped, not as failures.
+  - Usage is computed as C(df) computes it, so RV(reclaimed_bytes) is the drop of C(df)'s C(Used) column; see RV(usage_before).
+author:
+  - safedeploy.compose contributors
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - safedeploy.compose._engine
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Nothing is deleted; RV(stages) lists what would be removed and RV(estimated_reclaim_bytes) what that would free,
+        computed from the sizes the engine reports (layers shared with kept images are not counted).
+  diff_mode:
+    support: none
+  idempotent:
+    description:
+      - A second run finds usage below O(threshold_percent), or nothing left it may remove, and reports C(changed=false).
+    support: full
+  platform:
+    support: full
+    platforms: posix
+options:
+  path:
+    description:
+      - A path on the filesystem to measure.
+      - Defaults to the engine's C(DockerRootDir) (from C(docker info)), which must then exist on the host the module
+        runs on; set it when the engine runs elsewhere or keeps its data on another filesystem.
+    type: path
+  threshold_percent:
+    description:
+      - Act only when the used percentage of the filesystem is at or above this value (or with O(force=true)).
+    type: float
+    default: 85
+  target_percent:
+    description:
+      - Stop removing as soon as the used percentage is at or below this value.
+      - Must not be above O(threshold_percent). Use V(0) with O(force=true) to run every stage completely.
+    type: float
+    default: 80
+  force:
+    description:
+      - Act even when usage is below O(threshold_percent). Removal still stops at O(target_percent).
+    type: bool
+    default: false
+  stages:
+    description:
+      - The stages that may run. They run in the fixed order given in the description, whatever the order of this list.
+      - V(volumes) requires O(prune_volumes=true).
+    type: list
+    elements: str
+    choices: [containers, dangling_images, build_cache, unused_images, volumes]
+    default: [containers, dangling_images, build_cache, unused_images]
+  prune_volumes:
+    description:
+      - Also remove unused volumes (referenced by no container, local driver), as a last stage.
+      - Volumes hold data that no registry can give back; volumes labelled C(com.docker.compose.project) with a project
+        of O(protect_releases.projects) are kept even then.
+    type: bool
+    default: false
+  protect:
+    description:
+      - Images never to remove, as C(repo:tag), C(repo) (meaning C(repo:latest)), C(repo@sha256:<digest>),
+        C(repo:tag@sha256:<digest>) or C(sha256:<image id>) (an id prefix of at least 12 digits is enough).
+      - A digest protects every local image with that manifest digest, whatever the repository it came from.
+    type: list
+    elements: str
+    default: []
+  protect_releases:
+    description:
+      - Keep the images of releases recorded by M(safedeploy.compose.last_good_tag).
+      - Applies even when not given, with the defaults below; set O(protect_releases.projects) to V([]) to protect
+        no project.
+      - When a project's ledger cannot be read (damaged, missing, unreadable) the module refuses to remove anything,
+        since it cannot tell which images that project needs to roll back.
+    type: dict
+    default: {}
+    suboptions:
+      state_dir:
+        description:
+          - Directory holding one sub-directory per project with its release ledger.
+        type: path
+        default: /var/lib/safedeploy
+      projects:
+        description:
+          - Projects whose release images are kept. Default is every project with a ledger in O(protect_releases.state_dir).
+        type: list
+        elements: str
+      keep_releases:
+        description:
+          - How many of the most recent good releases to keep besides the current one.
+          - The default keeps the current release and the two good releases before it (usually the current one is the last
+            good, so in practice the current and the previous good release).
+        type: int
+        default: 2
+notes:
+  - Sizes of images come from the engine's layer sizes (the sum of the files in each layer). On a filesystem with many
+    small files the real space freed can be larger than the estimate; RV(reclaimed_bytes) is always measured.
+  - Other processes writing to the same filesystem while the module runs change the measured numbers.
+seealso:
+  - module: safedeploy.compose.last_good_tag
+  - name: docker system df
+    description: The engine API endpoint (C(/system/df)) the module reads sizes from.
+    link: https://docs.docker.com/reference/cli/docker/system/df/
+'''
+
+EXAMPLES = r'''
+- name: Make room before a rollout, keeping every project's current and last good images
+  safedeploy.compose.disk_reclaim:
+    threshold_percent: 85
+    target_percent: 75
+  become: true
+  register: reclaim
+
+- name: Show what went
+  ansible.builtin.debug:
+    msg: "{{ reclaim.msg }}"
+
+- name: See what a full cleanup would remove, without deleting anything
+  safedeploy.compose.disk_reclaim:
+    force: true
+    target_percent: 0
+  check_mode: true
+
+- name: Clean up a host in trouble, keeping three good releases of the shop and a base image
+  safedeploy.compose.disk_reclaim:
+    threshold_percent: 90
+    target_percent: 70
+    protect:
+      - registry.example.com/base/python:3.12
+    protect_releases:
+      projects: [shop]
+      keep_releases: 3
+
+- name: Also remove unused volumes (their data is lost)
+  safedeploy.compose.disk_reclaim:
+    force: true
+    target_percent: 60
+    prune_volumes: true
+'''
+
+RETURN = r'''
+msg:
+  description: One line saying what was done (or would be done in check mode) and the usage before and after.
+  returned: always
+  type: str
+  sample: reclaimed 1.2 GiB on /var/lib/docker (91.4% -> 78.0%, target 80%)
+usage_before:
+  description:
+    - Usage of the filesystem holding C(path) (the measured path, O(path) or the engine's C(DockerRootDir))
+      before anything was removed, in bytes, computed as C(df) does.
+    - C(used) is blocks minus free blocks, C(free) what an unprivileged writer may still use (C(df)'s C(Avail)),
+      C(percent) is C(used / (used + free)) (C(df)'s C(Use%) before rounding up). Blocks reserved for root are in
+      neither C(used) nor C(free).
+  returned: always
+  type: dict
+  sample: {path: /var/lib/docker, total: 21003583488, used: 19196297216, free: 1807286272, percent: 91.4}
+usage_after:
+  description:
+    - Usage measured when the module finished, same keys as RV(usage_before).
+    - In check mode nothing was deleted, so it is the same as RV(usage_before); see RV(estimated_reclaim_bytes).
+  returned: always
+  type: dict
+  sample: {path: /var/lib/docker, total: 21003583488, used: 16383557632, free: 4620025856, percent: 78.0}
+reclaimed_bytes:
+  description: C(usage_before.used - usage_after.used), the space freed as C(df) shows it. V(0) in check mode.
+  returned: always
+  type: int
+  sample: 2812739584
+estimated_reclaim_bytes:
+  description:
+    - What the removals free according to the engine's sizes. In check mode the prediction for the items that would
+      be removed; after a real run the sum of the estimates of the items removed, to compare with RV(reclaimed_bytes).
+  returned: always
+  type: int
+  sample: 2790012345
+target_reached:
+  description:
+    - Whether usage ended at or below O(target_percent) (predicted in check mode).
+    - V(false) after a run means everything left is used, protected or outside O(stages).
+  returned: always
+  type: bool
+  sample: true
+stages:
+  description:
+    - The stages that ran (or would run in check mode), in order. Stages after the one reaching the target do not run.
+    - Empty when usage was below O(threshold_percent).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The stage.
+      type: str
+      sample: unused_images
+    removed:
+      description:
+        - The items removed (would be removed in check mode), oldest first. Each has C(kind) (container, image,
+          build_cache, volume), C(id), C(name), C(refs) (an image's tags and digests, the build cache records),
+          C(estimated_bytes) and C(bytes) (measured drop of used space after removing it, V(0) in check mode).
+      type: list
+      elements: dict
+      sample:
+        - kind: image
+          id: sha256:4b1c0a8e2f9d5e6c7b8a9f0e1d2c3b4a5f6e7d8c9b0a1f2e3d4c5b6a7f8e9d0c
+          name: registry.example.com/shop/web:7d3e9a1
+          refs: [registry.example.com/shop/web:7d3e9a1, "registry.example.com/shop/web@sha256:9a8b..."]
+          estimated_bytes: 412316860
+          bytes: 413097984
+    skipped:
+      description: Items the engine refused to remove (a container started using the image meanwhile, ...), with C(reason).
+      type: list
+      elements: dict
+      sample: []
+    bytes:
+      description: Used space the stage freed, measured. V(0) in check mode.
+      type: int
+      sample: 1236950581
+    estimated_bytes:
+      description: What the stage's removals free according to the engine's sizes.
+      type: int
+      sample: 1230000000
+protected:
+  description:
+    - What was kept on purpose, each with C(ref), C(source) (V(protect), C(release ledger of <project>) or
+      C(in use by container <names>)) and C(image_ids), the local images it names (empty when none is present).
+    - Release references of a project are its images by tag, by digest and as C(repo@digest).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - ref: "registry.example.com/shop/web@sha256:1f2e..."
+      source: release ledger of shop
+      image_ids: [sha256:77aa0c3c1f5e5b3e1d1c0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d]
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
+    ENGINE_ARGUMENT_SPEC,
+    RECLAIM_STAGES,
+    ImageProtection,
+    Reclaimer,
+    connect_engine,
+    describe_engine_error,
+    engine_address,
+    engine_root_dir,
+    measure_disk,
+    read_engine_inventory,
+    remove_reclaim_candidate,
+    usage_after_freeing,
+)
+from ansible_collections.safedeploy.compose.plugins.module_utils._release_state import (
+    ReleaseStateError,
+    list_projects,
+    protected_images,
+)
+
+DEFAULT_STAGES = ['containers', 'dangling_images', 'build_cache', 'unused_images']
+
+
+def human_bytes(count):
+    value = float(count)
+    for unit in ('B', 'KiB', 'MiB', 'GiB'):
+        if abs(value) < 1024 or unit == 'GiB':
+            return ('%d %s' % (value, unit)) if unit == 'B' else ('%.1f %s' % (value, unit))
+        value /= 1024.0
+    return '%d B' % count  # pragma: no cover - the loop always returns
+
+
+class DiskReclaim:
+    """One run: measure, decide, reclaim stage by stage, report."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.client = None
+        self.address = engine_address(module.params)
+        self.layer_cache = {}
+        # No top-level `path` key: AnsibleModule would add that path's file attributes to the result.
+        self.result = dict(changed=False, msg='', usage_before={}, usage_after={},
+                           reclaimed_bytes=0, estimated_reclaim_bytes=0, target_reached=False, stages=[], protected=[])
+
+    def fail(self, msg, **extra):
+        self.result.update(extra)
+        self.result['msg'] = msg
+        self.module.fail_json(**self.result)
+
+    def check_options(self):
+        threshold, target = self.params['threshold_percent'], self.params['target_percent']
+        for name, value in (('threshold_percent', threshold), ('target_percent', target)):
+            if not 0 <= value <= 100:
+                self.fail('disk_reclaim: %s must be between 0 and 100, got %s' % (name, value))
+        if target > threshold:
+            self.fail('disk_reclaim: target_percent (%s) is above threshold_percent (%s): the run would stop before '
+                      'it started; lower target_percent or raise threshold_percent' % (target, threshold))
+        stages = set(self.params['stages'])
+        if 'volumes' in stages and not self.params['prune_volumes']:
+            self.fail('disk_reclaim: stages lists volumes but prune_volumes is false; removing volumes deletes data no '
+                      'registry can restore, so it needs prune_volumes: true as well')
+        if self.params['prune_volumes']:
+            stages.add('volumes')
+        return stages
+
+    def engine_call(self, action, func, *args):
+        try:
+            return func(*args)
+        except Exception as exc:  # every engine failure ends the same way: a message, not a traceback
+            self.fail(describe_engine_error(exc, self.address, action))
+
+    def measure(self, path):
+        try:
+            return measure_disk(path)
+        except OSError as exc:
+            self.fail('disk_reclaim: cannot measure the filesystem holding %s: %s. The module must run on the engine\'s '
+                      'host; set path to a directory on the filesystem to watch' % (path, exc.strerror or exc))
+
+    def read_protection(self):
+        """The protecting refs; and the errors of ledgers that could not be read."""
+        protection = ImageProtection()
+        errors = []
+        for ref in self.params['protect']:
+            try:
+                protection.add(ref, 'protect')
+            except ValueError as exc:
+                self.fail('disk_reclaim: protect entry %s' % exc)
+        releases = self.params['protect_releases']
+        state_dir = releases['state_dir']
+        projects = releases['projects']
+        if projects is None:
+            try:
+                projects = list_projects(state_dir)
+            except ReleaseStateError as exc:
+                errors.append(str(exc))
+                projects = []
+        for project in projects:
+            protection.projects.add(project)
+            try:
+                refs = protected_images(state_dir, project, releases['keep_releases'])
+            except Exception as exc:  # any unreadable ledger: that project's images cannot be told apart
+                errors.append('project %s: %s' % (project, exc))
+                continue
+            for ref in refs:
+                try:
+                    protection.add(ref, 'release ledger of %s' % project)
+                except ValueError as exc:
+                    errors.append('project %s: ledger entry %s' % (project, exc))
+        return protection, errors
+
+    def run(self):
+        stages = self.check_options()
+        self.client = connect_engine(self.module)
+        path = self.params['path'] or self.engine_call('report its DockerRootDir (docker info)', engine_root_dir, self.client)
+        usage = self.measure(path)
+        self.result.update(usage_before=usage, usage_after=usage)
+        threshold, target = self.params['threshold_percent'], self.params['target_percent']
+        protection, ledger_errors = self.read_protection()
+        acting = self.params['force'] or usage['percent'] >= threshold
+
+        inventory = self.engine_call('list images, containers and volumes (/system/df)', self.read_inventory)
+        self.result['protected'] = protection.report(inventory)
+
+        if not acting:
+            for error in ledger_errors:
+                self.module.warn('disk_reclaim: release ledger not readable (a reclaim would refuse to run): %s' % error)
+            self.result.update(target_reached=usage['percent'] <= target,
+                               msg='usage of %s is %.1f%%, below threshold_percent %s%%: nothing to do'
+                                   % (path, usage['percent'], threshold))
+            self.module.exit_json(**self.result)
+        if ledger_errors:
+            self.fail('disk_reclaim: refusing to remove anything from %s: cannot tell which images the releases need: %s. '
+                      'Repair the ledger (safedeploy.compose.last_good_tag with recover_from_backup: true), or leave the '
+                      'project out of protect_releases.projects' % (path, '; '.join(ledger_errors)))
+
+        check_mode = self.module.check_mode
+        reclaimer = Reclaimer(self.read_inventory, protection, target,
+                              measure=None if check_mode else (lambda: self.measure(path)),
+                              remove=None if check_mode else self.remove)
+        try:
+            end = reclaimer.run(stages, usage, inventory)
+        except Exception as exc:  # report what was already removed along with the cause
+            self.result['stages'] = reclaimer.stages
+            self.finish(usage, self.measure(path), reclaimer, check_mode)
+            self.fail(describe_engine_error(exc, self.address, 'reclaim disk space on %s' % path))
+        self.result['stages'] = reclaimer.stages
+        self.finish(usage, end if not check_mode else usage, reclaimer, check_mode)
+        self.result['target_reached'] = (usage_after_freeing(usage, reclaimer.estimated_bytes) if check_mode
+                                         else self.result['usage_after'])['percent'] <= target
+        self.result['msg'] = self.summary(path, target, check_mode)
+        self.module.exit_json(**self.result)
+
+    def read_inventory(self):
+        return read_engine_inventory(self.client, self.layer_cache)
+
+    def remove(self, candidate):
+        return remove_reclaim_candidate(self.client, candidate)
+
+    def finish(self, before, after, reclaimer, check_mode):
+        removed = sum(len(stage['removed']) for stage in reclaimer.stages)
+        self.result.update(changed=removed > 0, usage_after=after,
+                           reclaimed_bytes=0 if check_mode else before['used'] - after['used'],
+                           estimated_reclaim_bytes=reclaimer.estimated_bytes)
+
+    def summary(self, path, target, check_mode):
+        before, after = self.result['usage_before'], self.result['usage_after']
+        removed = sum(len(stage['removed']) for stage in self.result['stages'])
+        if check_mode:
+            predicted = usage_after_freeing(before, self.result['estimated_reclaim_bytes'])
+            text = 'would remove %d item(s) freeing about %s on %s (%.1f%% -> about %.1f%%, target %s%%)' % (
+                removed, human_bytes(self.result['estimated_reclaim_bytes']), path, before['percent'],
+                predicted['percent'], target)
+        else:
+            text = 'removed %d item(s), reclaimed %s on %s (%.1f%% -> %.1f%%, target %s%%)' % (
+                removed, human_bytes(self.result['reclaimed_bytes']), path, before['percent'], after['percent'], target)
+        if not self.result['target_reached']:
+            text += '; still above target: what is left is in use, protected, or in stages not selected'
+        return text
+
+
+def main():
+    argument_spec = dict(
+        path=dict(type='path'),
+        threshold_percent=dict(type='float', default=85),
+        target_percent=dict(type='float', default=80),
+        force=dict(type='bool', default=False),
+        stages=dict(type='list', elements='str', choices=list(RECLAIM_STAGES), default=list(DEFAULT_STAGES)),
+        prune_volumes=dict(type='bool', default=False),
+        protect=dict(type='list', elements='str', default=[]),
+        protect_releases=dict(type='dict', default={}, options=dict(
+            state_dir=dict(type='path', default='/var/lib/safedeploy'),
+            projects=dict(type='list', elements='str'),
+            keep_releases=dict(type='int', default=2),
+        )),
+    )
+    argument_spec.update(ENGINE_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    DiskReclaim(module).run()
+
+
+if __name__ == '__main__':
+    main()
