@@ -56,16 +56,21 @@ def describe_engine_error(exc, address, action):
             'socket (docker_host option or DOCKER_HOST).' % (address, action, exc))
 
 
-def connect_engine(module):
-    """Return a docker.DockerClient talking to the engine, or fail the module with a clear message."""
+def connect_engine(module, result=None):
+    """Return a docker.DockerClient talking to the engine, or fail the module with a clear message.
+
+    `result` (optional) holds the module's other result keys, so a failure here returns them too.
+    """
+    result = dict(result or {})
+    result.pop('msg', None)
     if not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib('docker'), exception=DOCKER_IMPORT_ERROR)
+        module.fail_json(msg=missing_required_lib('docker'), exception=DOCKER_IMPORT_ERROR, **result)
     address = engine_address(module.params)
     try:
         client = docker.DockerClient(base_url=address, timeout=module.params.get('engine_timeout') or 60)
         client.ping()
     except Exception as exc:  # any failure to reach the engine ends the module the same way
-        module.fail_json(msg=describe_engine_error(exc, address, 'answer a ping'))
+        module.fail_json(msg=describe_engine_error(exc, address, 'answer a ping'), **result)
     return client
 
 

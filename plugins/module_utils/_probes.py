@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 import traceback
+import warnings
 from datetime import datetime, timezone
 
 try:
@@ -217,6 +218,9 @@ class HttpProbe:
         self.follow_redirects = follow_redirects
         self.timeout = float(timeout or DEFAULT_CHECK_TIMEOUT)
         self.secrets = [bearer_token] if bearer_token else []
+        if not validate_certs:
+            # the user chose this for the endpoint; urllib3's warning on every request would only be noise
+            warnings.filterwarnings('ignore', category=requests.packages.urllib3.exceptions.InsecureRequestWarning)
 
     def exchange(self, timeout):
         """Send the request; return (HttpAnswer, None) or (None, ProbeResult describing the failure)."""
@@ -925,11 +929,12 @@ def failure_reason(state, threshold, count_unreachable_as_failure):
     last = state.last
     if last is None:
         return 'never probed'
-    if last.passed:
-        return 'passed %d time(s) in a row, %d needed' % (state.consecutive, threshold)
-    text = last.error or 'failed'
     if last.fatal:
-        return text
+        return last.error or 'failed'
+    if last.passed:
+        text = 'passed %d time(s) in a row, %d needed' % (state.consecutive, threshold)
+    else:
+        text = last.error or 'failed'
     if last.unreachable:
         text = 'could not measure: ' + text
         if not count_unreachable_as_failure and state.passes:

@@ -29,7 +29,6 @@ import socket
 import time
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import (
-    fsync_directory,
     remove_stale_temp_files,
     write_file_atomic,
 )

@@ -375,7 +375,7 @@ class DiskReclaim:
 
     def run(self):
         stages = self.check_options()
-        self.client = connect_engine(self.module)
+        self.client = connect_engine(self.module, self.result)
         path = self.params['path'] or self.engine_call('report its DockerRootDir (docker info)', engine_root_dir, self.client)
         usage = self.measure(path)
         self.result.update(usage_before=usage, usage_after=usage)

@@ -536,6 +536,14 @@ def gather_logs(outcome, lines):
     return logs
 
 
+def unguarded_containers(outcome, stable_for):
+    """Containers only judged by "running": no HEALTHCHECK, no other check type, no stable_for."""
+    if stable_for > 0 or any(state.probe.kind != 'containers' for state in outcome.states):
+        return []
+    return sorted(set(row['name'] for state in outcome.states if state.last is not None
+                      for row in state.last.evidence.get('containers', []) if row.get('health') is None))
+
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     result = empty_result()
@@ -547,6 +555,11 @@ def main():
     outcome = gate.wait_until_healthy()
     for warning in outcome.warnings:
         module.warn(warning)
+    bare = unguarded_containers(outcome, params['stable_for'])
+    if bare:
+        module.warn('container(s) %s have no Docker HEALTHCHECK and no http, tcp or openapi check watches them, so they count as '
+                    'up as soon as they run (a crash loop between two rounds can pass); set stable_for to a few intervals or '
+                    'add an http or tcp check' % ', '.join(bare))
     result.update(
         passed=outcome.passed,
         elapsed=outcome.elapsed,

@@ -19,7 +19,7 @@ description:
   - A truncated, hand-edited or otherwise damaged ledger is reported and never reset silently;
     O(recover_from_backup=true) restores the previous good write.
 author:
-  - safedeploy.compose contributors
+  - safedeploy.compose contributors (@safedeploy)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - safedeploy.compose._state

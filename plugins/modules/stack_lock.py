@@ -20,7 +20,7 @@ description:
   - Only the run id that holds the lease can release it. To break a stale lease by hand, quote the
     holder's run id (it is in the failure message and in RV(lock)).
 author:
-  - safedeploy.compose contributors
+  - safedeploy.compose contributors (@safedeploy)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - safedeploy.compose._state

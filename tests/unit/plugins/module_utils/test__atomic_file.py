@@ -127,8 +127,8 @@ def test_stale_cleanup_touches_only_temps_of_that_file(tmp_path):
     for name in keep + ['.releases.json.tmp-99-0a0b0c0d', '.releases.json.tmp-7-ffffffff']:
         (tmp_path / name).write_bytes(b'x')
     removed = remove_stale_temp_files(str(target))
-    assert sorted(os.path.basename(path) for path in removed) == ['.releases.json.tmp-7-ffffffff',
-                                                                   '.releases.json.tmp-99-0a0b0c0d']
+    assert sorted(os.path.basename(path) for path in removed) == [
+        '.releases.json.tmp-7-ffffffff', '.releases.json.tmp-99-0a0b0c0d']
     assert sorted(os.listdir(tmp_path)) == sorted(keep)
 
 

@@ -124,8 +124,8 @@ def test_record_of_same_id_and_digests_changes_nothing(tmp_path):
 
 def test_record_of_same_id_with_other_digests_fails_naming_the_service(tmp_path):
     record(tmp_path, 'r1', 'a')
-    with pytest.raises(ReleaseStateError, match=r'release r1 is already recorded with other images '
-                                                 r'\(services differing: web\).*immutable'):
+    expected = r'release r1 is already recorded with other images \(services differing: web\).*immutable'
+    with pytest.raises(ReleaseStateError, match=expected):
         record(tmp_path, 'r1', 'b')
     assert load(tmp_path)['serial'] == 1
 
@@ -310,8 +310,8 @@ def test_damaged_ledger_and_backup_name_both_files(tmp_path):
     record(tmp_path, 'r2', 'b')
     ledger_file(tmp_path).write_bytes(b'')
     (tmp_path / PROJECT / 'releases.json.bak').write_bytes(b'[]')
-    with pytest.raises(LedgerCorruptError, match=r'releases\.json is unreadable \(empty\) and so is its backup '
-                                                  r'.*releases\.json\.bak \(not a JSON object\)'):
+    expected = r'releases\.json is unreadable \(empty\) and so is its backup .*releases\.json\.bak \(not a JSON object\)'
+    with pytest.raises(LedgerCorruptError, match=expected):
         act(tmp_path, recover_from_backup=True)
 
 

@@ -1,0 +1,188 @@
+"""The compose CLI wrapper (plugins/module_utils/_compose.py).
+
+Detection runs against fake `docker` / `docker-compose` executables on PATH; rendering runs the
+host's real compose CLI (it needs no engine for `config`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+
+import pytest
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common import warnings
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
+    CommandRunner, ComposeCli, ComposeError, ComposeNotFound, ComposeProject, ComposeTimeout, compose_hash,
+    detect_compose, find_default_compose_files, parse_config, services_of,
+)
+
+
+@pytest.fixture
+def module():
+    with patch_module_args({}):
+        yield AnsibleModule(argument_spec={})
+
+
+def fake_exe(directory, name, script):
+    path = directory / name
+    path.write_text('#!/bin/sh\n' + script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return str(path)
+
+
+@pytest.fixture
+def fake_bin(tmp_path, monkeypatch):
+    directory = tmp_path / 'bin'
+    directory.mkdir()
+    # only the fakes and coreutils' timeout: the real docker CLIs of /usr/bin must stay out of sight
+    shutil.copy(shutil.which('timeout'), str(directory / 'timeout'))
+    monkeypatch.setenv('PATH', str(directory))
+    return directory
+
+
+PLUGIN = 'if [ "$1 $2 $3" = "compose version --short" ]; then echo 2.24.6; exit 0; fi\n' \
+         'echo "docker: \'compose\' is not a docker command." >&2; exit 1\n'
+NO_PLUGIN = 'echo "docker: \'compose\' is not a docker command." >&2; exit 1\n'
+V1 = 'if [ "$1 $2" = "version --short" ]; then echo 1.29.2; exit 0; fi\nexit 3\n'
+
+
+def test_detect_prefers_the_v2_plugin(module, fake_bin):
+    docker = fake_exe(fake_bin, 'docker', PLUGIN)
+    fake_exe(fake_bin, 'docker-compose', V1)
+    cli = detect_compose(module)
+    assert cli.argv == [docker, 'compose']
+    assert cli.version == '2.24.6' and cli.major == 2 and not cli.is_v1
+
+
+def test_detect_falls_back_to_docker_compose_v1(module, fake_bin):
+    fake_exe(fake_bin, 'docker', NO_PLUGIN)
+    standalone = fake_exe(fake_bin, 'docker-compose', V1)
+    cli = detect_compose(module)
+    assert cli.argv == [standalone]
+    assert cli.version_info == (1, 29, 2) and cli.is_v1
+
+
+def test_detect_without_any_compose_names_what_it_tried(module, fake_bin):
+    fake_exe(fake_bin, 'docker', NO_PLUGIN)
+    with pytest.raises(ComposeNotFound) as info:
+        detect_compose(module)
+    message = str(info.value)
+    assert 'not a docker command' in message and 'docker-compose (not on PATH)' in message
+    assert 'install' in message
+
+
+def test_detect_on_this_host(module):
+    cli = detect_compose(module)
+    assert cli.major in (1, 2)
+    if cli.is_v1:
+        assert os.path.basename(cli.argv[0]) == 'docker-compose'
+    else:
+        assert cli.argv[-1] == 'compose' or os.path.basename(cli.argv[0]) == 'docker-compose'
+
+
+def test_argv_always_names_project_directory_files_and_env_files(module):
+    v1 = ComposeProject(CommandRunner(module), ComposeCli(['/usr/bin/docker-compose'], '1.29.2'), '/srv/shop', 'shop',
+                        ['/srv/shop/compose.yaml', '/srv/shop/prod.yaml'], ['/srv/shop/prod.env'])
+    common = ['/usr/bin/docker-compose', '-p', 'shop', '--project-directory', '/srv/shop',
+              '-f', '/srv/shop/compose.yaml', '-f', '/srv/shop/prod.yaml', '--env-file', '/srv/shop/prod.env']
+    assert v1.config_argv() == common + ['config']
+    assert v1.config_argv(extra_files=['/srv/shop/compose.release.yml']) == \
+        common[:9] + ['-f', '/srv/shop/compose.release.yml'] + common[9:] + ['config']
+    assert v1.pull_argv(['web']) == common + ['pull', '--quiet', 'web']
+    assert v1.up_argv(no_build=True) == common + ['up', '-d', '--remove-orphans', '--no-build']
+    assert v1.ps_argv() == common + ['ps', '--all']
+    assert v1.down_argv(stop_timeout=5) == common + ['down', '--remove-orphans', '--timeout', '5']
+    assert v1.run_argv('migrate', ['./manage', 'migrate'], environment={'B': '2', 'A': '1'}) == \
+        common + ['run', '--rm', '-T', '--no-deps', '-e', 'A=1', '-e', 'B=2', 'migrate', './manage', 'migrate']
+    v2 = ComposeProject(CommandRunner(module), ComposeCli(['/usr/bin/docker', 'compose'], '2.24.6'), '/srv/shop', 'shop',
+                        ['/srv/shop/compose.yaml'], ['/srv/shop/a.env', '/srv/shop/b.env'])
+    assert v2.config_argv()[-3:] == ['config', '--format', 'json']
+    assert v2.config_argv().count('--env-file') == 2
+
+
+def test_v1_refuses_several_env_files(module):
+    with pytest.raises(ComposeError) as info:
+        ComposeProject(CommandRunner(module), ComposeCli(['docker-compose'], '1.29.2'), '/srv', 'p', ['/srv/c.yml'],
+                       ['/srv/a.env', '/srv/b.env'])
+    assert 'single --env-file' in str(info.value)
+
+
+def test_runner_enforces_the_timeout(module, fake_bin):
+    slow = fake_exe(fake_bin, 'slow', 'exec %s 30\n' % shutil.which('sleep', path='/usr/bin:/bin'))
+    runner = CommandRunner(module, timeout=1)
+    started = time.monotonic()
+    with pytest.raises(ComposeTimeout) as info:
+        runner.run([slow])
+    assert time.monotonic() - started < 10
+    assert 'within 1s' in str(info.value)
+    assert runner.run(['/bin/sh', '-c', 'echo ok'])[0:2] == (0, 'ok\n')
+
+
+def test_runner_without_coreutils_timeout_warns(module, monkeypatch):
+    monkeypatch.setattr(warnings, '_global_warnings', {})
+    runner = CommandRunner(module, timeout=5)
+    runner._timeout_bin = None  # a host without coreutils (get_bin_path also searches sbin)
+    assert runner.run(['/bin/sh', '-c', 'exit 0'])[0] == 0
+    assert any('without a deadline' in warning for warning in warnings.get_warning_messages())
+
+
+def test_find_default_compose_files(tmp_path):
+    assert find_default_compose_files(str(tmp_path)) == []
+    (tmp_path / 'docker-compose.yml').write_text('services: {}\n')
+    assert find_default_compose_files(str(tmp_path)) == [str(tmp_path / 'docker-compose.yml')]
+    (tmp_path / 'docker-compose.override.yml').write_text('services: {}\n')
+    (tmp_path / 'compose.yaml').write_text('services: {}\n')
+    assert find_default_compose_files(str(tmp_path)) == [str(tmp_path / 'compose.yaml')]
+    (tmp_path / 'compose.override.yml').write_text('services: {}\n')
+    assert find_default_compose_files(str(tmp_path)) == [str(tmp_path / 'compose.yaml'),
+                                                         str(tmp_path / 'compose.override.yml')]
+
+
+def project_in(module, directory, env_files=None):
+    runner = CommandRunner(module, timeout=60)
+    return ComposeProject(runner, detect_compose(module, runner), str(directory), 'sdt-pin-unit',
+                          [str(directory / 'compose.yaml')], env_files, timeout=60)
+
+
+def test_rendered_config_and_hash_follow_the_env_file(module, tmp_path):
+    (tmp_path / 'compose.yaml').write_text(
+        'services:\n'
+        '  web:\n    image: 127.0.0.1:5000/sdt-pin/web:${TAG}\n'
+        '  builder:\n    build: ./builder\n')
+    (tmp_path / 'builder').mkdir()
+    (tmp_path / 'builder' / 'Dockerfile').write_text('FROM scratch\n')
+    (tmp_path / '.env').write_text('TAG=one\n')
+    project = project_in(module, tmp_path)
+    text, config = project.load_config()
+    assert services_of(config) == {'builder': {'image': None, 'build': True},
+                                   'web': {'image': '127.0.0.1:5000/sdt-pin/web:one', 'build': False}}
+    first = compose_hash(text)
+    assert compose_hash(project.render_config()) == first  # stable
+    (tmp_path / '.env').write_text('TAG=two\n')
+    assert compose_hash(project.render_config()) != first
+    (tmp_path / 'other.env').write_text('TAG=three\n')
+    text, config = project_in(module, tmp_path, [str(tmp_path / 'other.env')]).load_config()
+    assert config['services']['web']['image'].endswith(':three')
+
+
+def test_invalid_compose_file_is_a_compose_error_with_the_cause(module, tmp_path):
+    (tmp_path / 'compose.yaml').write_text('services:\n  web:\n    image: [not, a, string]\n')
+    with pytest.raises(ComposeError) as info:
+        project_in(module, tmp_path).render_config()
+    assert info.value.rc != 0
+    assert 'sdt-pin-unit' in str(info.value) and 'image' in str(info.value)
+
+
+def test_parse_config_reads_json_from_v2_and_yaml_from_v1():
+    assert parse_config('{"services": {"a": {"image": "x:1"}}}', ComposeCli(['docker', 'compose'], '2.20.0')) == \
+        {'services': {'a': {'image': 'x:1'}}}
+    assert parse_config('services:\n  a:\n    image: x:1\n', ComposeCli(['docker-compose'], '1.29.2')) == \
+        {'services': {'a': {'image': 'x:1'}}}
+    with pytest.raises(ComposeError):
+        parse_config('', ComposeCli(['docker-compose'], '1.29.2'))

@@ -1,0 +1,423 @@
+"""The Registry HTTP API v2 client (plugins/module_utils/_registry.py) against a fake registry on 127.0.0.1.
+
+The fake speaks just enough of the protocol to exercise what real registries do and the test bed's
+registries cannot show: a bearer-token service, server errors, a HEAD without Docker-Content-Digest.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from ansible_collections.safedeploy.compose.plugins.module_utils import _registry
+from ansible_collections.safedeploy.compose.plugins.module_utils._registry import (
+    MANIFEST_MEDIA_TYPES, OCI_INDEX, OCI_MANIFEST, DockerConfigError, ManifestNotFoundError, RegistryAuthError,
+    RegistryClient, RegistryError, RegistryUnreachableError, is_loopback, load_docker_config_auths,
+    normalize_registry_key, parse_www_authenticate,
+)
+
+USER = 'deployer'
+PASSWORD = 'pw-Secret-4711'
+TOKEN = 'tok-Very-Secret-0815'
+
+
+def manifest_body(layers=(100, 200), config_size=50, media_type=OCI_MANIFEST):
+    return json.dumps({
+        'schemaVersion': 2, 'mediaType': media_type,
+        'config': {'mediaType': 'application/vnd.oci.image.config.v1+json', 'size': config_size,
+                   'digest': 'sha256:' + '1' * 64},
+        'layers': [{'mediaType': 'application/vnd.oci.image.layer.v1.tar+gzip', 'size': size,
+                    'digest': 'sha256:%064x' % index} for index, size in enumerate(layers)],
+    }, sort_keys=True).encode()
+
+
+def sha(body):
+    return 'sha256:' + hashlib.sha256(body).hexdigest()
+
+
+class FakeRegistry(object):
+    """Manifests by (repository, reference); auth mode None, 'basic' or 'bearer'; scripted failures."""
+
+    def __init__(self):
+        self.auth = None
+        self.public = set()  # repositories the token service serves anonymously
+        self.manifests = {}
+        self.fail_statuses = []  # statuses answered (in order) before the real answer
+        self.head_digest = True
+        self.requests = []
+        self.token_requests = []
+        self.server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
+        self.port = self.server.server_address[1]
+        self.host = '127.0.0.1:%d' % self.port
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True)
+        self.thread.start()
+
+    def add(self, repository, reference, body, media_type=OCI_MANIFEST):
+        self.manifests[(repository, reference)] = (body, media_type)
+        self.manifests[(repository, sha(body))] = (body, media_type)
+        return sha(body)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._serve(body=True)
+
+            def do_HEAD(self):
+                self._serve(body=False)
+
+            def _reply(self, status, headers=None, body=b'', send_body=True):
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                if send_body and body:
+                    self.wfile.write(body)
+
+            def _serve(self, body):
+                url = urlparse(self.path)
+                if url.path == '/token':
+                    return self._token(parse_qs(url.query))
+                fake.requests.append((self.command, url.path, dict(self.headers)))
+                if fake.fail_statuses:
+                    return self._reply(fake.fail_statuses.pop(0), send_body=body)
+                if not self._authorized():
+                    return
+                parts = url.path.split('/manifests/')
+                repository, reference = parts[0][len('/v2/'):], parts[1]
+                if (repository, reference) not in fake.manifests:
+                    return self._reply(404, {'Content-Type': 'application/json'},
+                                       b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', body)
+                content, media_type = fake.manifests[(repository, reference)]
+                headers = {'Content-Type': media_type}
+                if fake.head_digest:  # when False, neither HEAD nor GET carries it: the digest must be computed
+                    headers['Docker-Content-Digest'] = sha(content)
+                self._reply(200, headers, content, body)
+
+            def _authorized(self):
+                given = self.headers.get('Authorization', '')
+                if fake.auth == 'basic':
+                    expected = 'Basic ' + base64.b64encode(('%s:%s' % (USER, PASSWORD)).encode()).decode()
+                    if given != expected:
+                        self._reply(401, {'WWW-Authenticate': 'Basic realm="fake"'}, send_body=self.command == 'GET')
+                        return False
+                elif fake.auth == 'bearer':
+                    if given != 'Bearer ' + TOKEN:
+                        scope = 'repository:%s:pull' % self.path.split('/manifests/')[0][len('/v2/'):]
+                        self._reply(401, {'WWW-Authenticate': 'Bearer realm="http://%s/token",service="fake.test",'
+                                                              'scope="%s"' % (fake.host, scope)},
+                                    send_body=self.command == 'GET')
+                        return False
+                return True
+
+            def _token(self, query):
+                given = self.headers.get('Authorization', '')
+                fake.token_requests.append((query, given))
+                expected = 'Basic ' + base64.b64encode(('%s:%s' % (USER, PASSWORD)).encode()).decode()
+                repository = query.get('scope', [''])[0].split(':')[1]
+                if given == expected or (not given and repository in fake.public):
+                    return self._reply(200, {'Content-Type': 'application/json'},
+                                       json.dumps({'token': TOKEN, 'expires_in': 300}).encode())
+                return self._reply(401, {'Content-Type': 'application/json'}, b'{"details":"incorrect username or password"}')
+
+        return Handler
+
+
+@pytest.fixture
+def fake():
+    registry = FakeRegistry()
+    yield registry
+    registry.close()
+
+
+class Clock(object):
+    """A fake clock the fake sleep advances, so retry tests take no real time."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def client_for(fake_or_none=None, **kwargs):
+    kwargs.setdefault('docker_config', '/nonexistent/safedeploy-test/config.json')
+    kwargs.setdefault('timeout', 10)
+    return RegistryClient(**kwargs)
+
+
+def assert_no_secret(exc):
+    text = '%s %r %r' % (exc, exc, exc.as_dict())
+    for secret in (PASSWORD, TOKEN, base64.b64encode(('%s:%s' % (USER, PASSWORD)).encode()).decode()):
+        assert secret not in text
+
+
+# ------------------------------------------------------------------ resolving
+
+def test_anonymous_head_gives_digest_and_sends_every_manifest_type(fake):
+    digest = fake.add('team/web', 'v1', manifest_body())
+    resolved = client_for().resolve('%s/team/web:v1' % fake.host)
+    assert resolved.digest == digest
+    assert resolved.media_type == OCI_MANIFEST
+    method, path, headers = fake.requests[-1]
+    assert (method, path) == ('HEAD', '/v2/team/web/manifests/v1')
+    accepted = [item.strip() for item in headers['Accept'].split(',')]
+    assert accepted == list(MANIFEST_MEDIA_TYPES)
+
+
+def test_index_digest_is_the_index_not_a_platform_manifest(fake):
+    amd64 = fake.add('team/multi', sha(manifest_body((1,))), manifest_body((1,)))
+    index = json.dumps({'schemaVersion': 2, 'mediaType': OCI_INDEX, 'manifests': [
+        {'mediaType': OCI_MANIFEST, 'digest': amd64, 'size': 10, 'platform': {'os': 'linux', 'architecture': 'amd64'}},
+    ]}).encode()
+    index_digest = fake.add('team/multi', 'v1', index, OCI_INDEX)
+    resolved = client_for().resolve('%s/team/multi:v1' % fake.host)
+    assert resolved.digest == index_digest
+    assert resolved.media_type == OCI_INDEX
+
+
+def test_head_without_digest_falls_back_to_get_and_hashes_the_body(fake):
+    body = manifest_body((7, 8, 9))
+    fake.add('team/web', 'v2', body)
+    fake.head_digest = False
+    resolved = client_for().resolve('%s/team/web:v2' % fake.host)
+    assert resolved.digest == sha(body)
+    assert [request[0] for request in fake.requests] == ['HEAD', 'GET']
+    assert resolved.size == len(body)
+
+
+def test_missing_manifest_is_not_found_with_status(fake):
+    with pytest.raises(ManifestNotFoundError) as info:
+        client_for().resolve('%s/team/web:nope' % fake.host)
+    error = info.value
+    assert (error.registry, error.repository, error.reference, error.status) == (fake.host, 'team/web', 'nope', 404)
+    assert 'not found' in str(error) and 'HTTP 404' in str(error)
+
+
+def test_digest_reference_is_checked_by_digest(fake):
+    digest = fake.add('team/web', 'v1', manifest_body())
+    assert client_for().resolve('%s/team/web:ignored@%s' % (fake.host, digest)).digest == digest
+    assert fake.requests[-1][1] == '/v2/team/web/manifests/%s' % digest
+
+
+# ------------------------------------------------------------------ retries and deadlines
+
+def test_server_errors_are_retried_with_growing_backoff(fake):
+    digest = fake.add('team/web', 'v1', manifest_body())
+    fake.fail_statuses = [503, 500, 502]
+    clock = Clock()
+    client = client_for(clock=clock, sleep=clock.sleep, backoff=0.5)
+    assert client.resolve('%s/team/web:v1' % fake.host).digest == digest
+    assert len(fake.requests) == 4
+    assert clock.sleeps == [0.5, 1.0, 2.0]
+
+
+def test_server_errors_until_the_deadline_make_the_registry_unreachable(fake):
+    fake.fail_statuses = [503] * 1000
+    clock = Clock()
+    client = client_for(clock=clock, sleep=clock.sleep, backoff=0.5, max_backoff=2, timeout=9)
+    with pytest.raises(RegistryUnreachableError) as info:
+        client.resolve('%s/team/web:v1' % fake.host)
+    assert info.value.status == 503
+    assert 'within 9s' in str(info.value) and 'HTTP 503' in str(info.value)
+    assert sum(clock.sleeps) == pytest.approx(9)
+    assert max(clock.sleeps) <= 2
+
+
+def test_connection_refused_is_bounded_by_the_timeout_and_remembered():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    client = client_for(timeout=1.5, backoff=0.2)
+    started = time.monotonic()
+    with pytest.raises(RegistryUnreachableError) as info:
+        client.resolve('127.0.0.1:%d/team/web:v1' % port)
+    elapsed = time.monotonic() - started
+    assert 1.4 <= elapsed < 4
+    assert 'ConnectionError' in str(info.value)
+    # a second image on the same registry fails at once instead of waiting again
+    started = time.monotonic()
+    with pytest.raises(RegistryUnreachableError):
+        client.resolve('127.0.0.1:%d/team/other:v1' % port)
+    assert time.monotonic() - started < 0.2
+
+
+# ------------------------------------------------------------------ authentication
+
+def test_bearer_token_flow_with_credentials(fake):
+    fake.auth = 'bearer'
+    digest = fake.add('team/private', 'v1', manifest_body())
+    client = client_for(credentials=[{'registry': fake.host, 'username': USER, 'password': PASSWORD}])
+    assert client.resolve('%s/team/private:v1' % fake.host).digest == digest
+    query, authorization = fake.token_requests[-1]
+    assert query['service'] == ['fake.test']
+    assert query['scope'] == ['repository:team/private:pull']
+    assert authorization.startswith('Basic ')
+    # the token is cached: a second resolve needs no token request
+    client.resolve('%s/team/private:v1' % fake.host)
+    assert len(fake.token_requests) == 1
+
+
+def test_bearer_token_flow_anonymous_for_a_public_repository(fake):
+    fake.auth = 'bearer'
+    fake.public.add('library/nginx')
+    digest = fake.add('library/nginx', '1.25', manifest_body())
+    assert client_for().resolve('%s/library/nginx:1.25' % fake.host).digest == digest
+    assert fake.token_requests[-1][1] == ''
+
+
+def test_bearer_wrong_password_is_a_clear_401_without_secrets(fake):
+    fake.auth = 'bearer'
+    fake.add('team/private', 'v1', manifest_body())
+    wrong = 'wrong-' + PASSWORD
+    client = client_for(credentials=[{'registry': fake.host, 'username': USER, 'password': wrong}])
+    with pytest.raises(RegistryAuthError) as info:
+        client.resolve('%s/team/private:v1' % fake.host)
+    error = info.value
+    assert error.status == 401
+    assert 'refused the credentials' in str(error) and USER in str(error) and 'registry_auth' in str(error)
+    assert wrong not in '%s %r' % (error, error.as_dict())
+    assert_no_secret(error)
+
+
+def test_bearer_without_credentials_says_how_to_give_them(fake):
+    fake.auth = 'bearer'
+    fake.add('team/private', 'v1', manifest_body())
+    with pytest.raises(RegistryAuthError) as info:
+        client_for().resolve('%s/team/private:v1' % fake.host)
+    assert 'requires credentials' in str(info.value) and 'docker login' in str(info.value)
+
+
+def test_basic_auth_flow(fake):
+    fake.auth = 'basic'
+    digest = fake.add('team/web', 'v1', manifest_body())
+    client = client_for(credentials=[{'registry': 'http://%s/' % fake.host, 'username': USER, 'password': PASSWORD}])
+    assert client.resolve('%s/team/web:v1' % fake.host).digest == digest
+    statuses = [headers.get('Authorization', '').split(' ')[0] for _m, _p, headers in fake.requests]
+    assert statuses == ['', 'Basic']
+
+
+def test_basic_auth_wrong_password(fake):
+    fake.auth = 'basic'
+    fake.add('team/web', 'v1', manifest_body())
+    client = client_for(credentials=[{'registry': fake.host, 'username': USER, 'password': 'nope-' + PASSWORD}])
+    with pytest.raises(RegistryAuthError) as info:
+        client.resolve('%s/team/web:v1' % fake.host)
+    assert info.value.status == 401
+    assert 'nope-' + PASSWORD not in str(info.value)
+    assert_no_secret(info.value)
+
+
+def test_credentials_from_docker_config(fake, tmp_path, monkeypatch):
+    fake.auth = 'bearer'
+    digest = fake.add('team/private', 'v1', manifest_body())
+    config = {'auths': {'http://%s' % fake.host: {'auth': base64.b64encode(('%s:%s' % (USER, PASSWORD)).encode()).decode()}}}
+    (tmp_path / 'config.json').write_text(json.dumps(config))
+    monkeypatch.setenv('DOCKER_CONFIG', str(tmp_path))
+    client = RegistryClient(timeout=10)
+    assert client.docker_config_path == str(tmp_path / 'config.json')
+    assert client.resolve('%s/team/private:v1' % fake.host).digest == digest
+    # the option wins over the file
+    option = RegistryClient(timeout=10, credentials=[{'registry': fake.host, 'username': USER, 'password': 'x'}])
+    with pytest.raises(RegistryAuthError) as info:
+        option.resolve('%s/team/private:v1' % fake.host)
+    assert 'registry_auth' in str(info.value)
+
+
+# ------------------------------------------------------------------ sizes
+
+def test_manifest_size_sums_layers_and_picks_amd64_from_an_index(fake):
+    arm = manifest_body((1000,), 1)
+    amd = manifest_body((300, 400), 20)
+    fake.add('team/multi', 'arm', arm)
+    fake.add('team/multi', 'amd', amd)
+    index = json.dumps({'schemaVersion': 2, 'mediaType': OCI_INDEX, 'manifests': [
+        {'mediaType': OCI_MANIFEST, 'digest': sha(arm), 'size': len(arm), 'platform': {'os': 'linux', 'architecture': 'arm64'}},
+        {'mediaType': OCI_MANIFEST, 'digest': sha(amd), 'size': len(amd), 'platform': {'os': 'linux', 'architecture': 'amd64'}},
+    ]}).encode()
+    fake.add('team/multi', 'v1', index, OCI_INDEX)
+    client = client_for()
+    assert client.manifest_size('%s/team/multi:v1' % fake.host) == 720
+    assert client.manifest_size('%s/team/multi:arm' % fake.host) == 1001
+    assert client.manifest_size('%s/team/multi:v1' % fake.host, architecture='s390x') == 1001  # first entry
+
+
+# ------------------------------------------------------------------ small parts
+
+def test_parse_www_authenticate_keeps_commas_inside_quotes():
+    scheme, params = parse_www_authenticate(
+        'Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push"')
+    assert scheme == 'bearer'
+    assert params == {'realm': 'https://auth.example.com/token', 'service': 'registry.example.com',
+                      'scope': 'repository:a/b:pull,push'}
+    assert parse_www_authenticate('Basic realm="x"') == ('basic', {'realm': 'x'})
+    assert parse_www_authenticate('') == (None, {})
+
+
+@pytest.mark.parametrize('key, expected', [
+    ('https://index.docker.io/v1/', 'docker.io'),
+    ('registry-1.docker.io', 'docker.io'),
+    ('http://127.0.0.1:5001', '127.0.0.1:5001'),
+    ('127.0.0.1:5001/v2/', '127.0.0.1:5001'),
+    ('registry.example.com', 'registry.example.com'),
+])
+def test_normalize_registry_key(key, expected):
+    assert normalize_registry_key(key) == expected
+
+
+def test_scheme_http_for_loopback_and_insecure_https_otherwise():
+    client = client_for(insecure_registries=['build.lan:5000'])
+    assert client.base_url('127.0.0.1:5000') == 'http://127.0.0.1:5000/v2/'
+    assert client.base_url('localhost:5000') == 'http://localhost:5000/v2/'
+    assert client.base_url('[::1]:5000') == 'http://[::1]:5000/v2/'
+    assert client.base_url('build.lan:5000') == 'http://build.lan:5000/v2/'
+    assert client.base_url('registry.example.com') == 'https://registry.example.com/v2/'
+    assert client.base_url('docker.io') == 'https://registry-1.docker.io/v2/'
+    assert is_loopback('127.0.0.2:80') and not is_loopback('10.0.0.1:5000')
+
+
+def test_docker_config_errors_name_the_file_not_the_secret(tmp_path):
+    path = tmp_path / 'config.json'
+    assert load_docker_config_auths(str(path)) == {}  # no file: no credentials
+    path.write_text('{"auths": {"r.example": {"auth": "%s"}}' % base64.b64encode(b'u:' + PASSWORD.encode()).decode())
+    with pytest.raises(DockerConfigError) as info:
+        load_docker_config_auths(str(path))
+    assert str(path) in str(info.value)
+    path.write_text(json.dumps({'auths': {'r.example': {'auth': '!!not base64:' + PASSWORD}}}))
+    with pytest.raises(DockerConfigError) as info:
+        load_docker_config_auths(str(path))
+    assert 'r.example' in str(info.value) and PASSWORD not in str(info.value)
+    path.write_text(json.dumps({'auths': {'https://index.docker.io/v1/': {'auth': base64.b64encode(b'u:p:q').decode()},
+                                          'helper.example': {}}, 'credsStore': 'pass'}))
+    assert load_docker_config_auths(str(path)) == {'docker.io': ('u', 'p:q')}
+
+
+def test_errors_are_registry_errors():
+    assert issubclass(ManifestNotFoundError, RegistryError)
+    assert issubclass(RegistryAuthError, RegistryError)
+    assert issubclass(RegistryUnreachableError, RegistryError)
+    assert _registry.HAS_REQUESTS
+    assert os.path.basename(_registry.default_docker_config_path({'DOCKER_CONFIG': '/x'})) == 'config.json'
