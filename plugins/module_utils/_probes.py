@@ -489,17 +489,19 @@ class ContainersProbe:
 
     kind = 'containers'
 
-    def __init__(self, name, project, services=None, replicas=None, docker_host=None, engine_timeout=60,
+    def __init__(self, name, project, services=None, replicas=None, digests=None, docker_host=None, engine_timeout=60,
                  gate_timeout=None, timeout=DEFAULT_CHECK_TIMEOUT):
         if not HAS_DOCKER:
             raise ValueError('the Python library docker is needed for containers checks')
         self.name = name
         self.project = project
         self.replicas = dict((str(key), int(value)) for key, value in (replicas or {}).items())
+        self.digests = dict((str(key), pinned_digest(value)) for key, value in (digests or {}).items())
         self.services = list(services or [])
-        for service in self.replicas:
+        for service in list(self.replicas) + list(self.digests):
             if service not in self.services and self.services:
                 self.services.append(service)
+        self._image_digests = {}  # image id -> set of its repo digests
         self.docker_host = docker_host
         self.engine_timeout = engine_timeout
         self.gate_timeout = gate_timeout
@@ -563,7 +565,7 @@ class ContainersProbe:
                 up_by_service[row['service']] = up_by_service.get(row['service'], 0) + 1
 
         missing = []
-        expected = dict((service, 1) for service in self.services)
+        expected = dict((service, 1) for service in list(self.services) + list(self.digests))
         expected.update(self.replicas)
         for service, wanted in sorted(expected.items()):
             total = sum(1 for row in containers if row['service'] == service)
@@ -633,6 +635,9 @@ class ContainersProbe:
             row['exit_code'] = code
             return row, ('crash loop: %s restarted %d time(s) during the gate (restart count %d), last exit code %s%s'
                          % (where, restarts - previous, restarts, code, self._last_line(api, cid))), True, warning
+        wrong_image = self._wrong_image(api, info, row)
+        if wrong_image:
+            return row, '%s %s' % (where, wrong_image), False, warning
         if status != 'running':
             return row, '%s is %s, not running' % (where, status), False, warning
         if health is None:
@@ -648,6 +653,27 @@ class ContainersProbe:
             return row, '%s health is still starting%s' % (where, detail if last_log.get('End') else ''), False, warning
         return row, '%s is %s%s, failing streak %s' % (where, health.get('Status'), detail, health.get('FailingStreak')), \
             False, warning
+
+    def _wrong_image(self, api, info, row):
+        """Why the container does not run its service's pinned digest, or None (also when nothing is pinned)."""
+        wanted = self.digests.get(row['service'])
+        if not wanted:
+            return None
+        image_id = info.get('Image') or ''
+        if image_id not in self._image_digests:
+            found = set(re.findall(r'sha256:[0-9a-f]{64}', info['Config'].get('Image') or ''))
+            try:
+                for repo_digest in api.inspect_image(image_id).get('RepoDigests') or []:
+                    found.update(re.findall(r'sha256:[0-9a-f]{64}', repo_digest))
+            except Exception as exc:  # an image being removed: judge by the reference alone
+                if getattr(exc, 'status_code', None) != 404:
+                    raise
+            self._image_digests[image_id] = found
+        found = self._image_digests[image_id]
+        row['digests'] = sorted(found)
+        if wanted in found:
+            return None
+        return 'runs image %s (%s), not the pinned %s' % (row['image'], ', '.join(sorted(found)) or 'no repo digest', wanted)
 
     def _last_line(self, api, cid):
         try:
@@ -699,6 +725,16 @@ class ContainersProbe:
         return list(self._names)
 
 
+def pinned_digest(value):
+    """The sha256:... of a pin given as a digest, a repo@digest reference, or a ledger entry {image, digest}."""
+    if isinstance(value, dict):
+        value = value.get('digest') or value.get('image') or ''
+    match = re.search(r'sha256:[0-9a-f]{64}', str(value))
+    if not match:
+        raise ValueError('digest %r is not sha256:<64 hex digits> or a reference pinned to one' % (value,))
+    return match.group(0)
+
+
 def _log_lines(api, cid, lines):
     raw = api.logs(cid, stdout=True, stderr=True, tail=lines, timestamps=False)
     if isinstance(raw, bytes):
@@ -743,7 +779,7 @@ def build_probe(spec, name, docker_host=None, engine_timeout=60, gate_timeout=No
         return TcpProbe(name, spec['host'], spec['port'], timeout=timeout)
     if kind == 'containers':
         return ContainersProbe(name, spec['project'], services=spec.get('services'), replicas=spec.get('replicas'),
-                               docker_host=docker_host, engine_timeout=engine_timeout, gate_timeout=gate_timeout,
+                               digests=spec.get('digests'), docker_host=docker_host, engine_timeout=engine_timeout, gate_timeout=gate_timeout,
                                timeout=timeout)
     if kind == 'openapi':
         return OpenApiProbe(name, spec['url'], spec.get('paths') or [], headers=spec.get('headers'),

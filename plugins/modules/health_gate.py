@@ -67,8 +67,9 @@ options:
           - V(tcp) connects to O(checks[].host):O(checks[].port).
           - V(containers) finds the containers of compose project O(checks[].project) through the engine API by their
             C(com.docker.compose.project) and C(com.docker.compose.service) labels (never by container names); each must be
-            running, be C(healthy) when its image or compose file defines a Docker HEALTHCHECK, and not crash-loop; every
-            service in O(checks[].services) must have its O(checks[].replicas).
+            running, be C(healthy) when its image or compose file defines a Docker HEALTHCHECK, not crash-loop, and run
+            the image digest O(checks[].digests) pins for its service; every service in O(checks[].services) must have its
+            O(checks[].replicas).
             A container without a HEALTHCHECK has no Docker health at all and counts as up while it is running; use
             O(stable_for) to demand that it stays running for a while, and HTTP or TCP checks to know it answers.
           - V(openapi) fetches an OpenAPI (or Swagger 2) document in JSON (or YAML when PyYAML is installed) and checks
@@ -156,6 +157,14 @@ options:
       replicas:
         description:
           - Number of containers each named service must have, for example C({worker: 3}), in a V(containers) check.
+        type: dict
+      digests:
+        description:
+          - The pinned image digest of each service, for example C({web: "sha256:4b1f..."}), in a V(containers) check.
+            Each container of such a service must run an image with that digest (among its repository digests or in the
+            reference it was created from); the services named here must have a container.
+          - A value may also be a reference pinned to a digest (C(repo:tag@sha256:...)) or a ledger entry C({image, digest}),
+            so the C(services) returned by M(safedeploy.compose.last_good_tag) fit as they are.
         type: dict
       paths:
         description:
@@ -376,8 +385,8 @@ checks:
         - What the last probe saw. V(http) - C(url), C(method), C(status), C(reason), C(content_type), C(location),
           C(body) (its first 256 characters), C(duration). V(openapi) - the same without the body, plus C(missing) (the
           entries of O(checks[].paths) not in the document). V(tcp) - C(host), C(port), C(duration). V(containers) -
-          C(project), C(containers) (name, id, service, image, state, health, exit_code, restart_count, started_at of each)
-          and C(missing_services).
+          C(project), C(containers) (name, id, service, image, state, health, exit_code, restart_count, started_at of each,
+          and C(digests) when O(checks[].digests) pins the service) and C(missing_services).
       type: dict
 logs:
   description:
@@ -436,6 +445,7 @@ CHECK_OPTIONS = dict(
     project=dict(type='str'),
     services=dict(type='list', elements='str'),
     replicas=dict(type='dict'),
+    digests=dict(type='dict'),
     paths=dict(type='list', elements='str'),
 )
 
@@ -444,7 +454,7 @@ OPTIONS_OF_TYPE = {
     'http': ('url', 'method', 'status', 'body_contains', 'body_regex', 'json', 'headers', 'bearer_token',
              'validate_certs', 'follow_redirects'),
     'tcp': ('host', 'port'),
-    'containers': ('project', 'services', 'replicas'),
+    'containers': ('project', 'services', 'replicas', 'digests'),
     'openapi': ('url', 'paths', 'headers', 'bearer_token', 'validate_certs', 'follow_redirects'),
 }
 

@@ -222,8 +222,16 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock imp
     DEFAULT_TTL,
     StackLockError,
     acquire_stack_lock,
+    lease_path,
     release_stack_lock,
 )
+
+
+def lock_file_or_none(params):
+    try:
+        return lease_path(params['state_dir'], params['project'])
+    except ReleaseStateError:  # an invalid project name has no lock file
+        return None
 
 
 def main():
@@ -252,7 +260,7 @@ def main():
         holder = exc.holder if isinstance(exc, StackLockError) else None
         waited = exc.waited if isinstance(exc, StackLockError) else 0.0
         module.fail_json(msg=str(exc), changed=False, lock=holder, previous_lock=None, acquired=False,
-                         took_over=False, waited=waited, lock_file=None)
+                         took_over=False, waited=waited, lock_file=lock_file_or_none(params))
     for warning in result.pop('warnings'):
         module.warn(warning)
     if not module._diff:

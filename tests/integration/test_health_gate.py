@@ -357,6 +357,19 @@ def test_openapi_missing_path_fails_naming_it(v1_project, run_module):
     assert not result['checks'][0]['unreachable']
 
 
+def test_containers_check_the_pinned_digest(v1_project, run_module, testbed):
+    good = run_module('health_gate', {'timeout': 3, 'checks': [
+        {'type': 'containers', 'project': v1_project, 'digests': {'app': testbed.images['v1']['digest']}}]})
+    assert good['passed'], good['msg']
+    assert testbed.images['v1']['digest'] in good['checks'][0]['evidence']['containers'][0]['digests']
+    pinned_v2 = '%s:v2@%s' % (APP, testbed.images['v2']['digest'])
+    wrong = run_module('health_gate', {'timeout': 1, 'checks': [
+        {'name': 'pinned', 'type': 'containers', 'project': v1_project, 'digests': {'app': pinned_v2}}]})
+    assert wrong.failed
+    assert "'pinned': service app container %s_app_1 runs image %s:v1" % (v1_project, APP) in wrong['msg']
+    assert 'not the pinned %s' % testbed.images['v2']['digest'] in wrong['msg']
+
+
 def test_404_and_301_report_status_and_first_body_bytes(v1_project, local_server, run_module):
     result = run_module('health_gate', {'timeout': 1, 'interval': 1, 'checks': [
         {'name': 'gone', 'type': 'http', 'url': 'http://127.0.0.1:%d/cgi-bin/no-such-thing' % PORT_V1},

@@ -102,3 +102,12 @@ def test_only_one_of_concurrent_runs_gets_the_lock(stack_lock):
     assert len(winners) == 1
     assert json.loads(stack_lock.file.read_text())['run_id'] == winners[0]
     assert all('is held by' in result['msg'] for result in results if result.failed)
+
+
+def test_failure_keeps_the_result_keys(stack_lock, tmp_path):
+    result = stack_lock(project='bad/name', run_id='run-1')
+    assert result.failed and 'invalid project name' in result['msg']
+    assert result['lock_file'] is None and result['acquired'] is False and result['lock'] is None
+    stack_lock(run_id='run-1')
+    refused = stack_lock(run_id='run-2', state='absent')
+    assert refused.failed and refused['lock_file'] == str(tmp_path / PROJECT / 'lock.json')

@@ -6,7 +6,7 @@
 - the small engine is a second dockerd on its own ~400 MB filesystem, and filling it makes a pull
   fail with "no space left on device", the failure disk_reclaim exists for.
 
-Repositories are named sdt-reclaim/testbed-<random>; containers use network_mode host with APP_PORT
+Pushes go to sdt-reclaim/testbed:proof-<random>; containers use network_mode host with APP_PORT
 in 18400-18499. Fixtures delete the pushed manifests and every local tag, container and image.
 """
 
@@ -76,7 +76,8 @@ class Scratch:
         self.containers = []
 
     def repo(self, registry):
-        return '%s/sdt-reclaim/testbed-%s' % (registry, uuid.uuid4().hex[:8])
+        """One repository per registry, a new tag per run: a registry never forgets a repository's name."""
+        return '%s/sdt-reclaim/testbed' % registry, 'proof-%s' % uuid.uuid4().hex[:8]
 
     def run_app(self, ref):
         port = free_port_in_range()
@@ -130,20 +131,20 @@ def manifest(registry, repo, reference, auth=None):
 
 def test_open_registry_push_digest_and_run(testbed, scratch):
     source = scratch.client.images.get(testbed.images['v1']['ref'])
-    repo = scratch.repo(testbed.registry)
-    source.tag(repo, 'proof')
-    scratch.refs.append(repo + ':proof')
+    repo, tag = scratch.repo(testbed.registry)
+    source.tag(repo, tag)
+    scratch.refs.append('%s:%s' % (repo, tag))
 
-    digest, error = push(scratch.client.api, repo, 'proof')
+    digest, error = push(scratch.client.api, repo, tag)
     assert error is None and digest and digest.startswith('sha256:')
     scratch.manifests.append((testbed.registry, repo, digest, None))
     # Read back over the Registry API: the same digest, and the manifest's config is this very image.
-    assert testbed_mod.registry_digest(repo + ':proof') == digest
-    resp = manifest(testbed.registry, repo, 'proof')
+    assert testbed_mod.registry_digest('%s:%s' % (repo, tag)) == digest
+    resp = manifest(testbed.registry, repo, tag)
     assert resp.status_code == 200 and resp.json()['config']['digest'] == source.id
 
     pinned = '%s@%s' % (repo, digest)
-    scratch.client.images.remove(repo + ':proof')
+    scratch.client.images.remove('%s:%s' % (repo, tag))
     assert pull_error(scratch.client.api, pinned) is None
     scratch.refs.append(pinned)
     assert scratch.client.images.get(pinned).id == source.id
@@ -155,22 +156,22 @@ def test_auth_registry_needs_credentials_for_push_api_and_pull(testbed, scratch)
     auth = {'username': testbed.auth_user, 'password': testbed.auth_password}
     basic = (testbed.auth_user, testbed.auth_password)
     source = scratch.client.images.get(testbed.images['v2']['ref'])
-    repo = scratch.repo(testbed.auth_registry)
-    source.tag(repo, 'proof')
-    scratch.refs.append(repo + ':proof')
+    repo, tag = scratch.repo(testbed.auth_registry)
+    source.tag(repo, tag)
+    scratch.refs.append('%s:%s' % (repo, tag))
 
-    digest, error = push(scratch.client.api, repo, 'proof')
+    digest, error = push(scratch.client.api, repo, tag)
     assert digest is None and ('basic auth' in error or 'unauthorized' in error.lower()), error
-    digest, error = push(scratch.client.api, repo, 'proof', auth=auth)
+    digest, error = push(scratch.client.api, repo, tag, auth=auth)
     assert error is None and digest and digest.startswith('sha256:')
     scratch.manifests.append((testbed.auth_registry, repo, digest, basic))
 
-    assert manifest(testbed.auth_registry, repo, 'proof').status_code == 401
-    assert testbed_mod.registry_digest(repo + ':proof', auth=basic) == digest
-    assert manifest(testbed.auth_registry, repo, 'proof', auth=basic).json()['config']['digest'] == source.id
+    assert manifest(testbed.auth_registry, repo, tag).status_code == 401
+    assert testbed_mod.registry_digest('%s:%s' % (repo, tag), auth=basic) == digest
+    assert manifest(testbed.auth_registry, repo, tag, auth=basic).json()['config']['digest'] == source.id
 
     pinned = '%s@%s' % (repo, digest)
-    scratch.client.images.remove(repo + ':proof')
+    scratch.client.images.remove('%s:%s' % (repo, tag))
     anonymous = pull_error(scratch.client.api, pinned)
     assert anonymous and ('basic auth' in anonymous or 'unauthorized' in anonymous.lower()), anonymous
     assert pull_error(scratch.client.api, pinned, auth=auth) is None

@@ -578,7 +578,7 @@ def container(cid, service, status='running', restarts=0, exit_code=0, health=No
     if health:
         state['Health'] = {'Status': health, 'FailingStreak': 0, 'Log': [{'ExitCode': 1, 'Output': 'wget: refused', 'End': 'x'}]}
     return {'Id': cid * 8, 'Name': '/shop_%s_%s' % (service, cid), 'RestartCount': restarts, 'State': state,
-            'Created': '2025-01-31T09:59:59.123Z',
+            'Created': '2025-01-31T09:59:59.123Z', 'Image': 'sha256:' + 'f' * 64,
             'Config': {'Labels': labels, 'Image': 'app:v1', 'Healthcheck': healthcheck}}
 
 
@@ -600,6 +600,9 @@ class FakeApi:
 
     def logs(self, cid, stdout=True, stderr=True, tail=20, timestamps=False):
         return ('\n'.join('line %d of %s' % (index, cid[:4]) for index in range(1, 31)) + '\n').encode()
+
+    def inspect_image(self, image_id):
+        return {'RepoDigests': ['127.0.0.1:5000/app@sha256:' + 'a' * 64]}
 
     def events(self, since=None, until=None, filters=None, decode=False):
         self.events_asked.append((since, until, filters))
@@ -684,3 +687,18 @@ def test_containers_engine_down_is_unreachable():
     probe = ContainersProbe('c', 'shop', docker_host='unix:///run/sdt-gate-no-such.sock')
     result = probe.probe(1)
     assert result.unreachable and not result.fatal and 'unix:///run/sdt-gate-no-such.sock' in result.error
+
+
+def test_containers_pinned_digests():
+    snapshot = [container('a', 'web'), container('b', 'worker')]
+    good = containers_probe(FakeApi(snapshot), digests={'web': 'sha256:' + 'a' * 64,
+                                                        'worker': {'image': 'app:v1', 'digest': 'sha256:' + 'a' * 64}})
+    result = good.probe(2)
+    assert result.passed and result.evidence['containers'][0]['digests'] == ['sha256:' + 'a' * 64]
+    wrong = containers_probe(FakeApi(snapshot), digests={'web': '127.0.0.1:5000/app:v2@sha256:' + 'b' * 64}).probe(2)
+    assert not wrong.passed and not wrong.fatal
+    assert 'service web container shop_web_a runs image app:v1 (sha256:%s), not the pinned sha256:%s' % ('a' * 64, 'b' * 64) in wrong.error
+    absent = containers_probe(FakeApi(snapshot), digests={'cron': 'sha256:' + 'a' * 64}).probe(2)
+    assert not absent.passed and absent.evidence['missing_services'] == ['cron']
+    with pytest.raises(ValueError):
+        containers_probe(FakeApi(snapshot), digests={'web': 'latest'})
