@@ -192,7 +192,7 @@ def parse_www_authenticate(value):
     value = (value or '').strip()
     if not value:
         return None, {}
-    scheme, _, rest = value.partition(' ')
+    scheme, dummy, rest = value.partition(' ')
     params = {}
     for match in re.finditer(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))', rest):
         params[match.group(1).lower()] = match.group(2).replace('\\"', '"') if match.group(2) is not None else match.group(3)
@@ -434,8 +434,8 @@ class RegistryClient(object):
 
     def _auth_error(self, ref, what, credentials, status=401):
         if credentials:
-            advice = ('check the password of user %s for %s in %s' % (credentials[0], ref.registry,
-                                                                       self.credentials_source(ref.registry)))
+            advice = 'check the password of user %s for %s in %s' % (
+                credentials[0], ref.registry, self.credentials_source(ref.registry))
         else:
             advice = ('give credentials for %s in registry_auth or log in with docker login (auths in %s)'
                       % (ref.registry, self.docker_config_path))

@@ -27,7 +27,7 @@ description:
   - Also returns RV(compose_hash), the sha256 of the effective configuration with the override applied, so a changed
     C(.env) or compose file shows as a different release configuration.
 author:
-  - safedeploy.compose contributors
+  - safedeploy.compose contributors (@safedeploy)
 options:
   project_src:
     description:
@@ -70,8 +70,8 @@ options:
     elements: str
   images:
     description:
-      - The release as an explicit map of service name to image reference, for example
-        C({web: "registry.example.com/shop/web:9f2c1ab"}). A reference may carry a digest.
+      - The release as an explicit map of service name to image reference, for example C(web) to
+        C(registry.example.com/shop/web:9f2c1ab). A reference may carry a digest.
       - Services not in the map keep the image of the compose files.
       - Mutually exclusive with O(tag).
     type: dict
@@ -210,7 +210,7 @@ EXAMPLES = r'''
 
 - name: Start what was pinned
   ansible.builtin.command:
-    argv: "{{ ['docker-compose', '-p', 'shop'] + (shop_pin.files | map('regex_replace', '^', '-f=') | list) + ['up', '-d'] }}"
+    argv: "{{ ['docker-compose', '-p', 'shop'] + (shop_pin.files | map('regex_replace', '^', '--file=') | list) + ['up', '-d'] }}"
   changed_when: true
 '''
 

@@ -27,7 +27,7 @@ description:
     using meanwhile; such refusals are reported as skipped, not as failures.
   - Usage is computed as C(df) computes it, so RV(reclaimed_bytes) is the drop of C(df)'s C(Used) column; see RV(usage_before).
 author:
-  - safedeploy.compose contributors
+  - safedeploy.compose contributors (@safedeploy)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - safedeploy.compose._engine

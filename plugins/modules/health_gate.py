@@ -29,7 +29,7 @@ description:
     O(log_lines) log lines of the containers that were not up, as evidence to keep before a rollback removes them.
   - It only observes; it never changes anything.
 author:
-  - safedeploy.compose contributors
+  - safedeploy.compose contributors (@safedeploy)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - safedeploy.compose._engine
@@ -111,17 +111,17 @@ options:
       json:
         description:
           - Fields the JSON body of an V(http) answer must have, as dotted path to expected value, for example
-            C({status: ok, checks.db: ok, items.0.state: ready}). A number in a path indexes a list.
+            C(status) to V(ok), C(checks.db) to V(ok), C(items.0.state) to V(ready). A number in a path indexes a list.
           - A value written as a string also matches the JSON number or boolean it spells (V("1") matches C(1)).
         type: dict
       headers:
         description:
-          - Extra request headers for V(http) and V(openapi) checks. Put tokens in O(checks[].bearer_token), not here:
+          - Extra request headers for V(http) and V(openapi) checks. Put tokens in O(checks[].bearer_token), not here -
             only that option is kept out of logs and results.
         type: dict
       bearer_token:
         description:
-          - Token sent as C(Authorization: Bearer <token>) by V(http) and V(openapi) checks.
+          - Token sent as an C(Authorization) header C(Bearer <token>) by V(http) and V(openapi) checks.
           - Never appears in results, messages, evidence or logs.
         type: str
       validate_certs:
@@ -156,11 +156,11 @@ options:
         elements: str
       replicas:
         description:
-          - Number of containers each named service must have, for example C({worker: 3}), in a V(containers) check.
+          - Number of containers each named service must have, for example C(worker) to V(3), in a V(containers) check.
         type: dict
       digests:
         description:
-          - The pinned image digest of each service, for example C({web: "sha256:4b1f..."}), in a V(containers) check.
+          - The pinned image digest of each service, for example C(web) to V(sha256:4b1f...), in a V(containers) check.
             Each container of such a service must run an image with that digest (among its repository digests or in the
             reference it was created from); the services named here must have a container.
           - A value may also be a reference pinned to a digest (C(repo:tag@sha256:...)) or a ledger entry C({image, digest}),
