@@ -320,6 +320,9 @@ class DiskReclaim:
         if target > threshold:
             self.fail('disk_reclaim: target_percent (%s) is above threshold_percent (%s): the run would stop before '
                       'it started; lower target_percent or raise threshold_percent' % (target, threshold))
+        if self.params['protect_releases']['keep_releases'] < 0:
+            self.fail('disk_reclaim: protect_releases.keep_releases must be 0 or more (0 keeps the current release only), '
+                      'got %s' % self.params['protect_releases']['keep_releases'])
         stages = set(self.params['stages'])
         if 'volumes' in stages and not self.params['prune_volumes']:
             self.fail('disk_reclaim: stages lists volumes but prune_volumes is false; removing volumes deletes data no '

@@ -316,6 +316,15 @@ def test_unreachable_registry_fails_within_the_timeout(stack, run_module, free_p
     assert not stack.override.exists()
 
 
+def test_without_a_compose_cli_fails_clearly(stack, run_module):
+    stack.write({'web': {'image': '127.0.0.1:5000/sdt-pin/web:v1'}})
+    result = run_module(MODULE, stack.args(tag='n1'), env={'PATH': str(stack.dir)})
+    assert result.failed
+    assert 'no Docker Compose CLI found' in result['msg'] and 'install' in result['msg']
+    assert result['compose_hash'] is None and result['services'] == {}
+    assert not stack.override.exists()
+
+
 # ------------------------------------------------------------------ authentication
 
 def test_auth_registry_with_options_docker_config_and_wrong_password(testbed, images, stack, run_module, tmp_path):

@@ -314,3 +314,14 @@ def test_layer_model_matches_the_engines_layer_store(small, big_refs):
         with open(os.path.join(layer_dir, 'size')) as handle:
             assert int(handle.read()) == size
     assert sum(size for _chain, size in layers) == image.attrs['Size']
+
+
+@pytest.mark.parametrize('args, words', [
+    (dict(threshold_percent=70, target_percent=75), 'target_percent (75.0) is above threshold_percent (70.0)'),
+    (dict(threshold_percent=120), 'threshold_percent must be between 0 and 100'),
+    (dict(protect_releases=dict(keep_releases=-1)), 'keep_releases must be 0 or more'),
+])
+def test_bad_options_fail_before_the_engine_is_touched(run_module, tmp_path, args, words):
+    host = 'unix://%s' % (tmp_path / 'sdt-reclaim-no-engine.sock')
+    result = run_module('disk_reclaim', dict(args, docker_host=host))
+    assert result.failed and words in result['msg'], result['msg']
