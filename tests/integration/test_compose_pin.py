@@ -180,6 +180,12 @@ def test_pin_three_services_check_apply_check_apply(testbed, images, stack, run_
     assert applied['missing'] == []
     assert applied['override_file'] == str(stack.override)
     assert applied['files'] == [str(base), str(stack.override)]
+    assert applied['digests'] == digests
+    assert applied['compose_argv'][1:] == ['-p', stack.project, '--project-directory', str(stack.dir),
+                                           '-f', str(base), '-f', str(stack.override)]
+    listed = subprocess.run(applied['compose_argv'] + ['config', '--services'], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert sorted(listed.stdout.split()) == ['api', 'web', 'worker']
     for service, repo in repos.items():
         entry = applied['services'][service]
         name = '%s/%s' % (testbed.registry, repo)
@@ -220,11 +226,14 @@ def test_images_option_and_untouched_services(testbed, images, stack, run_module
     web_ref, web_digest = images.push('v2', 'sdt-pin/web-' + suffix, 'x' + suffix)
     side_ref, side_digest = images.push('v1', 'sdt-pin/side-' + suffix, '1.0')
     stack.write({'web': {'image': '%s/sdt-pin/web-%s:old' % (testbed.registry, suffix)},
-                 'side': {'image': side_ref}})
-    result = run_module(MODULE, stack.args(release='rel-1', images={'web': web_ref}))
+                 'side': {'image': side_ref.replace(':1.0', ':${SIDE_TAG}')}})
+    (stack.dir / 'prod.env').write_text('SIDE_TAG=1.0\n')
+    result = run_module(MODULE, stack.args(release='rel-1', images={'web': web_ref}, env_files=['prod.env']))
     assert not result.failed, result.get('msg')
     assert result['services']['web']['digest'] == web_digest
-    assert result['services']['side']['pinned'] == '%s@%s' % (side_ref, side_digest)  # kept its own tag, pinned
+    # side kept the image of the compose files, with the tag from the env file, and is pinned too
+    assert result['services']['side']['pinned'] == '%s@%s' % (side_ref, side_digest)
+    assert result['compose_argv'][-2:] == ['--env-file', str(stack.dir / 'prod.env')]
     assert 'release rel-1 ' in stack.override.read_text()
     unknown = run_module(MODULE, stack.args(release='rel-1', images={'nope': web_ref}))
     assert unknown.failed and 'nope' in unknown['msg'] and 'not defined' in unknown['msg']
@@ -287,7 +296,11 @@ def test_build_without_image_fails_unless_allowed(testbed, images, stack, run_mo
     assert allowed['services']['builder'] == dict(image=None, repository=None, tag=None, digest=None, pinned=None,
                                                   build=True)
     assert allowed['services']['web']['digest'] == digest
-    assert 'builder' not in stack.override.read_text()
+    assert 'builder: {}' in stack.override.read_text()
+    stack.write({'builder': {'build': './builder'}})
+    alone = run_module(MODULE, stack.args(tag='b2', allow_build=True))
+    assert not alone.failed, alone.get('msg')  # an override pinning nothing is still a valid compose file
+    assert yaml.safe_load(stack.override.read_text()) == {'services': {'builder': {}}}
 
 
 def test_mutable_tags_cannot_be_pinned(testbed, images, stack, run_module):
