@@ -40,7 +40,7 @@ def step(title):
 def playbook(name, *extra):
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=str(ROOT / '.build' / 'collections'),
                ANSIBLE_NOCOLOR='1', ANSIBLE_DISPLAY_SKIPPED_HOSTS='false', ANSIBLE_DISPLAY_OK_HOSTS='true')
-    argv = [str(ROOT / '.venv' / 'bin' / 'ansible-playbook'), '-i', str(ROOT / 'inventories' / 'local'),
+    argv = [str(ROOT / '.venv' / 'bin' / 'ansible-playbook'), '-i', str(ROOT / 'inventories' / 'local' / 'hosts.yml'),
             str(ROOT / 'playbooks' / name)] + list(extra)
     say('%s$ ansible-playbook %s%s' % (DIM, ' '.join(argv[1:]), RESET))
     started = time.monotonic()
@@ -57,14 +57,25 @@ def recap(output):
     return ''
 
 
-def messages(output, needle):
-    """The `msg` lines of debug/fail tasks that mention needle."""
-    found = []
-    for line in output.splitlines():
-        stripped = line.strip()
-        if needle in stripped and ('msg' in stripped or stripped.startswith(PROJECT)):
-            found.append(stripped.split('msg:', 1)[-1].strip().strip('"'))
-    return found
+def release_report(release):
+    """The controller-side JSON report the rollout playbook wrote for this release."""
+    path = DEMO_ROOT / 'reports' / 'releases' / release / ('localhost-%s.json' % PROJECT)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def describe(report):
+    if not report:
+        return ['(no release report was written)']
+    if report.get('result') in ('deployed', 'unchanged'):
+        lines = ['%s: %s (%ss, health gate %ss)' % (report['release'], report['result'], report['seconds'], report.get('gate_elapsed'))]
+        lines += ['  %s pinned to %s' % (name, digest) for name, digest in sorted(report.get('digests', {}).items())]
+        return lines
+    lines = ['%s: %s after %ss, at "%s"' % (report['release'], report['result'].replace('_', ' '), report['seconds'], report.get('failed_task'))]
+    lines.append('  why: %s' % report.get('reason', '')[:300])
+    for container, tail in sorted((report.get('logs') or {}).items()):
+        last = tail[-1] if isinstance(tail, list) and tail else tail
+        lines.append('  last log line of %s: %s' % (container, last))
+    return lines
 
 
 def prepare_images(client):
@@ -107,7 +118,7 @@ def main(argv):
             proc, elapsed = playbook('rollout.yml', '-e', 'release=%s' % release)
             ok = proc.returncode == 0
             outcomes.append((release, ok, elapsed, recap(proc.stdout)))
-            for line in messages(proc.stdout, PROJECT):
+            for line in describe(release_report(release)):
                 say('  ' + line)
             say('  recap: %s' % recap(proc.stdout))
             if ok != expect_ok:
@@ -137,7 +148,8 @@ def main(argv):
 
         step('What happened')
         say('  v1 and v2 were pinned to registry digests, deployed and passed their health gates.')
-        say('  Rolling v2 out again changed nothing (%s).' % outcomes[2][3])
+        changed = [part for part in outcomes[2][3].split() if part.startswith('changed=')]
+        say('  Rolling v2 out again changed nothing (%s in the recap).' % (changed[0] if changed else '?'))
         say('  v3 crash-looped: the gate failed fast, the stack went back to v2 on its own, v3 is marked failed')
         say('  in the ledger, and the play failed with a summary. v2 (%s) is serving.' % ('current: ' + data['current']))
         return 0

@@ -30,4 +30,7 @@ case "$mode" in
     ;;
 esac
 echo "app: listening on 127.0.0.1:$port"
-exec httpd -f -p "127.0.0.1:$port" -h "$state/www"
+# As PID 1 httpd would ignore SIGTERM and every stop would wait out Docker's grace period.
+httpd -f -p "127.0.0.1:$port" -h "$state/www" &
+trap 'kill "$!" 2>/dev/null; exit 0' TERM INT
+wait "$!"
