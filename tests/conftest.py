@@ -104,3 +104,72 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+class PlaybookRun(object):
+    """The outcome of one ansible-playbook run: rc, output, and the recap counts of each host."""
+
+    def __init__(self, proc, elapsed):
+        self.rc = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.elapsed = elapsed
+        self.recap = {}
+        in_recap = False
+        for line in proc.stdout.splitlines():
+            if line.startswith('PLAY RECAP'):
+                in_recap = True
+                continue
+            if in_recap and ':' in line and '=' in line:
+                host, counts = line.split(':', 1)
+                self.recap[host.strip()] = dict((key, int(value)) for key, value in
+                                                (item.split('=') for item in counts.split()))
+
+    @property
+    def output(self):
+        return self.stdout + self.stderr
+
+
+def run_playbook(playbook, inventory=None, extra_vars=None, args=(), env=None, timeout=900):
+    """Run ansible-playbook from this checkout (collection on ANSIBLE_COLLECTIONS_PATH) and return a PlaybookRun.
+
+    inventory: a path, or a dict rendered to a YAML inventory file; extra_vars: a dict passed as JSON.
+    """
+    import time
+    import yaml
+    run_env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+                   ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0', PATH=str(ROOT / '.venv' / 'bin') + os.pathsep + os.environ.get('PATH', ''))
+    if env:
+        run_env.update(env)
+    cleanup = []
+    argv = [str(ROOT / '.venv' / 'bin' / 'ansible-playbook'), str(playbook)]
+    if isinstance(inventory, dict):
+        handle = tempfile.NamedTemporaryFile('w', suffix='.yml', delete=False)
+        yaml.safe_dump(inventory, handle)
+        handle.close()
+        cleanup.append(handle.name)
+        inventory = handle.name
+    if inventory:
+        argv += ['-i', str(inventory)]
+    if extra_vars:
+        handle = tempfile.NamedTemporaryFile('w', suffix='.json', delete=False)
+        json.dump(extra_vars, handle)
+        handle.close()
+        cleanup.append(handle.name)
+        argv += ['-e', '@' + handle.name]
+    argv += list(args)
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(argv, cwd=str(ROOT), env=run_env, capture_output=True, text=True, timeout=timeout, check=False)
+    finally:
+        for path in cleanup:
+            os.unlink(path)
+    return PlaybookRun(proc, time.monotonic() - started)
+
+
+@pytest.fixture(name='run_playbook')
+def run_playbook_fixture():
+    return run_playbook
+
+
+LOCAL_HOST_VARS = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}

@@ -14,6 +14,7 @@ pytest uses the same functions through the fixtures in tests/conftest.py.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -277,13 +278,26 @@ def registry_digest(ref, auth=None):
     return resp.headers['Docker-Content-Digest']
 
 
+def push_if_needed(client, image, ref):
+    """Push unless the registry already serves this image under ref (concurrent pushes of one tag make it answer 500)."""
+    repo = ref.rsplit(':', 1)[0]
+    try:
+        current = registry_digest(ref)
+    except Exception:
+        current = None
+    if current and '%s@%s' % (repo, current) in (image.attrs.get('RepoDigests') or []):
+        return current
+    push(client, ref)
+    return registry_digest(ref)
+
+
 def ensure_images(client):
     images = {}
     for tag, (version, mode, healthcheck) in APP_IMAGES.items():
         ref = '%s:%s' % (APP_REPO, tag)
-        build_app_image(client, ref, version, mode, healthcheck)
-        push(client, ref)
-        images[tag] = {'ref': ref, 'digest': registry_digest(ref)}
+        image = build_app_image(client, ref, version, mode, healthcheck)
+        image.reload()
+        images[tag] = {'ref': ref, 'digest': push_if_needed(client, image, ref)}
     return images
 
 
@@ -292,8 +306,9 @@ def ensure_big_images(client, count=4, size_mb=40):
     refs = []
     for index in range(1, count + 1):
         ref = '%s:%d' % (BIG_REPO, index)
-        build_app_image(client, ref, 'big%d' % index, 'healthy', extra_bytes=size_mb << 20)
-        push(client, ref)
+        image = build_app_image(client, ref, 'big%d' % index, 'healthy', extra_bytes=size_mb << 20)
+        image.reload()
+        push_if_needed(client, image, ref)
         refs.append(ref)
     return refs
 
@@ -317,8 +332,15 @@ class Testbed:
 
 
 def up(build=True):
-    ensure_packages()
+    """Bring the bed up; concurrent callers (pytest workers, molecule, the demo) take turns."""
     STATE.mkdir(parents=True, exist_ok=True)
+    with open(STATE / 'up.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _up(build)
+
+
+def _up(build):
+    ensure_packages()
     ensure_engine()
     ensure_registries()
     bed = Testbed(auth_password=auth_password())
