@@ -7,6 +7,8 @@ images built FROM scratch with busybox-static (nothing is pulled from a public r
     python tests/testbed/testbed.py status      # what is up, as JSON
     python tests/testbed/testbed.py small-up    # second dockerd on a small loop-mounted ext4
     python tests/testbed/testbed.py small-down
+    python tests/testbed/testbed.py ssh-up      # sshd on 127.0.0.1:2222, root by test-bed key only
+    python tests/testbed/testbed.py ssh-down
     python tests/testbed/testbed.py down        # stop what this test bed started
 
 pytest uses the same functions through the fixtures in tests/conftest.py.
@@ -350,6 +352,7 @@ def _up(build):
 
 
 def down():
+    ssh_down()
     small_engine_down()
     stopped = [name for name in ('registry-5001', 'registry-5000', 'dockerd') if stop_daemon(name)]
     log('stopped: %s' % (', '.join(stopped) or 'nothing this test bed had started'))
@@ -411,6 +414,89 @@ def small_engine_down():
         run(['ip', 'link', 'delete', SMALL_BRIDGE], check=False)
 
 
+# ---------------------------------------------------------------- sshd on loopback (remote-host tests)
+
+SSH = STATE / 'ssh'
+SSH_PORT = 2222
+
+
+@dataclass
+class SshServer:
+    host: str
+    port: int
+    user: str
+    key_path: str
+    pid_file: str
+
+
+def _ssh_banner(port):
+    import socket
+    try:
+        with socket.create_connection(('127.0.0.1', port), timeout=2) as sock:
+            return sock.recv(64).startswith(b'SSH-')
+    except OSError:
+        return False
+
+
+def _ssh_config(port):
+    """sshd with its own config, host key, authorized_keys and pid file, all under SSH (nothing in /etc/ssh)."""
+    SSH.mkdir(parents=True, exist_ok=True)
+    os.chmod(SSH, 0o700)
+    host_key, client_key = SSH / 'ssh_host_ed25519_key', SSH / 'id_ed25519'
+    for key, comment in ((host_key, 'safedeploy-testbed-host'), (client_key, 'safedeploy-testbed')):
+        if not key.exists():  # generated once, reused by every run
+            run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', comment, '-f', str(key)])
+    authorized = SSH / 'authorized_keys'
+    authorized.write_text((SSH / 'id_ed25519.pub').read_text())
+    os.chmod(authorized, 0o600)
+    lines = [
+        'ListenAddress 127.0.0.1',
+        'Port %d' % port,
+        'HostKey %s' % host_key,
+        'PidFile %s' % (SSH / 'sshd.pid'),
+        'AuthorizedKeysFile %s' % authorized,
+        'AllowUsers root',
+        'PermitRootLogin prohibit-password',
+        'PubkeyAuthentication yes',
+        'PasswordAuthentication no',
+        'KbdInteractiveAuthentication no',
+        'UsePAM no',
+        'X11Forwarding no',
+        'AllowTcpForwarding no',
+        'PrintMotd no',
+        'LogLevel VERBOSE',
+        'Subsystem sftp /usr/lib/openssh/sftp-server',
+    ]
+    config = SSH / 'sshd_config'
+    config.write_text('# written by tests/testbed/testbed.py ssh_up()\n' + '\n'.join(lines) + '\n')
+    return config
+
+
+def ssh_up(port=SSH_PORT):
+    """Debian's sshd on 127.0.0.1:port only, root login by the test-bed key only (idempotent)."""
+    STATE.mkdir(parents=True, exist_ok=True)
+    with open(STATE / 'ssh.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_packages()
+        config = _ssh_config(port)
+        if not _ssh_banner(port):
+            Path('/run/sshd').mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+            sshd = shutil.which('sshd', path='/usr/sbin:/usr/bin:/sbin') or '/usr/sbin/sshd'
+            run([sshd, '-t', '-f', str(config)])
+            log('starting sshd on 127.0.0.1:%d' % port)
+            start_daemon('sshd', [sshd, '-D', '-e', '-f', str(config)])
+            wait_for(lambda: _ssh_banner(port), 30, 'sshd on 127.0.0.1:%d' % port)
+        return SshServer('127.0.0.1', port, 'root', str(SSH / 'id_ed25519'), str(SSH / 'sshd.pid'))
+
+
+def ssh_down():
+    stopped = stop_daemon('sshd')
+    pid_file = SSH / 'sshd.pid'
+    if pid_file.exists() and not stopped:
+        pid_file.unlink()
+    return stopped
+
+
 def main(argv):
     command = argv[1] if len(argv) > 1 else 'up'
     if command == 'up':
@@ -429,6 +515,10 @@ def main(argv):
         print(json.dumps(asdict(small_engine_up()), indent=2))
     elif command == 'small-down':
         small_engine_down()
+    elif command == 'ssh-up':
+        print(json.dumps(asdict(ssh_up()), indent=2))
+    elif command == 'ssh-down':
+        ssh_down()
     elif command == 'down':
         down()
     else:
