@@ -453,7 +453,7 @@ def test_bearer_token_appears_nowhere(local_server, run_module, tmp_path):
         ''').format(url=local_server, token=TOKEN))
     (tmp_path / 'hosts').write_text('localhost ansible_connection=local ansible_python_interpreter=%s\n' % sys.executable)
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / '.build' / 'collections'), ANSIBLE_NOCOLOR='1',
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_HOST_KEY_CHECKING='0')
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_HOST_KEY_CHECKING='0', ANSIBLE_CALLBACK_RESULT_FORMAT='json')
     proc = subprocess.run([str(Path(sys.executable).parent / 'ansible-playbook'), '-vvv', '-i', str(tmp_path / 'hosts'), str(playbook)],
                           capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path), check=False)
     output = proc.stdout + proc.stderr

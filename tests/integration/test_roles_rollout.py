@@ -1,0 +1,459 @@
+"""The rollout and rollback roles against the real engine and registries (issue 5, "Done when").
+
+Every scenario runs the real playbooks (playbooks/rollout.yml, playbooks/rollback.yml) with an
+inventory that carries one stack of two services, `web` and `worker`, on loopback ports of this file's
+range (18600-18699). Each release is a tag of this file's own repositories
+127.0.0.1:5000/sdt-roll/{web,worker}, made from the test bed's app images:
+
+    r1 = v1/v1, r2 = v2/v2, r3 = v1/v1 (a new tag, other digests than r2),
+    rcrash = web v2 (healthy) + worker v3 (crash-loops), rmiss = web v2 + a worker tag never pushed.
+
+A scenario proves what the issue asks and what must NOT happen: running containers keep their ids and
+StartedAt, the ledger file keeps its bytes, no mixed versions, no secret in any output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from conftest import LOCAL_HOST_VARS, ROOT, run_module, run_playbook
+from testbed import testbed as testbed_mod
+
+PREFIX = 'sdt-roll'
+REPO = '127.0.0.1:5000/' + PREFIX
+PORTS = range(18600, 18700)
+RELEASES = {  # release -> (web image tag, worker image tag) of the test bed's app images
+    'r1': ('v1', 'v1'),
+    'r2': ('v2', 'v2'),
+    'r3': ('v1', 'v1'),
+    'rcrash': ('v2', 'v3'),
+}
+MISSING = 'rmiss'  # web:rmiss is pushed, worker:rmiss never is
+LEFTOVER = re.compile(r'^[0-9a-f]{12}_')
+HEALTH_TIMEOUT = 30
+
+
+_taken_ports = set()
+
+
+def take_port():
+    """A port of this file's range that nothing listens on (also unique within this test process)."""
+    for port in PORTS:
+        if port in _taken_ports:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(('127.0.0.1', port))
+            except OSError:
+                continue
+        _taken_ports.add(port)
+        return port
+    raise RuntimeError('no free port left in %s-%s' % (PORTS[0], PORTS[-1]))
+
+
+def unique(name):
+    return '%s-%s-%s' % (PREFIX, name, uuid.uuid4().hex[:6])
+
+
+def health(port, timeout=3):
+    """The app's health document on 127.0.0.1:port, or None when it does not answer."""
+    try:
+        return requests.get('http://127.0.0.1:%d/cgi-bin/health' % port, timeout=timeout).json()
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError('%s did not happen within %ss' % (what, timeout))
+
+
+# ---------------------------------------------------------------- images and registries
+
+def push_release(client, repo_prefix, release, tags, auth_config=None):
+    """Tag the test bed's app images as <repo_prefix>/{web,worker}:<release> and push them; return {service: digest}."""
+    digests = {}
+    for service, tag in zip(('web', 'worker'), tags):
+        if tag is None:
+            continue
+        ref = '%s/%s:%s' % (repo_prefix, service, release)
+        source = client.images.get('%s:%s' % (testbed_mod.APP_REPO, tag))
+        source.tag(ref)
+        if auth_config is None and repo_prefix.startswith(testbed_mod.REGISTRY + '/'):
+            source.reload()
+            digests[service] = testbed_mod.push_if_needed(client, source, ref)
+        else:
+            testbed_mod.push(client, ref, auth_config=auth_config)
+            digests[service] = testbed_mod.registry_digest(
+                ref, auth=(auth_config['username'], auth_config['password']) if auth_config else None)
+    return digests
+
+
+@pytest.fixture(scope='module')
+def images(testbed):
+    """{release: {service: digest}} of this file's releases in the shared no-auth registry."""
+    client = testbed.client()
+    pushed = {release: push_release(client, REPO, release, tags) for release, tags in RELEASES.items()}
+    pushed[MISSING] = push_release(client, REPO, MISSING, ('v2', None))
+    resp = requests.head('http://127.0.0.1:5000/v2/%s/worker/manifests/%s' % (PREFIX, MISSING), timeout=10)
+    assert resp.status_code == 404, 'worker:%s must never be pushed' % MISSING
+    return pushed
+
+
+class OwnRegistry(object):
+    """A throwaway docker-registry on 127.0.0.1:<port> with its own storage: this file may stop it."""
+
+    def __init__(self, root, port):
+        self.root, self.port, self.proc = Path(root), port, None
+        self.address = '127.0.0.1:%d' % port
+
+    def start(self):
+        (self.root / 'storage').mkdir(parents=True, exist_ok=True)
+        config = {'version': 0.1, 'log': {'level': 'warn'},
+                  'storage': {'filesystem': {'rootdirectory': str(self.root / 'storage')}, 'delete': {'enabled': True}},
+                  'http': {'addr': self.address, 'secret': 'sdt-roll-%d' % self.port}}
+        (self.root / 'config.yml').write_text(json.dumps(config))
+        self.log = open(self.root / 'registry.log', 'ab')
+        self.proc = subprocess.Popen(['docker-registry', 'serve', str(self.root / 'config.yml')], stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_until(lambda: self.answers(), 30, 'own registry on %s' % self.address)
+
+    def answers(self):
+        try:
+            return requests.get('http://%s/v2/' % self.address, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc:
+            self.log.close()
+        self.proc = None
+
+
+class StallingRegistry(object):
+    """Answers like the real registry (it proxies 127.0.0.1:5000) to everyone but the Docker engine, whose
+    manifest and blob GETs hang: compose_pin resolves the release, `docker pull` stalls."""
+
+    def __init__(self, port, upstream='127.0.0.1:5000', stall_seconds=120):
+        self.port, self.upstream, self.stall_seconds = port, upstream, stall_seconds
+        self.address = '127.0.0.1:%d' % port
+        self.stalled = []
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                agent = self.headers.get('User-Agent', '')
+                if agent.startswith('docker/') and ('/manifests/' in self.path or '/blobs/' in self.path):
+                    outer.stalled.append((self.command, self.path))
+                    outer.release.wait(outer.stall_seconds)
+                    self.close_connection = True
+                    return
+                headers = dict((k, v) for k, v in self.headers.items() if k.lower() not in ('host', 'connection'))
+                resp = requests.request(self.command, 'http://%s%s' % (outer.upstream, self.path), headers=headers,
+                                        timeout=30, allow_redirects=False)
+                body = b'' if self.command == 'HEAD' else resp.content
+                self.send_response(resp.status_code)
+                for key, value in resp.headers.items():
+                    if key.lower() not in ('connection', 'transfer-encoding', 'content-length', 'keep-alive'):
+                        self.send_header(key, value)
+                self.send_header('Content-Length', resp.headers.get('Content-Length', str(len(body)))
+                                 if self.command == 'HEAD' else str(len(body)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(('127.0.0.1', port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ---------------------------------------------------------------- one stack of two services
+
+class Stack(object):
+    """One compose project of this file: its files, its inventory, its containers and its ledger."""
+
+    def __init__(self, root, name, repo_prefix=REPO, first_release='r1'):
+        self.root = Path(root)
+        self.project = unique(name)
+        self.src = self.root / 'src'
+        self.state_dir = self.root / 'state'
+        self.reports = self.root / 'reports'
+        self.repo_prefix = repo_prefix
+        self.ports = {'web': take_port(), 'worker': take_port()}
+        self.src.mkdir(parents=True)
+        services = {}
+        for service, port in self.ports.items():
+            services[service] = {'image': '%s/%s:%s' % (repo_prefix, service, first_release), 'network_mode': 'host',
+                                 'restart': 'unless-stopped', 'environment': {'APP_PORT': str(port)}}
+        (self.src / 'compose.yaml').write_text(yaml.safe_dump({'services': services}, sort_keys=False))
+        self.ledger_file = self.state_dir / self.project / 'releases.json'
+        self.lock_file = self.state_dir / self.project / 'lock.json'
+
+    # inventory and runs
+    def stack_vars(self, **extra):
+        stack = {'name': self.project, 'project_src': str(self.src),
+                 'repositories': ['%s/web' % self.repo_prefix, '%s/worker' % self.repo_prefix],
+                 'health_checks': [
+                     {'name': 'web health', 'type': 'http', 'url': 'http://127.0.0.1:%d/cgi-bin/health' % self.ports['web'],
+                      'json': {'status': 'ok'}},
+                     {'name': 'worker health', 'type': 'http', 'url': 'http://127.0.0.1:%d/cgi-bin/health' % self.ports['worker'],
+                      'status': [200]}]}
+        stack.update(extra)
+        return stack
+
+    def inventory(self, stack=None, **host_vars):
+        hostvars = dict(LOCAL_HOST_VARS)
+        hostvars.update({
+            'safedeploy_stacks': [stack or self.stack_vars()],
+            'rollout_state_dir': str(self.state_dir), 'rollback_state_dir': str(self.state_dir),
+            'rollout_health_timeout': HEALTH_TIMEOUT, 'rollout_health_interval': 1,
+            'rollback_health_timeout': HEALTH_TIMEOUT, 'rollback_health_interval': 1,
+            'safedeploy_report_dir': str(self.reports),
+        })
+        hostvars.update(host_vars)
+        return {'all': {'hosts': {'localhost': hostvars}}}
+
+    def rollout(self, release, args=(), env=None, stack=None, **host_vars):
+        return run_playbook(ROOT / 'playbooks' / 'rollout.yml', inventory=self.inventory(stack, **host_vars),
+                            extra_vars={'release': release}, args=args, env=env)
+
+    def rollback(self, apply, to=None, args=(), env=None, **host_vars):
+        extra = {'apply': apply}
+        if to:
+            extra['to'] = to
+        return run_playbook(ROOT / 'playbooks' / 'rollback.yml', inventory=self.inventory(None, **host_vars),
+                            extra_vars=extra, args=args, env=env)
+
+    # what runs
+    def containers(self, client):
+        return client.containers.list(all=True, filters={'label': 'com.docker.compose.project=%s' % self.project})
+
+    def snapshot(self, client):
+        """{container name: (id, StartedAt, Config.Image, status)} of every container of the project."""
+        return dict((c.name, (c.id, c.attrs['State']['StartedAt'], c.attrs['Config']['Image'], c.status))
+                    for c in self.containers(client))
+
+    def running_digests(self, client):
+        """{service: digest} read from each running container: its pinned Config.Image, checked against its image id."""
+        found = {}
+        for container in self.containers(client):
+            service = container.labels['com.docker.compose.service']
+            assert container.status == 'running', '%s is %s' % (container.name, container.status)
+            assert not LEFTOVER.match(container.name), 'leftover container %s' % container.name
+            assert service not in found, 'two containers of %s' % service
+            ref = container.attrs['Config']['Image']
+            assert '@sha256:' in ref, '%s runs the unpinned %s' % (container.name, ref)
+            repo, digest = ref.split('@', 1)
+            assert client.images.get('%s@%s' % (repo.rsplit(':', 1)[0], digest)).id == container.attrs['Image']
+            found[service] = digest
+        return found
+
+    def versions(self):
+        return dict((service, (health(port) or {}).get('version')) for service, port in self.ports.items())
+
+    # the ledger
+    def ledger_bytes(self):
+        return self.ledger_file.read_bytes() if self.ledger_file.exists() else None
+
+    def ledger(self):
+        """The ledger through last_good_tag query (which verifies its checksum)."""
+        result = run_module('last_good_tag', {'project': self.project, 'state_dir': str(self.state_dir), 'action': 'query'})
+        assert not result.failed, result.get('msg')
+        assert result['changed'] is False
+        result['status'] = dict((r['id'], r['status']) for r in result['releases'])
+        return result
+
+    def down(self, client):
+        for container in self.containers(client):
+            container.remove(force=True)
+
+
+@pytest.fixture
+def make_stack(testbed, tmp_path):
+    made = []
+    client = testbed.client()
+
+    def make(name, **kwargs):
+        stack = Stack(tmp_path / name, name, **kwargs)
+        made.append(stack)
+        return stack
+    yield make
+    for stack in made:
+        stack.down(client)
+
+
+def assert_ok(run, changed=None):
+    assert run.rc == 0, run.output[-6000:]
+    recap = run.recap['localhost']
+    assert recap['failed'] == 0 and recap['unreachable'] == 0, recap
+    if changed is not None:
+        assert recap['changed'] == changed, (recap, run.output[-4000:])
+    return recap
+
+
+def assert_failed(run):
+    assert run.rc != 0, run.output[-6000:]
+    assert run.recap['localhost']['failed'] >= 1, run.recap
+    return run
+
+
+def failure_message(run):
+    """The msg of the play's last failed task (the rollout's summary)."""
+    messages = re.findall(r'fatal: \[localhost\]: FAILED! =>.*?(?:\n(?=\S)|\Z)', run.stdout, re.S)
+    return messages[-1] if messages else run.output
+
+
+def file_tree(*roots):
+    """{path: (size, mtime_ns, bytes)} of every file under roots: proof that nothing was written."""
+    found = {}
+    for root in roots:
+        for path in sorted(Path(root).rglob('*')) if Path(root).exists() else []:
+            if path.is_file():
+                stat = path.stat()
+                found[str(path)] = (stat.st_size, stat.st_mtime_ns, path.read_bytes())
+    return found
+
+
+# ---------------------------------------------------------------- one stack, many releases (in file order)
+
+@pytest.fixture(scope='module')
+def chain(testbed, images, tmp_path_factory):
+    """A stack that rolled out r1 then r2 with the real playbook: r2 is current, r1 the good one before it.
+
+    The tests of TestOneStack run in file order on it; each asserts relative to the state it finds.
+    """
+    client = testbed.client()
+    stack = Stack(tmp_path_factory.mktemp('chain'), 'chain')
+    try:
+        for release in ('r1', 'r2'):
+            assert_ok(stack.rollout(release))
+        assert stack.running_digests(client) == images['r2']
+        yield stack
+    finally:
+        stack.down(client)
+
+
+class TestOneStack(object):
+
+    def test_check_diff_shows_each_service_digest_change_and_changes_nothing(self, chain, images, testbed):
+        client = testbed.client()
+        before = chain.ledger()
+        current = before['current']['id']
+        snapshot, files = chain.snapshot(client), file_tree(chain.root)
+        run = chain.rollout('r3', args=['--check', '--diff'])
+        assert_ok(run)
+        for service in ('web', 'worker'):
+            old = images[current][service]
+            assert old != images['r3'][service]
+            assert re.search(r'^-\s+image: "%s/%s:%s@%s"$' % (re.escape(REPO), service, current, old), run.stdout, re.M), run.stdout
+            assert re.search(r'^\+\s+image: "%s/%s:r3@%s"$' % (re.escape(REPO), service, images['r3'][service]),
+                             run.stdout, re.M), run.stdout
+        assert 'would be deployed (check mode' in run.stdout
+        assert chain.snapshot(client) == snapshot, 'check mode touched a container'
+        assert file_tree(chain.root) == files, 'check mode wrote a file'
+        assert chain.ledger()['releases'] == before['releases']
+        assert not chain.lock_file.exists()
+
+    def test_missing_image_fails_in_pin_phase_and_touches_nothing(self, chain, images, testbed):
+        client = testbed.client()
+        snapshot, ledger_bytes = chain.snapshot(client), chain.ledger_bytes()
+        override = (chain.src / 'compose.release.yml').read_bytes()
+        run = assert_failed(chain.rollout(MISSING))
+        message = failure_message(run)
+        assert 'Resolve every image' in message and '%s/worker:%s' % (REPO, MISSING) in message, message
+        assert '%s/web:%s' % (REPO, MISSING) not in message.split('not found', 1)[1].split('Push')[0], message
+        assert 'Nothing running was touched' in message
+        for phase_after_pin in ('Record as a candidate', 'Pull the pinned images', 'Bring up with the pinned override'):
+            assert phase_after_pin not in run.stdout, phase_after_pin
+        assert chain.snapshot(client) == snapshot, 'a container was touched'
+        assert chain.ledger_bytes() == ledger_bytes, 'the ledger changed'
+        assert (chain.src / 'compose.release.yml').read_bytes() == override
+        assert not chain.lock_file.exists()
+
+    def test_rollback_plan_only_then_apply(self, chain, images, testbed):
+        client = testbed.client()
+        before = chain.ledger()
+        current, target = before['current']['id'], before['previous_good']['id']
+        assert current != target
+        snapshot, ledger_bytes = chain.snapshot(client), chain.ledger_bytes()
+
+        plan = chain.rollback(apply=False)
+        assert_ok(plan, changed=0)
+        assert chain.snapshot(client) == snapshot and chain.ledger_bytes() == ledger_bytes
+        shown = ' '.join(plan.stdout.split())  # the YAML callback folds long messages
+        assert '%s: %s -> %s (plan only' % (chain.project, current, target) in shown, plan.stdout
+        for service in ('web', 'worker'):
+            assert '%s: %s -> %s' % (service, images[current][service], images[target][service]) in shown, shown
+
+        applied = chain.rollback(apply=True)
+        assert_ok(applied)
+        assert applied.recap['localhost']['changed'] >= 1
+        assert chain.running_digests(client) == images[target]
+        assert set(chain.versions().values()) == {RELEASES[target][0]}
+        after = chain.ledger()
+        assert after['current']['id'] == target and after['last_good']['id'] == target
+        assert after['status'][target] == 'good' and after['status'][current] == 'rolled_back'
+        assert after['serial'] > before['serial']
+
+    def test_worker_crash_loop_takes_the_whole_stack_back(self, chain, images, testbed):
+        client = testbed.client()
+        before = chain.ledger()
+        good = before['current']['id']
+        ids = dict((c.labels['com.docker.compose.service'], c.id) for c in chain.containers(client))
+        run = assert_failed(chain.rollout('rcrash'))
+        message = failure_message(run)
+        assert 'Rolled back to %s' % good in message and 'containers' in message, message
+        # both services are back on the good release's digests, web included although it was healthy on rcrash
+        assert chain.running_digests(client) == images[good]
+        assert len(set(chain.versions().values())) == 1, chain.versions()
+        recreated = dict((c.labels['com.docker.compose.service'], c.id) for c in chain.containers(client))
+        if images[good]['web'] != images['rcrash']['web']:
+            assert recreated['web'] != ids['web'], 'web was never moved to rcrash'
+        after = chain.ledger()
+        assert after['status']['rcrash'] == 'failed' and 'crash' in after['releases'][-1]['reason'] + message
+        assert after['current']['id'] == good and after['status'][good] == 'good'
+        assert [r['id'] for r in after['releases'] if r['id'] != 'rcrash'] == [r['id'] for r in before['releases']]
+        assert not chain.lock_file.exists()
+        report = json.loads((chain.reports / 'rcrash' / ('localhost-%s.json' % chain.project)).read_text())
+        assert report['result'] == 'rolled_back' and report['previous'] == good
