@@ -92,8 +92,8 @@ class ReleasePusher(object):
         put.raise_for_status()
         return digest
 
-    def push(self, repo, release, service='app', base_tag='v2'):
-        """Push repo:release (repo without registry) and return its manifest digest."""
+    def push(self, repo, release, service='app', base_tag='v2', env=None):
+        """Push repo:release (repo without registry) and return its manifest digest; env adds to the image's Env."""
         manifest, config = self._base(base_tag)
         manifest = json.loads(json.dumps(manifest))
         config = json.loads(json.dumps(config))
@@ -101,8 +101,9 @@ class ReleasePusher(object):
             self._mount(repo, layer['digest'])
         blob, diff_id = _stamp_layer(release, service)
         layer_digest = self._upload(repo, blob)
-        env = [item for item in config['config'].get('Env') or [] if not item.startswith('APP_VERSION=')]
-        config['config']['Env'] = env + ['APP_VERSION=%s' % release]
+        extra = dict(env or {}, APP_VERSION=release)
+        kept = [item for item in config['config'].get('Env') or [] if item.split('=', 1)[0] not in extra]
+        config['config']['Env'] = kept + ['%s=%s' % (key, value) for key, value in sorted(extra.items())]
         config['rootfs']['diff_ids'].append(diff_id)
         config.setdefault('history', []).append({'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                                                  'created_by': 'safedeploy bench release %s' % release})

@@ -77,9 +77,9 @@ class Stack(object):
 
     # ------------------------------------------------------------ releases
 
-    def push_release(self, pusher, release, base_tag='v2'):
+    def push_release(self, pusher, release, base_tag='v2', env=None):
         for service in self.services:
-            pusher.push(self.repos[service], release, service=service, base_tag=base_tag)
+            pusher.push(self.repos[service], release, service=service, base_tag=base_tag, env=env)
 
     # ------------------------------------------------------------ observation
 
@@ -131,6 +131,30 @@ class Stack(object):
         return {'total': ended - started, 'pull': pulled - started, 'up': upped - pulled, 'gate': ended - upped,
                 'ok': healthy is not None, 'up_done_at': upped, 'healthy_at': healthy}
 
+    def floor_crash(self, bad, good, client, timeout=60):
+        """Plain Compose meets a crash-looping release: pull + up -d bad, watch the engine until a container has
+        crashed (the earliest anyone can know), then put the good release back with up -d and poll until it serves.
+        """
+        self.compose(['pull', '--quiet'], bad)
+        self.compose(['up', '--detach', '--remove-orphans'], bad)
+        upped = time.time()
+        crashed = None
+        deadline = upped + timeout
+        while crashed is None and time.time() < deadline:
+            for container in self.containers(client):
+                container.reload()
+                state = container.attrs.get('State') or {}
+                if container.attrs.get('RestartCount') or state.get('Status') in ('restarting', 'exited', 'dead'):
+                    crashed = time.time()
+                    break
+            else:
+                time.sleep(0.01)
+        restore_started = time.time()
+        self.compose(['up', '--detach', '--remove-orphans'], good)
+        restored = self.wait_serving(good, timeout=timeout)
+        return {'detect': (crashed or time.time()) - upped, 'restore': (restored or time.time()) - restore_started,
+                'ok': crashed is not None and restored is not None}
+
     def down(self):
         subprocess.run(COMPOSE + ['-p', self.project, '-f', str(self.dir / 'compose.yaml')]
                        + (['-f', str(self.dir / 'compose.release.yml')] if (self.dir / 'compose.release.yml').exists() else [])
@@ -139,34 +163,48 @@ class Stack(object):
 
 
 class Watcher(object):
-    """A side thread that polls a stack's endpoints and notes when each release version was first fully served."""
+    """A side thread polling a stack's endpoints as tightly as the floor's loop, noting every change of what serves.
 
-    def __init__(self, stack, releases, pause=0.02):
+    ``changes`` is a list of ``(time, version)``: the release every endpoint serves (status ok, same version), or
+    None while they do not agree (down, starting, mixed releases).
+    """
+
+    def __init__(self, stack, pause=0.01):
         self.stack = stack
-        self.releases = list(releases)
         self.pause = pause
-        self.first = {}
+        self.changes = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name='watch %s' % stack.project)
+
+    def _look(self, session, urls):
+        versions = set()
+        for url in urls:
+            try:
+                resp = session.get(url, timeout=0.5)
+                body = resp.json() if resp.status_code == 200 else {}
+            except (requests.RequestException, ValueError):
+                body = {}
+            versions.add(body.get('version') if body.get('status') == 'ok' else None)
+        return versions.pop() if len(versions) == 1 else None
 
     def _run(self):
         session = requests.Session()
         urls = list(self.stack.urls().values())
         while not self._stop.is_set():
-            versions = set()
-            for url in urls:
-                try:
-                    resp = session.get(url, timeout=0.5)
-                    body = resp.json() if resp.status_code == 200 else {}
-                except (requests.RequestException, ValueError):
-                    body = {}
-                versions.add(body.get('version') if body.get('status') == 'ok' else None)
-            now = time.time()
-            if len(versions) == 1:
-                version = versions.pop()
-                if version in self.releases and version not in self.first:
-                    self.first[version] = now
+            state = self._look(session, urls)
+            if not self.changes or self.changes[-1][1] != state:
+                self.changes.append((time.time(), state))
             time.sleep(self.pause)
+
+    def first_serving(self, version, after=0.0):
+        """First moment at or after `after` when every endpoint served version (None if never)."""
+        for index, (at, state) in enumerate(self.changes):
+            if state != version:
+                continue
+            ends = self.changes[index + 1][0] if index + 1 < len(self.changes) else float('inf')
+            if ends >= after:
+                return max(at, after)
+        return None
 
     def __enter__(self):
         self._thread.start()

@@ -141,7 +141,8 @@ def test_no_alert_below_critical_and_verified_timer_units(testbed, run_playbook,
     url, calls = webhook
     units = tmp_path / 'systemd'
     units.mkdir()
-    command = [ANSIBLE_PLAYBOOK, '--inventory', 'localhost,', '--connection', 'local', 'safedeploy.compose.disk_guard']
+    command = [ANSIBLE_PLAYBOOK, '--inventory', 'localhost,', '--connection', 'local',
+               '--extra-vars', 'ansible_python_interpreter=%s' % sys.executable, 'safedeploy.compose.disk_guard']
     # Thresholds the main engine's disk never reaches: it is measured, nothing on it is removed.
     inventory = guard_inventory(tmp_path, disk_guard_threshold_percent=99, disk_guard_target_percent=98,
                                 disk_guard_critical_percent=99, disk_guard_webhook_url=url,

@@ -31,8 +31,10 @@ import pytest
 import requests
 import yaml
 
-from conftest import LOCAL_HOST_VARS, ROOT, run_module, run_playbook
+from conftest import COLLECTIONS, LOCAL_HOST_VARS, ROOT, run_module, run_playbook
 from testbed import testbed as testbed_mod
+
+from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import lease_expired
 
 PREFIX = 'sdt-roll'
 REPO = '127.0.0.1:5000/' + PREFIX
@@ -323,6 +325,62 @@ def make_stack(testbed, tmp_path):
         stack.down(client)
 
 
+class Background(object):
+    """ansible-playbook started in the background (its own process group), to be raced or killed."""
+
+    def __init__(self, playbook, inventory, extra_vars, args=(), env=None):
+        self.dir = Path(inventory['all']['hosts']['localhost']['rollout_state_dir']).parent
+        inventory_file = self.dir / ('inventory-%s.yml' % uuid.uuid4().hex[:6])
+        inventory_file.write_text(yaml.safe_dump(inventory))
+        run_env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+                       ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0',
+                       PATH=str(ROOT / '.venv' / 'bin') + os.pathsep + os.environ.get('PATH', ''))
+        run_env.update(env or {})
+        argv = [str(ROOT / '.venv' / 'bin' / 'ansible-playbook'), str(ROOT / 'playbooks' / playbook), '-i', str(inventory_file),
+                '-e', json.dumps(extra_vars)] + list(args)
+        self.out = open(self.dir / ('playbook-%s.out' % uuid.uuid4().hex[:6]), 'w+')
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, cwd=str(ROOT), env=run_env, stdout=self.out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+
+    def descendants(self):
+        """Pids of every process below the playbook (modules, timeout, docker-compose), read from /proc."""
+        children = {}
+        for entry in os.listdir('/proc'):
+            if entry.isdigit():
+                try:
+                    with open('/proc/%s/stat' % entry) as handle:
+                        ppid = int(handle.read().rsplit(')', 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry))
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            for child in children.get(pid, []):
+                found.append(child)
+                todo.append(child)
+        return found
+
+    def kill_all(self):
+        """kill -9 the controller and everything it started, as a crashed controller host would leave it."""
+        for pid in [self.proc.pid] + self.descendants():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(30)
+
+    def wait(self, timeout=300):
+        self.proc.wait(timeout)
+        self.elapsed = time.monotonic() - self.started
+        self.out.seek(0)
+        self.output = self.stdout = self.out.read()
+        self.out.close()
+        self.rc = self.proc.returncode
+        return self
+
+
 def assert_ok(run, changed=None):
     assert run.rc == 0, run.output[-6000:]
     recap = run.recap['localhost']
@@ -457,3 +515,88 @@ class TestOneStack(object):
         assert not chain.lock_file.exists()
         report = json.loads((chain.reports / 'rcrash' / ('localhost-%s.json' % chain.project)).read_text())
         assert report['result'] == 'rolled_back' and report['previous'] == good
+
+
+# ---------------------------------------------------------------- two rollouts at once
+
+def test_concurrent_rollouts_wait_for_the_lock_or_fail_naming_the_holder(make_stack, images, testbed):
+    """A holds the lock; B (lock_wait 120) waits and then rolls out after A; C (lock_wait 1) fails naming A."""
+    client = testbed.client()
+    stack = make_stack('lock')
+    first = Background('rollout.yml', stack.inventory(rollout_run_id='sdt-roll-run-A'), {'release': 'r1'})
+    wait_until(lambda: stack.lock_file.exists(), 60, 'run A taking the stack lock')
+    assert json.loads(stack.lock_file.read_text())['run_id'] == 'sdt-roll-run-A'
+    second = Background('rollout.yml', stack.inventory(rollout_run_id='sdt-roll-run-B', rollout_lock_wait=120),
+                        {'release': 'r2'}, args=['-v'])
+    third = Background('rollout.yml', stack.inventory(rollout_run_id='sdt-roll-run-C', rollout_lock_wait=1),
+                       {'release': 'r2'})
+    third.wait()
+    first_still_running = first.proc.poll() is None
+    first.wait(), second.wait()
+
+    assert first.rc == 0, first.output[-5000:]
+    assert third.rc != 0, third.output[-5000:]
+    assert first_still_running, 'run A ended before run C gave up: the race proves nothing'
+    message = ' '.join(failure_message(third).split())
+    assert 'Take the stack lock' in message and 'held by' in message and 'run id sdt-roll-run-A' in message, message
+    assert 'release r1' in message and 'Nothing running was touched' in message, message
+    assert 'Record as a candidate' not in third.output
+
+    assert second.rc == 0, second.output[-5000:]
+    waited = [float(value) for value in re.findall(r'^\s+waited: ([0-9.]+)$', second.output, re.M)]
+    assert waited and waited[0] > 1, 'run B did not wait for the lock: %s' % waited
+    assert stack.running_digests(client) == images['r2']
+    ledger = stack.ledger()
+    assert ledger['status'] == {'r1': 'superseded', 'r2': 'good'} and ledger['current']['id'] == 'r2'
+    assert not stack.lock_file.exists()
+
+
+# ---------------------------------------------------------------- the controller dies during `up -d`
+
+def test_controller_killed_during_up_next_run_takes_over_and_converges(make_stack, images, testbed):
+    client = testbed.client()
+    stack = make_stack('kill')
+    assert_ok(stack.rollout('r1'))
+    renamed = []
+    events = client.events(decode=True, filters={'event': 'rename', 'label': 'com.docker.compose.project=%s' % stack.project})
+
+    def watch():
+        for event in events:
+            renamed.append(event)
+            if killed.is_set() or run.proc.poll() is not None:
+                return
+            run.kill_all()
+            killed.set()
+            return
+
+    killed = threading.Event()
+    run = Background('rollout.yml', stack.inventory(rollout_run_id='sdt-roll-run-killed', rollout_lock_ttl=5), {'release': 'r2'})
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        killed.wait(120)
+    finally:
+        events.close()
+    run.wait(60)
+    assert killed.is_set(), 'the rollout ended before compose renamed a container: %s' % run.output[-3000:]
+    assert run.rc == -signal.SIGKILL
+
+    # what the dead run left: its lease, r2 recorded but unfinished, a renamed <hex>_<name> container
+    lease = json.loads(stack.lock_file.read_text())
+    assert lease['run_id'] == 'sdt-roll-run-killed'
+    assert stack.ledger()['status'] == {'r1': 'good', 'r2': 'candidate'}
+    leftovers = [c.name for c in stack.containers(client) if LEFTOVER.match(c.name)]
+    assert leftovers, [c.name for c in stack.containers(client)]
+    wait_until(lambda: lease_expired(lease, time.time()), 30, 'the lease expiring')
+
+    again = stack.rollout('r2', rollout_run_id='sdt-roll-run-next', rollout_lock_ttl=5)
+    assert_ok(again)
+    flat = ' '.join(again.output.split())
+    assert 'took over the expired stack lock' in flat and 'run id sdt-roll-run-killed' in flat, again.output[-5000:]
+    assert 'unfinished' in flat and 'r2' in flat
+    for name in leftovers:
+        assert name in again.output
+    assert stack.running_digests(client) == images['r2']  # also asserts no <hex>_<name> container is left
+    ledger = stack.ledger()
+    assert ledger['status'] == {'r1': 'superseded', 'r2': 'good'} and ledger['current']['id'] == 'r2'
+    assert not stack.lock_file.exists()

@@ -1,0 +1,168 @@
+"""vps_recovery and the rollout's disk handling on the small-disk engine (a dockerd on a 400 MB ext4).
+
+The playbooks run with DOCKER_HOST pointing at the small engine: the modules, the docker CLI and docker-compose
+all take the engine from it, so every container of these stacks must be on the small engine and none on the
+main one. The disk is filled with unused big images (pulled from the test bed registry) and topped up with a
+stopped container's writes, measured with statvfs as disk_reclaim measures it. Each test holds the small
+engine's flock (the one test_disk_reclaim.py takes) and leaves the engine as it found it.
+Projects sdt-rec-{rec,full}-<random>, ports 18710-18721, images 127.0.0.1:5000/sdt-rec/{rec,full}-*.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from testbed import testbed as testbed_mod
+
+from role_stack import PLAYBOOKS, RoleStack, disk_usage, holding_small_engine
+
+pytestmark = [pytest.mark.xdist_group('small_engine')]
+
+BIG_COUNT, BIG_MB = 7, 40  # the same big images test_disk_reclaim.py uses (other sizes would rebuild them)
+MB = 1 << 20
+
+
+def fill(client, root, big_refs, filler_image, free_bytes):
+    """Fill the small disk until `free_bytes` are left: big images while a pull still fits, then a stopped
+    container's writable layer for the rest. Everything added is unused, so disk_reclaim may take it."""
+    for ref in big_refs:
+        if disk_usage(root)[1] < 2 * (BIG_MB * MB) + 40 * MB:  # a pull needs room for the blob and the layer
+            break
+        client.images.pull(ref)
+    _used, free, _percent = disk_usage(root)
+    megabytes = (free - free_bytes) // MB
+    assert megabytes > 0, 'the big images alone left only %d MB free' % (free // MB)
+    box = client.containers.run(filler_image, entrypoint=['/bin/dd', 'if=/dev/zero', 'of=/fill', 'bs=1M',
+                                                          'count=%d' % megabytes],
+                                network_mode='none', detach=True, labels={'io.safedeploy.test': 'sdt-rec-filler'})
+    assert box.wait(timeout=120)['StatusCode'] == 0, box.logs()[-500:]
+    return disk_usage(root)
+
+
+def assert_nothing_on_main_engine(stack):
+    main = stack.testbed.client()
+    assert stack.containers(main) == [], 'containers of %s landed on the main engine' % stack.name
+
+
+@pytest.fixture(scope='module')
+def big_refs(testbed):
+    return testbed_mod.ensure_big_images(testbed.client(), BIG_COUNT, BIG_MB)
+
+
+@pytest.fixture
+def small(small_engine):
+    with holding_small_engine(small_engine) as client:
+        yield client
+
+
+@pytest.fixture
+def make_stack(testbed, small_engine, tmp_path):
+    made = []
+
+    def make(what, ports):
+        stack = RoleStack(testbed, tmp_path, what, ports, docker_host=small_engine.docker_host)
+        made.append(stack)
+        return stack
+    yield make
+    for stack in made:
+        stack.cleanup()
+
+
+def test_recovery_of_a_full_disk_and_a_broken_stack(small, small_engine, make_stack, big_refs, run_playbook, tmp_path):
+    stack = make_stack('rec', {'web': 18710, 'worker': 18711})
+    stack.release('v1')
+    stack.release('v2')
+    env = {'DOCKER_HOST': small_engine.docker_host}
+    report_path = tmp_path / 'recovery.json'
+    inventory = stack.inventory(vps_recovery_target_percent=80, vps_recovery_report_path=str(report_path),
+                                vps_recovery_health_timeout=30)
+    for release in ('v1', 'v2'):
+        run = run_playbook(PLAYBOOKS / 'rollout.yml', inventory, extra_vars={'release': release}, env=env)
+        assert run.rc == 0, run.output[-4000:]
+    stack.assert_runs('v2')
+    assert_nothing_on_main_engine(stack)
+
+    # The VPS in trouble: disk past 95% with unused images and a dead container, the stack down.
+    root = small.info()['DockerRootDir']
+    capacity = sum(disk_usage(root)[:2])
+    _used, _free, full = fill(small, root, big_refs, stack.pinned_ref('web', 'v1'), free_bytes=capacity * 3 // 100)
+    assert full > 95, 'the fill reached only %.1f%%' % full
+    boxes = dict((box.labels['com.docker.compose.service'], box) for box in stack.containers())
+    boxes['web'].stop(timeout=5)
+    boxes['worker'].remove(force=True)
+    assert [box.status for box in stack.containers()] == ['exited']
+
+    run = run_playbook(PLAYBOOKS / 'recover.yml', inventory, env=env)
+    assert run.rc == 0, run.output[-4000:]
+
+    # Below the target, measured on the filesystem itself.
+    after = disk_usage(root)[2]
+    assert after < 80, 'disk at %.1f%% after recovery' % after
+    # Back on the last good release, by digest, healthy, on the small engine only.
+    stack.assert_runs('v2')
+    assert stack.health('web')['version'] == 'v2' and stack.health('worker')['version'] == 'v2'
+    assert_nothing_on_main_engine(stack)
+    # The ledger is unchanged in substance and the way back is still on the host.
+    ledger = stack.ledger()
+    assert ledger['current']['id'] == 'v2' and ledger['last_good']['id'] == 'v2'
+    assert stack.statuses() == {'v1': 'superseded', 'v2': 'good'}
+    for service in stack.ports:
+        for release in ('v1', 'v2'):
+            assert stack.has_image(service, release), '%s %s was reclaimed' % (service, release)
+    # Some of the unused big images went, and the report says before -> after.
+    report = json.loads(report_path.read_text())
+    assert report['disk_before_percent'] >= 95 > 80 > report['disk_after_percent']
+    assert abs(report['disk_after_percent'] - after) < 1.0
+    assert abs(report['disk_before_percent'] - full) < 1.0
+    assert report['reclaimed_bytes'] > 15 * capacity // 100
+    assert report['stacks'] == [{'name': stack.name, 'release': 'v2', 'healthy': True}]
+    assert report['engine_restarted'] is False
+
+
+def test_disk_full_during_the_pull_aborts_and_the_next_run_reclaims(small, small_engine, make_stack, big_refs,
+                                                                    run_playbook, testbed):
+    stack = make_stack('full', {'web': 18720, 'worker': 18721})
+    stack.release('v1')
+    # Release v4 brings a 20 MB layer of its own: it cannot be pulled into 12 MB.
+    client = testbed.client()
+    v4 = testbed_mod.build_app_image(client, '%s/sdt-rec/full-base:v4' % testbed.registry, 'v4', 'healthy',
+                                     extra_bytes=20 * MB)
+    stack.release('v4', image=v4)
+    env = {'DOCKER_HOST': small_engine.docker_host}
+    run = run_playbook(PLAYBOOKS / 'rollout.yml', stack.inventory(), extra_vars={'release': 'v1'}, env=env)
+    assert run.rc == 0, run.output[-4000:]
+    stack.assert_runs('v1')
+
+    root = small.info()['DockerRootDir']
+    _used, free, percent = fill(small, root, big_refs, stack.pinned_ref('web', 'v1'), free_bytes=12 * MB)
+    assert free < 20 * MB, free
+
+    # A preflight that lets the disk through (no reclaim below 100%): the pull runs out of space.
+    desperate = stack.inventory(rollout_disk_threshold_percent=100, rollout_disk_hard_limit_percent=100,
+                                rollout_pull_retries=1)
+    failed = run_playbook(PLAYBOOKS / 'rollout.yml', desperate, extra_vars={'release': 'v4'}, env=env)
+    assert failed.rc != 0
+    text = ' '.join(failed.output.split())
+    assert 'no space left on device' in text.lower()
+    assert 'Rollout of %s v4 failed at "Pull the pinned images' % stack.name in text
+    assert 'Nothing running was touched.' in text
+    # The old stack still serves, the ledger says v1 is current and v4 failed.
+    stack.assert_runs('v1')
+    assert stack.health('web')['version'] == 'v1' and stack.health('worker')['version'] == 'v1'
+    assert stack.statuses() == {'v1': 'good', 'v4': 'failed'}
+    assert stack.ledger()['current']['id'] == 'v1'
+    assert stack.report('v4')['result'] == 'failed'
+    assert disk_usage(root)[2] > 95
+
+    # The next run, with the default preflight, reclaims the unused images first and goes through.
+    again = run_playbook(PLAYBOOKS / 'rollout.yml', stack.inventory(), extra_vars={'release': 'v4'}, env=env)
+    assert again.rc == 0, again.output[-4000:]
+    assert disk_usage(root)[2] < 85
+    stack.assert_runs('v4')
+    assert stack.health('web')['version'] == 'v4'
+    assert stack.statuses() == {'v1': 'superseded', 'v4': 'good'}
+    assert stack.has_image('web', 'v1') and stack.has_image('worker', 'v1')
+    assert stack.report('v4')['result'] == 'deployed' and stack.report('v4')['previous'] == 'v1'
+    assert_nothing_on_main_engine(stack)
