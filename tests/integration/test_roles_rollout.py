@@ -600,3 +600,149 @@ def test_controller_killed_during_up_next_run_takes_over_and_converges(make_stac
     ledger = stack.ledger()
     assert ledger['status'] == {'r1': 'superseded', 'r2': 'good'} and ledger['current']['id'] == 'r2'
     assert not stack.lock_file.exists()
+
+
+# ---------------------------------------------------------------- registries that fail
+
+def remove_local_refs(client, repository):
+    """Untag every local tag and digest reference of repository (the images stay while other tags use them)."""
+    for image in client.images.list(name=repository):
+        for ref in (image.tags or []) + (image.attrs.get('RepoDigests') or []):
+            if ref.rsplit('@', 1)[0].rsplit(':', 1)[0] == repository or ref.split('@', 1)[0] == repository:
+                try:
+                    client.images.remove(ref)
+                except Exception:  # already gone
+                    pass
+
+
+def test_registry_down_during_rollback_uses_local_images_or_fails_loudly(make_stack, testbed, tmp_path):
+    client = testbed.client()
+    registry = OwnRegistry(tmp_path / 'registry', take_port())
+    prefix = '%s/%s' % (registry.address, PREFIX)
+    registry.start()
+    stack = None
+    try:
+        digests = dict((release, push_release(client, prefix, release, RELEASES[release])) for release in ('r1', 'r2'))
+        stack = make_stack('offline', repo_prefix=prefix)
+        assert_ok(stack.rollout('r1'))
+        assert_ok(stack.rollout('r2'))
+        registry.stop()
+        assert not registry.answers()
+
+        back = stack.rollback(apply=True)
+        assert_ok(back)
+        assert re.search(r"Pull the target's images.*\*+\nskipping", back.stdout), 'the rollback tried to pull'
+        assert stack.running_digests(client) == digests['r1']
+        ledger = stack.ledger()
+        assert ledger['status'] == {'r1': 'good', 'r2': 'rolled_back'} and ledger['current']['id'] == 'r1'
+
+        # r2's worker image is gone from the host and the registry is down: fail loudly, touch nothing
+        remove_local_refs(client, prefix + '/worker')
+        snapshot, ledger_bytes = stack.snapshot(client), stack.ledger_bytes()
+        override = (stack.src / 'compose.release.yml').read_bytes()
+        refused = assert_failed(stack.rollback(apply=True, to='r2'))
+        message = ' '.join(failure_message(refused).split())
+        assert 'Cannot roll back %s to r2' % stack.project in message, message
+        assert '%s/worker' % prefix in message and 'Nothing running was touched' in message, message
+        assert 'Bring up the target release' not in refused.stdout
+        assert stack.snapshot(client) == snapshot
+        assert stack.ledger_bytes() == ledger_bytes
+        assert (stack.src / 'compose.release.yml').read_bytes() == override
+        assert not stack.lock_file.exists()
+    finally:
+        registry.stop()
+        if stack:
+            stack.down(client)
+        for service in ('web', 'worker'):
+            remove_local_refs(client, '%s/%s' % (prefix, service))
+
+
+def test_stalled_pull_times_out_before_up_and_the_old_stack_keeps_serving(make_stack, images, testbed):
+    client = testbed.client()
+    stack = make_stack('stall')
+    assert_ok(stack.rollout('r1'))
+    snapshot = stack.snapshot(client)
+    fake = StallingRegistry(take_port())
+    try:
+        stalled_stack = stack.stack_vars(images=dict(
+            (service, '%s/%s/%s:r2' % (fake.address, PREFIX, service)) for service in ('web', 'worker')))
+        started = time.monotonic()
+        run = assert_failed(stack.rollout('rstall', stack=stalled_stack, rollout_pull_timeout=5, rollout_pull_retries=3))
+        elapsed = time.monotonic() - started
+        serving = stack.versions()
+    finally:
+        fake.stop()
+    assert fake.stalled, 'the engine never asked the stalling registry for anything'
+    message = ' '.join(failure_message(run).split())
+    assert 'Pull the pinned images' in message and 'Nothing running was touched' in message, message
+    assert 'Bring up with the pinned override' not in run.stdout
+    assert elapsed < 90, 'the stalled pull was not cut off (%ss)' % elapsed
+    assert serving == {'web': 'v1', 'worker': 'v1'}
+    assert stack.snapshot(client) == snapshot
+    assert stack.running_digests(client) == images['r1']
+    ledger = stack.ledger()
+    assert ledger['status'] == {'r1': 'good', 'rstall': 'failed'} and ledger['current']['id'] == 'r1'
+    assert 'Pull' in ledger['releases'][-1]['reason']
+    assert not stack.lock_file.exists()
+
+
+# ---------------------------------------------------------------- registry credentials
+
+def test_registry_credentials_reach_docker_login_on_stdin_and_never_show(make_stack, testbed, tmp_path):
+    client = testbed.client()
+    password, user = testbed.auth_password, testbed.auth_user
+    assert len(password) > 8
+    prefix = '%s/%s' % (testbed.auth_registry, PREFIX)
+    digests = push_release(client, prefix, 'r1', RELEASES['r1'], auth_config={'username': user, 'password': password})
+    for service in ('web', 'worker'):  # the rollout must pull them from the auth registry
+        remove_local_refs(client, '%s/%s' % (prefix, service))
+    shim = tmp_path / 'bin'
+    shim.mkdir()
+    argv_log = tmp_path / 'docker-argv.log'
+    (shim / 'docker').write_text('#!/bin/sh\nprintf "%%s\\n" "$*" >> %s\nexec /usr/bin/docker "$@"\n' % argv_log)
+    (shim / 'docker').chmod(0o755)
+    docker_config = tmp_path / 'docker-config'  # docker login writes here, not to root's ~/.docker
+    docker_config.mkdir()
+
+    seen_in_argv = []
+    done = threading.Event()
+
+    def watch_argv():
+        needle = password.encode()
+        while not done.is_set():
+            for entry in os.listdir('/proc'):
+                try:
+                    with open('/proc/%s/cmdline' % entry, 'rb') as handle:
+                        if needle in handle.read():
+                            seen_in_argv.append(entry)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_argv, daemon=True)
+    watcher.start()
+    stack = make_stack('auth', repo_prefix=prefix)
+    try:
+        run = stack.rollout('r1', args=['-vvv'], stack=stack.stack_vars(
+            registry_auth=[{'registry': testbed.auth_registry, 'username': user, 'password': password}]),
+            env={'PATH': '%s:%s:%s' % (shim, ROOT / '.venv' / 'bin', os.environ.get('PATH', '')),
+                 'DOCKER_CONFIG': str(docker_config)})
+    finally:
+        done.set()
+        watcher.join(10)
+    try:
+        assert_ok(run)
+        assert stack.running_digests(client) == digests
+        assert password not in run.output, 'the registry password appears in the -vvv output'
+        assert not seen_in_argv, 'the registry password was in the argv of a process'
+        logins = [line for line in argv_log.read_text().splitlines() if line.startswith('login')]
+        assert logins == ['login --username %s --password-stdin %s' % (user, testbed.auth_registry)], logins
+        assert password not in argv_log.read_text()
+        assert testbed.auth_registry in json.loads((docker_config / 'config.json').read_text())['auths']
+        assert 'login' in run.output and 'censored' in run.output  # the login task ran, under no_log
+        for path in file_tree(stack.root):
+            assert password.encode() not in Path(path).read_bytes(), path
+    finally:
+        stack.down(client)
+        for service in ('web', 'worker'):
+            remove_local_refs(client, '%s/%s' % (prefix, service))

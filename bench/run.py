@@ -1,0 +1,711 @@
+"""What the safety of safedeploy.compose costs, measured side by side against plain Compose on this machine.
+
+    make bench          # .venv/bin/python bench/run.py            the full run (about 20 minutes on 2 cores)
+    make bench-smoke    # .venv/bin/python bench/run.py --smoke    one pass of every figure on small stacks (~1 min)
+
+Every figure compares A with B in the same run, alternating which goes first, and reports the median with
+[min-max] of the repetitions (the ratio is taken within each pair of the same repetition):
+
+  1 rollout    gated rollout (playbooks/rollout.yml) of a 5-service stack N -> N+1 vs the floor (docker-compose pull,
+               up -d, a tight loop on the same health endpoints), with the time of each phase
+  2 gate       how long after the app really serves (a tight side loop) the gate passes; how long after up -d the
+               gate fails a crash-looping release vs the first moment the engine shows the crash
+  3 restore    from the failed gate to the last good release serving again vs a plain up -d of the old release
+  4 rerun      rolling out the running release again (must report changed=0) vs a rollout N -> N+1
+  5 scale      stacks of 1, 5, 20 services; a fleet of 1, 10, 50 simulated hosts (one compose project each,
+               connection local, forks 10, batches of 10) vs the floor run 10 projects at a time
+  6 disk       disk_reclaim vs docker system prune -af on the small-disk engine: time, bytes, rollback images lost
+
+Prints a table and writes bench/results/bench-<UTC time>[-smoke].json. Exits non-zero when the bench breaks (a
+rollout that should pass fails, a rerun changes something, a rollback does not restore service...), never because
+a target is missed: targets are reported, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / 'tests'))
+
+import docker  # noqa: E402
+
+from releases import ReleasePusher  # noqa: E402
+from stacks import REGISTRY, REPO_PREFIX, Stack, Watcher, gated_rollout  # noqa: E402
+from testbed import testbed  # noqa: E402
+
+RESULTS = HERE / 'results'
+GATE_INTERVAL = 2.0  # the rollout role's default rollout_health_interval, which the bench leaves alone
+FORKS = 10
+BATCH = 10
+
+# Port plan (18800-19999): each stack gets a block, one port per service.
+PORTS = {'g1': 18800, 'f1': 18801, 'g5': 18810, 'f5': 18820, 'g20': 18840, 'f20': 18870, 'lat': 18900,
+         'fleet_g': 19000, 'fleet_f': 19100}
+
+TARGETS = {
+    'rollout': 'gated <= 1.3x floor (5 services)',
+    'gate_latency': 'gate passes within one interval (%gs) of the app serving' % GATE_INTERVAL,
+    'crash': 'crash loop failed <= 5 s after up -d',
+    'restore': 'none set (reported against a plain up -d of the old release)',
+    'rerun': 'rerun <= 0.3x rollout, changed=0',
+    'fleet': 'wall time grows with batches, not with hosts inside a batch',
+    'disk': 'keeps every rollback image prune deletes',
+}
+
+
+class BenchBroken(Exception):
+    """Something the bench relies on did not behave: the run fails (targets never make it fail)."""
+
+
+def log(msg):
+    print('bench: %s' % msg, file=sys.stderr, flush=True)
+
+
+def summary(values):
+    values = [value for value in values if value is not None]
+    if not values:
+        return {'n': 0, 'median': None, 'min': None, 'max': None, 'values': []}
+    return {'n': len(values), 'median': round(statistics.median(values), 3), 'min': round(min(values), 3),
+            'max': round(max(values), 3), 'values': [round(value, 3) for value in values]}
+
+
+def alternate(reps, first, second):
+    """Run first(i) and second(i) for each repetition i, swapping which goes first every repetition."""
+    for index in range(reps):
+        for step in ((first, second) if index % 2 == 0 else (second, first)):
+            step(index)
+
+
+def iso_epoch(text):
+    if not text:
+        return None
+    return datetime.datetime.strptime(text.rstrip('Z'), '%Y-%m-%dT%H:%M:%S.%f').replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+# ---------------------------------------------------------------- the timeline of a gated run
+
+PHASES = ('startup', 'preflight', 'pin', 'ledger', 'pull', 'up', 'gate', 'finish', 'rollback')
+
+
+def phase_of(task):
+    """Which rollout phase a task of the timeline belongs to."""
+    path = task.get('path') or ''
+    name = task.get('name') or ''
+    action = task.get('action') or ''
+    filename = os.path.basename(path.rsplit(':', 1)[0])
+    if '/roles/rollback/' in path or filename == 'rollback.yml':
+        return 'rollback'
+    if action.endswith('last_good_tag') or 'candidate was recorded' in name:
+        return 'ledger'
+    if filename in ('rollout.yml',) or 'validate_argument_spec' in action:
+        return 'startup'
+    if filename in ('lock.yml', 'prepare.yml', 'preflight.yml', 'disk.yml'):
+        return 'preflight'
+    if filename == 'pin.yml':
+        return 'gate' if action.endswith('health_gate') else 'pin'
+    if filename == 'deploy.yml':
+        return 'pull' if (': Pull' in name or ': Log in' in name) else 'up'
+    if filename == 'gate.yml':
+        return 'gate'
+    return 'finish'
+
+
+def phases(run):
+    """Seconds of the run per phase: each task lasts until the next starts; start-up until the first task."""
+    tasks = run.timeline.get('tasks') or []
+    totals = dict((phase, 0.0) for phase in PHASES)
+    if not tasks:
+        totals['startup'] = run.wall
+        return totals
+    totals['startup'] += tasks[0]['start'] - run.started
+    for index, task in enumerate(tasks):
+        until = tasks[index + 1]['start'] if index + 1 < len(tasks) else run.ended
+        totals[phase_of(task)] += until - task['start']
+    return totals
+
+
+def task_end(run, marker, role='rollout'):
+    for task in run.timeline.get('tasks') or []:
+        if (': %s' % marker) in task['name'] and task['name'].startswith('safedeploy.compose.%s' % role) and task['end']:
+            return task['end']
+    return None
+
+
+def gate_result(run, role='rollout'):
+    for gate in run.gates:
+        if gate['task'].startswith('safedeploy.compose.%s : Gate' % role):
+            return gate
+    return None
+
+
+# ---------------------------------------------------------------- the bench
+
+class Bench(object):
+    def __init__(self, smoke, reps, workdir):
+        self.smoke = smoke
+        self.reps = reps
+        self.workdir = Path(workdir)
+        self.state_dir = self.workdir / 'state'
+        self.pusher = ReleasePusher(REGISTRY)
+        self.client = docker.DockerClient(base_url=testbed.MAIN_DOCKER_HOST, timeout=120)
+        self.stacks = []
+        self.figures = {}
+        self.counter = 0
+        self.stamp = '%x' % int(time.time())
+
+    def release(self):
+        self.counter += 1
+        return 'b%s-%03d' % (self.stamp, self.counter)
+
+    def stack(self, name, services, templated):
+        stack = Stack(name, services, PORTS.get(name, 0), self.workdir)
+        stack.write_compose(templated)
+        stack.current = None
+        self.stacks.append(stack)
+        return stack
+
+    def common_vars(self):
+        return {'rollout_state_dir': str(self.state_dir)}
+
+    def gated(self, hosts, release, expect_ok=True, batches=None):
+        run = gated_rollout(hosts, release, self.common_vars(), forks=FORKS, batches=batches)
+        ok = run.rc == 0
+        if ok != expect_ok or not run.timeline:
+            raise BenchBroken('gated rollout of %s to %s %s (rc=%s):\n%s' % (
+                ', '.join(stack.project for stacks in hosts.values() for stack in stacks), release,
+                'failed' if expect_ok else 'passed, but should have failed', run.rc, run.tail()))
+        if ok:
+            for stacks in hosts.values():
+                for stack in stacks:
+                    stack.current = release
+        return run
+
+    def floor(self, stack, release):
+        result = stack.floor_rollout(release)
+        if not result['ok']:
+            raise BenchBroken('floor rollout of %s to %s never served the new release' % (stack.project, release))
+        stack.current = release
+        return result
+
+    def new_release(self, stacks, base_tag='v2', env=None):
+        release = self.release()
+        for stack in stacks:
+            stack.push_release(self.pusher, release, base_tag=base_tag, env=env)
+        return release
+
+    # ------------------------------------------------------------ figures 1, 4 and 5 (stacks)
+
+    def rollout_pair(self, size, with_rerun):
+        """Gated vs floor N -> N+1 on stacks of `size` services (and reruns of the running release)."""
+        gated_stack = self.stack('g%d' % size, size, templated=False)
+        floor_stack = self.stack('f%d' % size, size, templated=True)
+        log('%d-service stacks: first rollout (setup)' % size)
+        first = self.gated({'localhost': [gated_stack]}, self.new_release([gated_stack]))
+        self.floor(floor_stack, self.new_release([floor_stack]))
+        data = {'services': size, 'gated': [], 'floor': [], 'ratio': [], 'phases': [], 'floor_phases': [],
+                'rerun': [], 'rerun_changed': [], 'first_rollout': first.wall}
+
+        def gated_step(index):
+            release = self.new_release([gated_stack])
+            run = self.gated({'localhost': [gated_stack]}, release)
+            data['gated'].append(run.wall)
+            data['phases'].append(phases(run))
+            log('  %d svc rep %d: gated %.2fs' % (size, index + 1, run.wall))
+
+        def floor_step(index):
+            release = self.new_release([floor_stack])
+            result = self.floor(floor_stack, release)
+            data['floor'].append(result['total'])
+            data['floor_phases'].append({'pull': result['pull'], 'up': result['up'], 'gate': result['gate']})
+            log('  %d svc rep %d: floor %.2fs' % (size, index + 1, result['total']))
+
+        def rerun_step(index):
+            run = self.gated({'localhost': [gated_stack]}, gated_stack.current)
+            if run.changed() != 0:
+                raise BenchBroken('rerun of the running release %s of %s reported changed=%d:\n%s'
+                                  % (gated_stack.current, gated_stack.project, run.changed(), run.tail()))
+            data['rerun'].append(run.wall)
+            data['rerun_changed'].append(run.changed())
+            data.setdefault('rerun_phases', []).append(phases(run))
+            log('  %d svc rep %d: rerun %.2fs (changed=0)' % (size, index + 1, run.wall))
+
+        for index in range(self.reps):
+            if with_rerun:
+                order = (rerun_step, gated_step, floor_step) if index % 2 == 0 else (floor_step, gated_step, rerun_step)
+            else:
+                order = (gated_step, floor_step) if index % 2 == 0 else (floor_step, gated_step)
+            for step in order:
+                step(index)
+        data['ratio'] = [a / b for a, b in zip(data['gated'], data['floor'])]
+        if with_rerun:
+            data['rerun_ratio'] = [a / b for a, b in zip(data['rerun'], data['gated'])]
+        return data, gated_stack, floor_stack
+
+    def figure_rollout(self, sizes, main_size):
+        results = {}
+        main = None
+        for size in sizes:
+            data, gated_stack, floor_stack = self.rollout_pair(size, with_rerun=(size == main_size))
+            results[size] = data
+            if size == main_size:
+                main = (gated_stack, floor_stack)
+        return results, main
+
+    # ------------------------------------------------------------ figure 2 (gate latency)
+
+    def figure_gate_latency(self):
+        stack = self.stack('lat', 1, templated=False)
+        log('gate latency: first rollout (setup)')
+        self.gated({'localhost': [stack]}, self.new_release([stack]))
+        rows = []
+        for index in range(self.reps):
+            # start-up delays spread over one gate interval, so the moment the app is ready falls
+            # at every phase of the gate's rounds
+            delay = round(0.3 + GATE_INTERVAL * (index + 0.5) / self.reps, 2)
+            release = self.new_release([stack], base_tag='slow', env={'APP_DELAY': str(delay)})
+            with Watcher(stack) as watcher:
+                run = self.gated({'localhost': [stack]}, release)
+            gate = gate_result(run)
+            up_done = task_end(run, 'Bring up')
+            serving = watcher.first_serving(release, after=run.started)
+            passed = iso_epoch(gate and gate['finished_at'])
+            if None in (gate, up_done, serving, passed):
+                raise BenchBroken('gate latency: missing timestamps (gate %s, up %s, serving %s)' % (gate, up_done, serving))
+            rows.append({'delay': delay, 'latency': passed - serving, 'gate_after_up': passed - up_done,
+                         'serving_after_up': serving - up_done, 'rounds': gate['rounds'], 'wall': run.wall})
+            log('  rep %d: app delay %.2fs, serving %.2fs after up, gate passed %.2fs after up (latency %.2fs, %s rounds)'
+                % (index + 1, delay, serving - up_done, passed - up_done, passed - serving, gate['rounds']))
+        return {'interval': GATE_INTERVAL, 'reps': rows,
+                'ratio': [row['gate_after_up'] / row['serving_after_up'] for row in rows]}
+
+    # ------------------------------------------------------------ figures 2 and 3 (crash loop, restore)
+
+    def figure_crash(self, gated_stack, floor_stack):
+        data = {'gated_fail': [], 'floor_detect': [], 'gated_restore': [], 'floor_restore': [], 'gate_elapsed': [],
+                'gated_wall': []}
+
+        def gated_step(index):
+            good = gated_stack.current
+            bad = self.new_release([gated_stack], base_tag='v3')
+            with Watcher(gated_stack) as watcher:
+                run = self.gated({'localhost': [gated_stack]}, bad, expect_ok=False)
+            gate = gate_result(run)
+            up_done = task_end(run, 'Bring up')
+            failed_at = iso_epoch(gate and gate['finished_at'])
+            restored = watcher.first_serving(good, after=failed_at or run.ended)
+            if gate is None or gate['passed'] or up_done is None:
+                raise BenchBroken('crash loop: the gate of %s did not run and fail:\n%s' % (bad, run.tail()))
+            if restored is None:
+                raise BenchBroken('crash loop: %s never served the last good release %s again:\n%s'
+                                  % (gated_stack.project, good, run.tail()))
+            data['gated_fail'].append(failed_at - up_done)
+            data['gate_elapsed'].append(gate['elapsed'])
+            data['gated_restore'].append(restored - failed_at)
+            data['gated_wall'].append(run.wall)
+            log('  rep %d: gate failed %.2fs after up -d, last good serving %.2fs after that (run %.1fs)'
+                % (index + 1, failed_at - up_done, restored - failed_at, run.wall))
+
+        def floor_step(index):
+            good = floor_stack.current
+            bad = self.new_release([floor_stack], base_tag='v3')
+            result = floor_stack.floor_crash(bad, good, self.client)
+            if not result['ok']:
+                raise BenchBroken('floor crash: no crash seen or %s not restored' % good)
+            data['floor_detect'].append(result['detect'])
+            data['floor_restore'].append(result['restore'])
+            log('  rep %d: floor saw the crash %.2fs after up -d, plain up -d restored in %.2fs'
+                % (index + 1, result['detect'], result['restore']))
+
+        alternate(self.reps, gated_step, floor_step)
+        data['fail_ratio'] = [a / b for a, b in zip(data['gated_fail'], data['floor_detect'])]
+        data['restore_ratio'] = [a / b for a, b in zip(data['gated_restore'], data['floor_restore'])]
+        return data
+
+    # ------------------------------------------------------------ figure 5 (fleet)
+
+    def figure_fleet(self, sizes):
+        largest = max(sizes)
+        gated = [Stack('fl-g%02d' % index, 1, PORTS['fleet_g'] + index, self.workdir) for index in range(largest)]
+        floors = [Stack('fl-f%02d' % index, 1, PORTS['fleet_f'] + index, self.workdir) for index in range(largest)]
+        for stack in gated + floors:
+            stack.write_compose(stack in floors)
+            stack.current = None
+            self.stacks.append(stack)
+        hosts = dict(('h%02d' % index, [stack]) for index, stack in enumerate(gated))
+        names = sorted(hosts)
+        log('fleet: first rollout of %d hosts (setup)' % largest)
+        first = self.gated(hosts, self.new_release(gated), batches=[BATCH])
+        release = self.new_release(floors)
+        with ThreadPoolExecutor(FORKS) as pool:
+            list(pool.map(lambda stack: self.floor(stack, release), floors))
+        data = {'first_rollout': {'hosts': largest, 'wall': first.wall}, 'sizes': {}}
+        for size in sizes:
+            row = {'hosts': size, 'batches': int(math.ceil(size / float(BATCH))), 'gated': [], 'floor': []}
+            data['sizes'][size] = row
+
+            def gated_step(index, size=size, row=row):
+                chosen = dict((name, hosts[name]) for name in names[:size])
+                release = self.new_release(gated[:size])
+                run = self.gated(chosen, release, batches=[BATCH])
+                unchanged = [host for host, counts in run.recap.items() if counts.get('changed', 0) == 0]
+                if len(run.recap) != size or unchanged:
+                    raise BenchBroken('fleet of %d: recap has %d hosts, unchanged: %s' % (size, len(run.recap), unchanged))
+                row['gated'].append(run.wall)
+                log('  %d hosts rep %d: gated %.1fs' % (size, index + 1, run.wall))
+
+            def floor_step(index, size=size, row=row):
+                release = self.new_release(floors[:size])
+                started = time.time()
+                with ThreadPoolExecutor(FORKS) as pool:
+                    list(pool.map(lambda stack: self.floor(stack, release), floors[:size]))
+                row['floor'].append(time.time() - started)
+                log('  %d hosts rep %d: floor %.1fs' % (size, index + 1, row['floor'][-1]))
+
+            alternate(self.reps, gated_step, floor_step)
+            row['ratio'] = [a / b for a, b in zip(row['gated'], row['floor'])]
+            row['per_host_overhead'] = [(a - b) / size for a, b in zip(row['gated'], row['floor'])]
+            row['per_batch'] = [a / row['batches'] for a in row['gated']]
+        return data
+
+    # ------------------------------------------------------------ figure 6 (disk)
+
+    def figure_disk(self, image_count):
+        started_engine = not testbed.engine_answers(testbed.SMALL_DOCKER_HOST)
+        engine = testbed.small_engine_up()
+        try:
+            return self._disk(engine, image_count)
+        finally:
+            if started_engine:
+                testbed.small_engine_down()
+
+    def _disk(self, engine, image_count):
+        refs = testbed.ensure_big_images(self.client, count=image_count, size_mb=40)
+        small = docker.DockerClient(base_url=engine.docker_host, timeout=300)
+        digests = dict((ref, testbed.registry_digest(ref)) for ref in refs)
+        releases = refs[:3] if image_count >= 4 else refs[:2]  # current + the good ones before it
+        state_dir = self.workdir / 'disk-state'
+        project = 'sdb-disk'
+        for index, ref in enumerate(releases):
+            release = 'r%d' % (index + 1)
+            services = {'app': {'image': ref, 'digest': digests[ref]}}
+            for action in ('record', 'promote'):
+                result = run_module('last_good_tag', {'project': project, 'state_dir': str(state_dir), 'action': action,
+                                                      'release': release, 'services': services})
+                if result.get('failed'):
+                    raise BenchBroken('disk: ledger %s of %s failed: %s' % (action, release, result.get('msg')))
+        current = releases[-1]
+        data = {'images': len(refs), 'image_mb': 40, 'rollback_images': len(releases), 'reclaim': [], 'prune': [],
+                'reclaim_bytes': [], 'prune_bytes': [], 'reclaim_lost': [], 'prune_lost': []}
+
+        def prepare():
+            for ref in refs:
+                try:
+                    small.images.get(ref)
+                except docker.errors.ImageNotFound:
+                    small.images.pull(ref)
+            for container in small.containers.list(all=True, filters={'name': 'sdb-disk-current'}):
+                container.remove(force=True)
+            small.containers.run(current, name='sdb-disk-current', detach=True, network_mode='none',
+                                 labels={'com.docker.compose.project': project})
+            return dict((ref, small.images.get(ref).id) for ref in releases)
+
+        def lost(kept_ids):
+            present = set(image.id for image in small.images.list())
+            return sum(1 for image_id in kept_ids.values() if image_id not in present)
+
+        def reclaim_step(index):
+            kept = prepare()
+            before = used_bytes(engine.mountpoint)
+            started = time.time()
+            result = run_module('disk_reclaim', {'docker_host': engine.docker_host, 'threshold_percent': 1, 'target_percent': 0,
+                                                 'force': True, 'protect_releases': {'state_dir': str(state_dir)}})
+            elapsed = time.time() - started
+            if result.get('failed'):
+                raise BenchBroken('disk_reclaim failed: %s' % result.get('msg'))
+            data['reclaim'].append(elapsed)
+            data['reclaim_bytes'].append(before - used_bytes(engine.mountpoint))
+            data['reclaim_lost'].append(lost(kept))
+            log('  rep %d: disk_reclaim %.2fs, %d MB, rollback images lost %d'
+                % (index + 1, elapsed, data['reclaim_bytes'][-1] >> 20, data['reclaim_lost'][-1]))
+
+        def prune_step(index):
+            kept = prepare()
+            before = used_bytes(engine.mountpoint)
+            started = time.time()
+            subprocess.run(['docker', '-H', engine.docker_host, 'system', 'prune', '--all', '--force'],
+                           check=True, capture_output=True)
+            elapsed = time.time() - started
+            data['prune'].append(elapsed)
+            data['prune_bytes'].append(before - used_bytes(engine.mountpoint))
+            data['prune_lost'].append(lost(kept))
+            log('  rep %d: docker system prune -af %.2fs, %d MB, rollback images lost %d'
+                % (index + 1, elapsed, data['prune_bytes'][-1] >> 20, data['prune_lost'][-1]))
+
+        try:
+            alternate(self.reps, reclaim_step, prune_step)
+        finally:
+            for container in small.containers.list(all=True, filters={'name': 'sdb-disk-current'}):
+                container.remove(force=True)
+            for ref in refs:
+                try:
+                    small.images.remove(ref, force=True)
+                except docker.errors.APIError:
+                    pass
+        if any(data['reclaim_lost']):
+            raise BenchBroken('disk_reclaim deleted rollback images: %s' % data['reclaim_lost'])
+        data['time_ratio'] = [a / b for a, b in zip(data['reclaim'], data['prune'])]
+        data['bytes_ratio'] = [a / float(b) for a, b in zip(data['reclaim_bytes'], data['prune_bytes']) if b]
+        return data
+
+    # ------------------------------------------------------------ cleanup
+
+    def cleanup(self):
+        for stack in self.stacks:
+            stack.down()
+        for image in self.client.images.list():
+            for tag in image.tags:
+                if tag.startswith('%s/%s' % (REGISTRY, REPO_PREFIX)):
+                    try:
+                        self.client.images.remove(tag, force=True)
+                    except docker.errors.APIError:
+                        pass
+        self.pusher.delete_all()
+
+
+def used_bytes(path):
+    stat = os.statvfs(path)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+def run_module(name, args, timeout=600):
+    """Run a module of this collection the way Ansible runs it on a host: its own Python process, args in a file."""
+    payload = dict(args, _ansible_check_mode=False, _ansible_diff=False, _ansible_remote_tmp=tempfile.gettempdir(),
+                   _ansible_tmpdir=tempfile.gettempdir())
+    with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as handle:
+        json.dump({'ANSIBLE_MODULE_ARGS': payload}, handle)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / '.build' / 'collections'))
+    try:
+        proc = subprocess.run([sys.executable, '-m', 'ansible_collections.safedeploy.compose.plugins.modules.%s' % name, handle.name],
+                              capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    finally:
+        os.unlink(handle.name)
+    try:
+        return json.loads(proc.stdout[proc.stdout.index('{'):])
+    except ValueError:
+        raise BenchBroken('module %s printed no JSON (rc=%s): %s' % (name, proc.returncode, proc.stderr[-2000:]))
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(stats, unit='s', scale=1.0, digits=2):
+    if not stats or stats['median'] is None:
+        return '-'
+    form = '%%.%df' % digits
+    return '%s%s [%s-%s]' % (form % (stats['median'] * scale), unit, form % (stats['min'] * scale), form % (stats['max'] * scale))
+
+
+def build_report(bench, figures):
+    """Rows (figure, A, B, A/B, target, verdict) and the JSON document."""
+    rows = []
+    doc = {'figures': {}}
+    rollout = figures.get('rollout')
+    if rollout:
+        main = rollout['main']
+        data = rollout['sizes'][main]
+        ratio = summary(data['ratio'])
+        rows.append(('1 rollout %d svc: gated vs floor' % main, fmt(summary(data['gated'])), fmt(summary(data['floor'])),
+                     fmt(ratio, 'x'), TARGETS['rollout'], verdict(ratio['median'] <= 1.3)))
+        phase_rows = []
+        for phase in PHASES:
+            a_values = [sample[phase] for sample in data['phases']]
+            b_values = [sample.get(phase, 0.0) for sample in data['floor_phases']]
+            if max(a_values + b_values) == 0:
+                continue
+            overhead = [a - b for a, b in zip(a_values, b_values)]
+            phase_rows.append((phase, summary(a_values), summary(b_values), summary(overhead)))
+            rows.append(('    phase %s' % phase, fmt(summary(a_values)), fmt(summary(b_values)) if any(b_values) else '-',
+                         '+%s' % fmt(summary(overhead)), '', ''))
+        doc['figures']['rollout'] = {'services': main, 'gated': summary(data['gated']), 'floor': summary(data['floor']),
+                                     'ratio': ratio, 'first_rollout': data['first_rollout'],
+                                     'phases': dict((phase, {'gated': a, 'floor': b, 'overhead': o}) for phase, a, b, o in phase_rows)}
+        rerun = summary(data['rerun_ratio'])
+        rows.append(('4 rerun of running release vs rollout', fmt(summary(data['rerun'])), fmt(summary(data['gated'])),
+                     fmt(rerun, 'x'), TARGETS['rerun'],
+                     verdict(rerun['median'] <= 0.3 and not any(data['rerun_changed']),
+                             'changed=%s' % max(data['rerun_changed']))))
+        doc['figures']['rerun'] = {'rerun': summary(data['rerun']), 'rollout': summary(data['gated']), 'ratio': rerun,
+                                   'changed': data['rerun_changed'], 'first_rollout': data['first_rollout'],
+                                   'phases': dict((phase, summary([sample[phase] for sample in data['rerun_phases']]))
+                                                  for phase in PHASES)}
+        scale = {}
+        for size, item in sorted(rollout['sizes'].items()):
+            ratio = summary(item['ratio'])
+            overhead = summary([a - b for a, b in zip(item['gated'], item['floor'])])
+            rows.append(('5 stack of %d svc: gated vs floor' % size, fmt(summary(item['gated'])), fmt(summary(item['floor'])),
+                         fmt(ratio, 'x'), 'overhead +%s' % fmt(overhead), ''))
+            scale[size] = {'gated': summary(item['gated']), 'floor': summary(item['floor']), 'ratio': ratio, 'overhead': overhead}
+        doc['figures']['scale_services'] = scale
+    latency = figures.get('gate_latency')
+    if latency:
+        lat = summary([row['latency'] for row in latency['reps']])
+        rows.append(('2 gate passes after app serves', fmt(summary([row['gate_after_up'] for row in latency['reps']])),
+                     fmt(summary([row['serving_after_up'] for row in latency['reps']])), fmt(summary(latency['ratio']), 'x'),
+                     TARGETS['gate_latency'], verdict(lat['max'] <= latency['interval'], 'latency %s' % fmt(lat))))
+        doc['figures']['gate_latency'] = dict(latency, latency=lat)
+    crash = figures.get('crash')
+    if crash:
+        fail = summary(crash['gated_fail'])
+        rows.append(('2 crash loop: gate fails vs engine shows it', fmt(fail), fmt(summary(crash['floor_detect'])),
+                     fmt(summary(crash['fail_ratio']), 'x'), TARGETS['crash'], verdict(fail['max'] <= 5.0)))
+        rows.append(('3 restore last good: auto rollback vs up -d', fmt(summary(crash['gated_restore'])),
+                     fmt(summary(crash['floor_restore'])), fmt(summary(crash['restore_ratio']), 'x'), TARGETS['restore'], ''))
+        doc['figures']['crash'] = dict((key, summary(value)) for key, value in crash.items())
+    fleet = figures.get('fleet')
+    if fleet:
+        per_size = {}
+        walls = {}
+        for size, row in sorted(fleet['sizes'].items()):
+            walls[size] = summary(row['gated'])['median']
+            rows.append(('5 fleet %d hosts (%d batch%s): gated vs floor' % (size, row['batches'], 'es' if row['batches'] > 1 else ''),
+                         fmt(summary(row['gated']), digits=1), fmt(summary(row['floor']), digits=1),
+                         fmt(summary(row['ratio']), 'x'),
+                         'per host +%s, per batch %s' % (fmt(summary(row['per_host_overhead'])), fmt(summary(row['per_batch']), digits=1)), ''))
+            per_size[size] = dict((key, summary(value)) for key, value in row.items() if isinstance(value, list))
+            per_size[size]['batches'] = row['batches']
+        within = growth = None
+        one_batch = [size for size, row in fleet['sizes'].items() if row['batches'] == 1]
+        if len(one_batch) >= 2:
+            within = walls[max(one_batch)] / walls[min(one_batch)]
+        multi = sorted(size for size, row in fleet['sizes'].items() if row['batches'] > 1)
+        if multi and one_batch:
+            big, small = multi[-1], max(one_batch)
+            growth = (walls[big] / walls[small]) / (fleet['sizes'][big]['batches'] / float(fleet['sizes'][small]['batches']))
+        if within is not None:
+            rows.append(('5 fleet: %d hosts vs %d host in one batch' % (max(one_batch), min(one_batch)),
+                         '%.2fx' % within, '1 batch each', '', TARGETS['fleet'],
+                         verdict(within <= 1.5 and (growth is None or growth <= 1.5),
+                                 'wall per batch grows %.2fx from %d to %d batches' % (growth, 1, fleet['sizes'][multi[-1]]['batches'])
+                                 if growth is not None else '')))
+        doc['figures']['fleet'] = {'sizes': per_size, 'first_rollout': fleet['first_rollout'], 'within_batch_growth': within,
+                                   'per_batch_growth': growth, 'forks': FORKS, 'batch': BATCH}
+    disk = figures.get('disk')
+    if disk:
+        rows.append(('6 disk_reclaim vs docker system prune -af', fmt(summary(disk['reclaim'])), fmt(summary(disk['prune'])),
+                     fmt(summary(disk['time_ratio']), 'x'), TARGETS['disk'],
+                     verdict(not any(disk['reclaim_lost']), 'prune lost %d of %d rollback images, we lost %d'
+                             % (max(disk['prune_lost']), disk['rollback_images'], max(disk['reclaim_lost'])))))
+        rows.append(('    bytes freed', fmt(summary(disk['reclaim_bytes']), ' MB', 1.0 / (1 << 20), 0),
+                     fmt(summary(disk['prune_bytes']), ' MB', 1.0 / (1 << 20), 0), fmt(summary(disk['bytes_ratio']), 'x'), '', ''))
+        doc['figures']['disk'] = dict((key, summary(value) if isinstance(value, list) else value) for key, value in disk.items())
+    return rows, doc
+
+
+def verdict(ok, detail=''):
+    return ('met' if ok else 'MISSED') + ((' (%s)' % detail) if detail else '')
+
+
+def render(rows):
+    header = ('figure', 'A', 'B', 'A/B', 'target', 'verdict')
+    widths = [max(len(str(row[col])) for row in [header] + rows) for col in range(6)]
+    lines = []
+    for index, row in enumerate([header] + rows):
+        lines.append('| ' + ' | '.join(str(cell).ljust(widths[col]) for col, cell in enumerate(row)) + ' |')
+        if index == 0:
+            lines.append('|' + '|'.join('-' * (width + 2) for width in widths) + '|')
+    return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+def machine():
+    return {'cpus': os.cpu_count(), 'python': sys.version.split()[0],
+            'ansible': subprocess.run([str(ROOT / '.venv' / 'bin' / 'ansible'), '--version'], capture_output=True,
+                                      text=True, check=False).stdout.splitlines()[0],
+            'docker_compose': subprocess.run(['docker-compose', 'version', '--short'], capture_output=True, text=True,
+                                             check=False).stdout.strip()}
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--smoke', action='store_true', help='one repetition of every figure on small stacks (about a minute)')
+    parser.add_argument('--reps', type=int, help='repetitions per figure (default 5, smoke 1)')
+    parser.add_argument('--only', default='', help='comma-separated figures to run: rollout,gate,crash,fleet,disk')
+    parser.add_argument('--keep', action='store_true', help='leave the stacks and the work dir in place')
+    args = parser.parse_args(argv)
+    reps = args.reps or (1 if args.smoke else 5)
+    if reps < 5 and not args.smoke:
+        parser.error('a full run needs at least 5 repetitions (use --smoke for a quick pass)')
+    only = set(filter(None, args.only.split(',')))
+    wanted = lambda name: not only or name in only  # noqa: E731
+    if args.smoke:
+        sizes, main_size, fleet_sizes, disk_images = (2,), 2, (1, 2), 3
+    else:
+        sizes, main_size, fleet_sizes, disk_images = (1, 5, 20), 5, (1, 10, 50), 5
+
+    testbed.up()
+    workdir = tempfile.mkdtemp(prefix='sdb-bench-')
+    bench = Bench(args.smoke, reps, workdir)
+    figures = {}
+    started = time.time()
+    broken = None
+    try:
+        if wanted('rollout') or wanted('crash'):
+            log('figures 1, 4, 5: rollouts of stacks of %s services' % ', '.join(map(str, sizes)))
+            results, main = bench.figure_rollout(sizes if wanted('rollout') else (main_size,), main_size)
+            if wanted('rollout'):
+                figures['rollout'] = {'sizes': results, 'main': main_size}
+            if wanted('crash'):
+                log('figures 2 and 3: crash-looping release, fail and restore')
+                figures['crash'] = bench.figure_crash(*main)
+        if wanted('gate'):
+            log('figure 2: gate latency')
+            figures['gate_latency'] = bench.figure_gate_latency()
+        if wanted('fleet'):
+            log('figure 5: fleet of %s hosts' % ', '.join(map(str, fleet_sizes)))
+            figures['fleet'] = bench.figure_fleet(fleet_sizes)
+        if wanted('disk'):
+            log('figure 6: disk_reclaim vs docker system prune -af on the small-disk engine')
+            figures['disk'] = bench.figure_disk(disk_images)
+    except BenchBroken as exc:
+        broken = str(exc)
+    except Exception:  # report what was measured so far, then fail
+        broken = traceback.format_exc()
+    finally:
+        if not args.keep:
+            bench.cleanup()
+            shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.time() - started
+
+    rows, doc = build_report(bench, figures)
+    doc.update({'command': 'bench/run.py' + (' --smoke' if args.smoke else '') + (' --reps %d' % args.reps if args.reps else ''),
+                'reps': reps, 'smoke': args.smoke, 'started': datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
+                'seconds': round(elapsed, 1), 'machine': machine(), 'raw': figures, 'broken': broken})
+    RESULTS.mkdir(exist_ok=True)
+    name = 'bench-%s%s.json' % (time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started)), '-smoke' if args.smoke else '')
+    (RESULTS / name).write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + '\n')
+    print(render(rows))
+    print('\n%d repetition(s) per figure, %.0fs in all; JSON in %s' % (reps, elapsed, RESULTS / name))
+    if broken:
+        print('\nBENCH BROKEN: %s' % broken, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
