@@ -11,12 +11,15 @@ Projects sdt-rec-{rec,full}-<random>, ports 18710-18721, images 127.0.0.1:5000/s
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from testbed import testbed as testbed_mod
 
 from role_stack import PLAYBOOKS, RoleStack, disk_usage, holding_small_engine
+
+from ansible_collections.safedeploy.compose.plugins.module_utils._release_state import apply_ledger_action
 
 pytestmark = [pytest.mark.xdist_group('small_engine')]
 
@@ -39,6 +42,22 @@ def fill(client, root, big_refs, filler_image, free_bytes):
                                 network_mode='none', detach=True, labels={'io.safedeploy.test': 'sdt-rec-filler'})
     assert box.wait(timeout=120)['StatusCode'] == 0, box.logs()[-500:]
     return disk_usage(root)
+
+
+def ghost_stack(stack, tmp_path):
+    """A stack whose ledger's last good release v1 names an image that exists nowhere (collected from the registry)."""
+    name = stack.name + '-ghost'
+    project_src = tmp_path / name
+    project_src.mkdir()
+    repo = '%s/sdt-rec/rec-ghost' % stack.testbed.registry
+    (project_src / 'compose.yaml').write_text(
+        'services:\n  app:\n    image: %s:v1\n    network_mode: host\n    environment:\n      APP_PORT: "18712"\n'
+        % repo)
+    services = {'app': {'image': repo + ':v1', 'digest': 'sha256:' + '0' * 64}}
+    for action in ('record', 'promote'):
+        apply_ledger_action(str(stack.state_dir), name, action=action, release='v1', services=services)
+    return {'name': name, 'project_src': str(project_src),
+            'health_checks': [{'name': 'ghost health', 'type': 'tcp', 'host': '127.0.0.1', 'port': 18712}]}
 
 
 def assert_nothing_on_main_engine(stack):
@@ -94,8 +113,16 @@ def test_recovery_of_a_full_disk_and_a_broken_stack(small, small_engine, make_st
     boxes['worker'].remove(force=True)
     assert [box.status for box in stack.containers()] == ['exited']
 
+    # A second stack that cannot come back (its last good image is gone from the host and the registry) is
+    # listed first: it is reported and fails the play, but it does not stop the recovery of the other one.
+    ghost = ghost_stack(stack, tmp_path)
+    host = inventory['all']['hosts']['localhost']
+    host['safedeploy_stacks'] = [ghost] + host['safedeploy_stacks']
     run = run_playbook(PLAYBOOKS / 'recover.yml', inventory, env=env)
-    assert run.rc == 0, run.output[-4000:]
+    assert run.rc != 0 and run.recap['localhost']['failed'] == 1, run.output[-4000:]
+    text = ' '.join(run.output.split())
+    assert '1 of 2 stacks on localhost did not come back: %s (' % ghost['name'] in text, text[-3000:]
+    assert 'The other stacks were recovered; the report is in %s' % report_path in text
 
     # Below the target, measured on the filesystem itself.
     after = disk_usage(root)[2]
@@ -117,7 +144,12 @@ def test_recovery_of_a_full_disk_and_a_broken_stack(small, small_engine, make_st
     assert abs(report['disk_after_percent'] - after) < 1.0
     assert abs(report['disk_before_percent'] - full) < 1.0
     assert report['reclaimed_bytes'] > 15 * capacity // 100
-    assert report['stacks'] == [{'name': stack.name, 'release': 'v2', 'healthy': True}]
+    assert report['stacks'][1] == {'name': stack.name, 'release': 'v2', 'healthy': True, 'error': None}
+    lost = report['stacks'][0]
+    assert (lost['name'], lost['release'], lost['healthy']) == (ghost['name'], 'v1', False)
+    assert 'Cannot roll back %s to v1' % ghost['name'] in lost['error'], lost['error']
+    assert stack.containers(small) and not [box for box in small.containers.list(all=True)
+                                            if box.labels.get('com.docker.compose.project') == ghost['name']]
     assert report['engine_restarted'] is False
 
 
@@ -136,7 +168,7 @@ def test_disk_full_during_the_pull_aborts_and_the_next_run_reclaims(small, small
     stack.assert_runs('v1')
 
     root = small.info()['DockerRootDir']
-    _used, free, percent = fill(small, root, big_refs, stack.pinned_ref('web', 'v1'), free_bytes=12 * MB)
+    _used, free, _percent = fill(small, root, big_refs, stack.pinned_ref('web', 'v1'), free_bytes=12 * MB)
     assert free < 20 * MB, free
 
     # A preflight that lets the disk through (no reclaim below 100%): the pull runs out of space.
@@ -145,13 +177,16 @@ def test_disk_full_during_the_pull_aborts_and_the_next_run_reclaims(small, small
     failed = run_playbook(PLAYBOOKS / 'rollout.yml', desperate, extra_vars={'release': 'v4'}, env=env)
     assert failed.rc != 0
     text = ' '.join(failed.output.split())
-    assert 'no space left on device' in text.lower()
-    assert 'Rollout of %s v4 failed at "Pull the pinned images' % stack.name in text
-    assert 'Nothing running was touched.' in text
+    # The summary names the cause, not only "non-zero return code"; so does the ledger.
+    summary = re.search(r'Rollout of %s v4 failed at "Pull the pinned images[^"]*": (.*?) Nothing running was touched\.'
+                        % stack.name, text)
+    assert summary and 'no space left on device' in summary.group(1), text[-3000:]
     # The old stack still serves, the ledger says v1 is current and v4 failed.
     stack.assert_runs('v1')
     assert stack.health('web')['version'] == 'v1' and stack.health('worker')['version'] == 'v1'
     assert stack.statuses() == {'v1': 'good', 'v4': 'failed'}
+    reason = [item for item in stack.ledger()['releases'] if item['id'] == 'v4'][0]['reason']
+    assert reason.startswith('Pull the pinned images') and 'no space left on device' in reason, reason
     assert stack.ledger()['current']['id'] == 'v1'
     assert stack.report('v4')['result'] == 'failed'
     assert disk_usage(root)[2] > 95

@@ -55,13 +55,14 @@ def test_ssh_server_takes_the_test_bed_key_only(ssh_server):
     base = ['ssh', '-p', str(ssh_server.port), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
             '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10']
     by_key = subprocess.run(base + ['-i', ssh_server.key_path, '%s@%s' % (ssh_server.user, ssh_server.host), 'id -u'],
-                            capture_output=True, text=True, timeout=30)
+                            capture_output=True, text=True, timeout=30, check=False)
     assert by_key.returncode == 0 and by_key.stdout.strip() == '0', by_key.stderr
     no_key = subprocess.run(base + ['-o', 'IdentitiesOnly=yes', '-o', 'IdentityFile=/dev/null',
                                     '%s@%s' % (ssh_server.user, ssh_server.host), 'true'],
-                            capture_output=True, text=True, timeout=30)
+                            capture_output=True, text=True, timeout=30, check=False)
     assert no_key.returncode == 255 and 'Permission denied (publickey)' in no_key.stderr, no_key.stderr
-    listening = subprocess.run(['ss', '-Hltn', 'sport = :%d' % ssh_server.port], capture_output=True, text=True)
+    listening = subprocess.run(['ss', '-Hltn', 'sport = :%d' % ssh_server.port], capture_output=True, text=True,
+                               check=True)
     assert [line.split()[3] for line in listening.stdout.splitlines()] == ['127.0.0.1:%d' % ssh_server.port]
     assert testbed_mod.ssh_up() == ssh_server  # idempotent
 

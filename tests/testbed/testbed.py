@@ -353,7 +353,8 @@ def _up(build):
 
 def down():
     ssh_down()
-    small_engine_down()
+    for instance in SMALL_INSTANCES:
+        small_engine_down(instance)
     stopped = [name for name in ('registry-5001', 'registry-5000', 'dockerd') if stop_daemon(name)]
     log('stopped: %s' % (', '.join(stopped) or 'nothing this test bed had started'))
 
@@ -372,35 +373,46 @@ def _is_mounted(path):
     return run(['mountpoint', '-q', str(path)], check=False).returncode == 0
 
 
-def small_engine_up(size_mb=400):
+# Other small-disk engines besides the tests' one (same recipe, own disk, socket and bridge): the benchmark
+# prunes its engine with `docker system prune -af`, which must never hit an engine a test is using.
+SMALL_INSTANCES = {
+    'small': (SMALL, SMALL_SOCKET, SMALL_BRIDGE, SMALL_BRIDGE_CIDR),
+    'bench': (STATE / 'small-bench', '/run/safedeploy-testbed-small-bench.sock', 'sdtb1', '172.31.251.1/24'),
+}
+
+
+def small_engine_up(size_mb=400, instance='small'):
     """A second dockerd whose --data-root lives on a loop-mounted ext4 of size_mb (idempotent)."""
-    mnt = SMALL / 'root'
-    image = SMALL / 'disk.img'
+    root, socket, bridge, cidr = SMALL_INSTANCES[instance]
+    docker_host = 'unix://' + socket
+    run_dir = socket[:-len('.sock')]
+    mnt = root / 'root'
+    image = root / 'disk.img'
     mnt.mkdir(parents=True, exist_ok=True)
     if not _is_mounted(mnt):
         with open(image, 'wb') as handle:
             handle.truncate(size_mb << 20)
         run(['mkfs.ext4', '-q', '-F', '-m', '0', str(image)])
         run(['mount', '-o', 'loop', str(image), str(mnt)])
-    if run(['ip', 'link', 'show', SMALL_BRIDGE], check=False).returncode != 0:
+    if run(['ip', 'link', 'show', bridge], check=False).returncode != 0:
         # dockerd given --bridge=none deletes the first engine's docker0: give it a bridge of its own.
-        run(['ip', 'link', 'add', SMALL_BRIDGE, 'type', 'bridge'])
-        run(['ip', 'addr', 'add', SMALL_BRIDGE_CIDR, 'dev', SMALL_BRIDGE])
-        run(['ip', 'link', 'set', SMALL_BRIDGE, 'up'])
-    if not engine_answers(SMALL_DOCKER_HOST):
-        log('starting the small-disk dockerd (%d MB at %s)' % (size_mb, mnt))
-        start_daemon('dockerd-small', [
-            'dockerd', '--host', SMALL_DOCKER_HOST, '--data-root', str(mnt / 'docker'),
-            '--exec-root', '/run/safedeploy-testbed-small', '--pidfile', '/run/safedeploy-testbed-small.pid',
-            '--iptables=false', '--ip-masq=false', '--bridge', SMALL_BRIDGE])
-        wait_for(lambda: engine_answers(SMALL_DOCKER_HOST), 90, 'small-disk dockerd')
-    return SmallEngine(SMALL_DOCKER_HOST, str(mnt), os.statvfs(mnt).f_blocks * os.statvfs(mnt).f_frsize,
-                       SMALL_BRIDGE)
+        run(['ip', 'link', 'add', bridge, 'type', 'bridge'])
+        run(['ip', 'addr', 'add', cidr, 'dev', bridge])
+        run(['ip', 'link', 'set', bridge, 'up'])
+    if not engine_answers(docker_host):
+        log('starting the small-disk dockerd %s (%d MB at %s)' % (instance, size_mb, mnt))
+        start_daemon('dockerd-%s' % instance, [
+            'dockerd', '--host', docker_host, '--data-root', str(mnt / 'docker'),
+            '--exec-root', run_dir, '--pidfile', run_dir + '.pid',
+            '--iptables=false', '--ip-masq=false', '--bridge', bridge])
+        wait_for(lambda: engine_answers(docker_host), 90, 'small-disk dockerd %s' % instance)
+    return SmallEngine(docker_host, str(mnt), os.statvfs(mnt).f_blocks * os.statvfs(mnt).f_frsize, bridge)
 
 
-def small_engine_down():
-    stop_daemon('dockerd-small')
-    mnt = SMALL / 'root'
+def small_engine_down(instance='small'):
+    root, _socket, bridge, _cidr = SMALL_INSTANCES[instance]
+    stop_daemon('dockerd-%s' % instance)
+    mnt = root / 'root'
     if mnt.exists() and _is_mounted(mnt):
         for _attempt in range(20):
             if run(['umount', str(mnt)], check=False).returncode == 0:
@@ -408,10 +420,10 @@ def small_engine_down():
             time.sleep(0.5)
         else:
             run(['umount', '-l', str(mnt)], check=False)
-    if (SMALL / 'disk.img').exists():
-        (SMALL / 'disk.img').unlink()
-    if run(['ip', 'link', 'show', SMALL_BRIDGE], check=False).returncode == 0:
-        run(['ip', 'link', 'delete', SMALL_BRIDGE], check=False)
+    if (root / 'disk.img').exists():
+        (root / 'disk.img').unlink()
+    if run(['ip', 'link', 'show', bridge], check=False).returncode == 0:
+        run(['ip', 'link', 'delete', bridge], check=False)
 
 
 # ---------------------------------------------------------------- sshd on loopback (remote-host tests)
