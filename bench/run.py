@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / 'tests'))
 import docker  # noqa: E402
 
 from releases import ReleasePusher  # noqa: E402
-from stacks import REGISTRY, REPO_PREFIX, Stack, Watcher, gated_rollout  # noqa: E402
+from stacks import REGISTRY, REPO_PREFIX, Stack, Watcher, children_cpu, gated_rollout  # noqa: E402
 from testbed import testbed  # noqa: E402
 
 RESULTS = HERE / 'results'
@@ -280,8 +280,6 @@ class Bench(object):
 
     def figure_gate_latency(self):
         stack = self.stack('lat', 1, templated=False)
-        log('gate latency: first rollout (setup)')
-        self.gated({'localhost': [stack]}, self.new_release([stack]))
         rows = []
         for index in range(self.reps):
             # start-up delays spread over one gate interval, so the moment the app is ready falls
@@ -365,7 +363,8 @@ class Bench(object):
             list(pool.map(lambda stack: self.floor(stack, release), floors))
         data = {'first_rollout': {'hosts': largest, 'wall': first.wall}, 'sizes': {}}
         for size in sizes:
-            row = {'hosts': size, 'batches': int(math.ceil(size / float(BATCH))), 'gated': [], 'floor': []}
+            row = {'hosts': size, 'batches': int(math.ceil(size / float(BATCH))), 'gated': [], 'floor': [],
+                   'gated_cpu': [], 'floor_cpu': []}
             data['sizes'][size] = row
 
             def gated_step(index, size=size, row=row):
@@ -376,20 +375,24 @@ class Bench(object):
                 if len(run.recap) != size or unchanged:
                     raise BenchBroken('fleet of %d: recap has %d hosts, unchanged: %s' % (size, len(run.recap), unchanged))
                 row['gated'].append(run.wall)
-                log('  %d hosts rep %d: gated %.1fs' % (size, index + 1, run.wall))
+                row['gated_cpu'].append(run.cpu)
+                log('  %d hosts rep %d: gated %.1fs (%.1f CPU-s)' % (size, index + 1, run.wall, run.cpu))
 
             def floor_step(index, size=size, row=row):
                 release = self.new_release(floors[:size])
+                cpu = children_cpu()
                 started = time.time()
                 with ThreadPoolExecutor(FORKS) as pool:
                     list(pool.map(lambda stack: self.floor(stack, release), floors[:size]))
                 row['floor'].append(time.time() - started)
-                log('  %d hosts rep %d: floor %.1fs' % (size, index + 1, row['floor'][-1]))
+                row['floor_cpu'].append(children_cpu() - cpu)
+                log('  %d hosts rep %d: floor %.1fs (%.1f CPU-s)' % (size, index + 1, row['floor'][-1], row['floor_cpu'][-1]))
 
             alternate(self.reps, gated_step, floor_step)
             row['ratio'] = [a / b for a, b in zip(row['gated'], row['floor'])]
             row['per_host_overhead'] = [(a - b) / size for a, b in zip(row['gated'], row['floor'])]
             row['per_batch'] = [a / row['batches'] for a in row['gated']]
+            row['cpu_per_host'] = [a / size for a in row['gated_cpu']]
         return data
 
     # ------------------------------------------------------------ figure 6 (disk)
@@ -593,7 +596,9 @@ def build_report(bench, figures):
             rows.append(('5 fleet %d hosts (%d batch%s): gated vs floor' % (size, row['batches'], 'es' if row['batches'] > 1 else ''),
                          fmt(summary(row['gated']), digits=1), fmt(summary(row['floor']), digits=1),
                          fmt(summary(row['ratio']), 'x'),
-                         'per host +%s, per batch %s' % (fmt(summary(row['per_host_overhead'])), fmt(summary(row['per_batch']), digits=1)), ''))
+                         'per host +%s, per batch %s, CPU/host %s' % (
+                             fmt(summary(row['per_host_overhead'])), fmt(summary(row['per_batch']), digits=1),
+                             fmt(summary(row['cpu_per_host']), ' CPU-s', digits=1)), ''))
             per_size[size] = dict((key, summary(value)) for key, value in row.items() if isinstance(value, list))
             per_size[size]['batches'] = row['batches']
         within = growth = None
@@ -654,6 +659,9 @@ def main(argv):
     parser.add_argument('--smoke', action='store_true', help='one repetition of every figure on small stacks (about a minute)')
     parser.add_argument('--reps', type=int, help='repetitions per figure (default 5, smoke 1)')
     parser.add_argument('--only', default='', help='comma-separated figures to run: rollout,gate,crash,fleet,disk')
+    parser.add_argument('--sizes', help='stack sizes of figures 1/4/5, comma-separated (default 1,5,20; the rerun and '
+                        'crash figures use 5, or the largest given below 5)')
+    parser.add_argument('--fleet', help='fleet sizes of figure 5, comma-separated (default 1,10,50)')
     parser.add_argument('--keep', action='store_true', help='leave the stacks and the work dir in place')
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.smoke else 5)
@@ -662,9 +670,14 @@ def main(argv):
     only = set(filter(None, args.only.split(',')))
     wanted = lambda name: not only or name in only  # noqa: E731
     if args.smoke:
-        sizes, main_size, fleet_sizes, disk_images = (2,), 2, (1, 2), 3
+        sizes, main_size, fleet_sizes, disk_images = (1,), 1, (1, 2), 3
     else:
         sizes, main_size, fleet_sizes, disk_images = (1, 5, 20), 5, (1, 10, 50), 5
+    if args.sizes:
+        sizes = tuple(int(size) for size in args.sizes.split(','))
+        main_size = 5 if 5 in sizes else max(size for size in sizes if size <= 5) if min(sizes) <= 5 else min(sizes)
+    if args.fleet:
+        fleet_sizes = tuple(int(size) for size in args.fleet.split(','))
 
     testbed.up()
     workdir = tempfile.mkdtemp(prefix='sdb-bench-')
@@ -701,7 +714,7 @@ def main(argv):
     elapsed = time.time() - started
 
     rows, doc = build_report(bench, figures)
-    doc.update({'command': 'bench/run.py' + (' --smoke' if args.smoke else '') + (' --reps %d' % args.reps if args.reps else ''),
+    doc.update({'command': ' '.join(['bench/run.py'] + list(argv)), 'env_pipelining': os.environ.get('ANSIBLE_PIPELINING'),
                 'reps': reps, 'smoke': args.smoke, 'started': datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
                 'seconds': round(elapsed, 1), 'machine': machine(), 'raw': figures, 'broken': broken})
     RESULTS.mkdir(exist_ok=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -219,8 +220,9 @@ class Watcher(object):
 class GatedRun(object):
     """One ansible-playbook run of playbooks/rollout.yml with its timeline."""
 
-    def __init__(self, rc, wall, started, ended, timeline, stdout, stderr):
+    def __init__(self, rc, wall, started, ended, timeline, stdout, stderr, cpu=None):
         self.rc = rc
+        self.cpu = cpu  # CPU seconds of ansible-playbook and everything it ran (modules, compose, docker CLI)
         self.wall = wall
         self.started = started
         self.ended = ended
@@ -243,7 +245,12 @@ class GatedRun(object):
         return sum(counts.get('failures', 0) for counts in self.recap.values())
 
     def tail(self, chars=4000):
-        return (self.stdout + '\n' + self.stderr)[-chars:]
+        """The failure messages of the run (or the end of its output when there are none)."""
+        lines = (self.stdout + '\n' + self.stderr).splitlines()
+        failures = [line.strip() for index, line in enumerate(lines)
+                    if line.startswith(('fatal:', 'failed:', '[ERROR]')) or 'msg:' in line and index and lines[index - 1].startswith('fatal')]
+        text = '\n'.join(failures) if failures else '\n'.join(lines)
+        return text[-chars:]
 
 
 def ansible_env(extra=None):
@@ -279,8 +286,16 @@ def gated_rollout(hosts, release, common, forks=10, batches=None, extra_env=None
         argv = [str(BIN / 'ansible-playbook'), '-i', str(inv), str(ROOT / 'playbooks' / 'rollout.yml'),
                 '-e', '@' + str(extra_file), '--forks', str(forks)]
         env = ansible_env(dict(extra_env or {}, SAFEDEPLOY_BENCH_TIMELINE=str(timeline_path)))
+        cpu_before = children_cpu()
         started = time.time()
         proc = subprocess.run(argv, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=timeout, check=False)
         ended = time.time()
+        cpu = children_cpu() - cpu_before
         timeline = json.loads(timeline_path.read_text()) if timeline_path.exists() else {}
-    return GatedRun(proc.returncode, ended - started, started, ended, timeline, proc.stdout, proc.stderr)
+    return GatedRun(proc.returncode, ended - started, started, ended, timeline, proc.stdout, proc.stderr, cpu)
+
+
+def children_cpu():
+    """User + system CPU seconds of the finished child processes of this process (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import re
+import time
 import traceback
 
 try:
@@ -443,6 +444,22 @@ def _read_image_layers(client, image_id, fallback_bytes):
         return [('image:' + image_id, max(fallback_bytes, 0))]
 
 
+DF_BUSY_WAIT_SECONDS = 60
+
+
+def _system_df(client, wait=DF_BUSY_WAIT_SECONDS):
+    """/system/df. Docker 20.10 answers a second caller with 500 "a disk usage operation is already running"
+    (two rollouts on one engine at once): wait for the first one to finish instead of failing."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return client.api.df()
+        except docker_errors.APIError as exc:
+            if 'disk usage operation is already running' not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_engine_inventory(client, layer_cache=None):
     """An EngineInventory of the engine's images, containers, build cache and volumes (/system/df).
 
@@ -450,7 +467,7 @@ def read_engine_inventory(client, layer_cache=None):
     an image's layers never change.
     """
     layer_cache = {} if layer_cache is None else layer_cache
-    usage = client.api.df()
+    usage = _system_df(client)
     images = []
     for entry in usage.get('Images') or []:
         image_id = entry['Id']

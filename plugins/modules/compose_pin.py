@@ -147,6 +147,13 @@ options:
       - Verify the TLS certificates of https registries.
     type: bool
     default: true
+  estimate_download:
+    description:
+      - Also read each resolved image's manifest and return RV(download_bytes), the compressed size of its config and
+        layers (the linux/amd64 entry of a multi-platform image), so a rollout can refuse a pull that cannot fit.
+      - Costs one more registry request per image. Only with O(resolve=registry).
+    type: bool
+    default: false
 extends_documentation_fragment:
   - safedeploy.compose._engine
 attributes:
@@ -281,6 +288,14 @@ missing:
       reference: 9f2c1ab
       status: 404
       message: image registry.example.com/shop/worker:9f2c1ab not found in registry registry.example.com (HTTP 404)
+download_bytes:
+  description:
+    - With O(estimate_download=true), the compressed download size of all distinct images of the release, in bytes.
+    - Layers shared between images or already on the host are counted in full, and an image takes more room unpacked,
+      so this is an estimate, not a bound either way. Null otherwise.
+  returned: always
+  type: int
+  sample: 48213504
 compose_hash:
   description:
     - sha256 of the effective configuration (C(compose config)) with the override applied; it changes when compose
@@ -383,6 +398,7 @@ class ComposePin(object):
             digests={},
             missing=[],
             compose_hash=None,
+            download_bytes=None,
         )
         if module._diff:
             self.result['diff'] = dict(before='', after='', before_header=self.override_file,
@@ -565,13 +581,18 @@ class ComposePin(object):
                                 insecure_registries=self.params['insecure_registries'], timeout=self.params['timeout'],
                                 validate_certs=self.params['validate_certs'])
         resolved, failures = {}, []
+        download = 0
         for ref, services in users.items():
             try:
                 resolved[ref] = client.resolve(ref).digest
+                if self.params['estimate_download']:
+                    download += client.manifest_size(ref.with_digest(resolved[ref]))
             except RegistryError as exc:
                 failures.append(dict(kind=exc.kind, image=ref.format(), services=services, registry=exc.registry or ref.registry,
                                      repository=exc.repository or ref.repository, reference=exc.reference or ref.reference,
                                      status=exc.status, message=exc.message))
+        if self.params['estimate_download']:
+            self.result['download_bytes'] = download
         return resolved, failures
 
     def _resolve_local(self, users):
@@ -710,6 +731,7 @@ def main():
         allow_build=dict(type='bool', default=False),
         timeout=dict(type='int', default=60),
         validate_certs=dict(type='bool', default=True),
+        estimate_download=dict(type='bool', default=False),
     )
     argument_spec.update(ENGINE_ARGUMENT_SPEC)
     module = AnsibleModule(

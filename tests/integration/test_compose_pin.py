@@ -239,6 +239,19 @@ def test_images_option_and_untouched_services(testbed, images, stack, run_module
     assert unknown.failed and 'nope' in unknown['msg'] and 'not defined' in unknown['msg']
 
 
+def test_estimate_download_sums_the_compressed_layers_once_per_image(testbed, images, stack, run_module):
+    suffix = rand()
+    web_ref, _digest = images.push('v1', 'sdt-pin/dl-web-' + suffix, 'd1')
+    stack.write({'web': {'image': web_ref}, 'copy': {'image': web_ref}, 'other': {'image': web_ref}})
+    plain = run_module(MODULE, stack.args(release='d1', images={'web': web_ref}))
+    assert not plain.failed and plain['download_bytes'] is None
+    estimated = run_module(MODULE, stack.args(release='d1', images={'web': web_ref}, estimate_download=True))
+    assert not estimated.failed, estimated.get('msg')
+    # three services, one image: counted once; compressed, so below the unpacked size the engine reports
+    unpacked = testbed.client().images.get(web_ref).attrs['Size']
+    assert 0 < estimated['download_bytes'] <= unpacked
+
+
 # ------------------------------------------------------------------ policy failures
 
 def test_two_of_three_missing_lists_both_and_writes_nothing(testbed, images, stack, run_module):
