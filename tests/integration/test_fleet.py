@@ -15,7 +15,7 @@ import pytest
 from conftest import LOCAL_HOST_VARS, ROOT
 from testbed import testbed as bed_mod
 
-PORTS = {'fleet1': 18951, 'fleet2': 18952, 'fleet3': 18953}
+PORTS = {'fleet1': 18591, 'fleet2': 18592, 'fleet3': 18593}
 REPO = '127.0.0.1:5000/sdt-fleet/app'
 
 
@@ -70,7 +70,7 @@ def test_a_failing_host_takes_the_moved_hosts_back(fleet, run_playbook):
     assert all(counts['failed'] == 0 for counts in first.recap.values())
 
     # v2 breaks on fleet3 only: its probe looks at a port nothing listens on.
-    inventory['all']['hosts']['fleet3']['safedeploy_stacks'][0]['health_checks'][0]['url'] = 'http://127.0.0.1:18959/cgi-bin/health'
+    inventory['all']['hosts']['fleet3']['safedeploy_stacks'][0]['health_checks'][0]['url'] = 'http://127.0.0.1:18599/cgi-bin/health'
     second = run_playbook(playbook, inventory, {'release': 'v2'})
     assert second.rc != 0, 'a fleet rollout with a failed host must fail'
     assert second.recap['fleet3']['failed'] == 1
