@@ -185,9 +185,26 @@ class Bench(object):
     def stack(self, name, services, templated):
         stack = Stack(name, services, PORTS.get(name, 0), self.workdir)
         stack.write_compose(templated)
-        stack.current = None
         self.stacks.append(stack)
         return stack
+
+    def retire(self, stacks):
+        """Remove the local images of every release but the two last good ones of each stack, as a host whose disk
+        guard keeps its rollback images does: otherwise hundreds of bench releases pile up on the one engine and every
+        disk check (which reads the engine's whole image inventory) gets slower from one repetition to the next."""
+        for stack in stacks:
+            keep = set(stack.good[-2:])
+            for release in [release for release in stack.pushed if release not in keep]:
+                in_use = False
+                for ref in stack.image_refs(release):
+                    try:
+                        self.client.images.remove(ref)
+                    except docker.errors.ImageNotFound:
+                        pass
+                    except docker.errors.APIError:  # still in use: try again next time
+                        in_use = True
+                if not in_use:
+                    stack.pushed.remove(release)
 
     def common_vars(self):
         return {'rollout_state_dir': str(self.state_dir)}
@@ -203,6 +220,8 @@ class Bench(object):
             for stacks in hosts.values():
                 for stack in stacks:
                     stack.current = release
+                    stack.good.append(release)
+        self.retire([stack for stacks in hosts.values() for stack in stacks])
         return run
 
     def floor(self, stack, release):
@@ -210,12 +229,15 @@ class Bench(object):
         if not result['ok']:
             raise BenchBroken('floor rollout of %s to %s never served the new release' % (stack.project, release))
         stack.current = release
+        stack.good.append(release)
+        self.retire([stack])
         return result
 
     def new_release(self, stacks, base_tag='v2', env=None):
         release = self.release()
         for stack in stacks:
             stack.push_release(self.pusher, release, base_tag=base_tag, env=env)
+            stack.pushed.append(release)
         return release
 
     # ------------------------------------------------------------ figures 1, 4 and 5 (stacks)
@@ -332,6 +354,7 @@ class Bench(object):
             good = floor_stack.current
             bad = self.new_release([floor_stack], base_tag='v3')
             result = floor_stack.floor_crash(bad, good, self.client)
+            self.retire([floor_stack])
             if not result['ok']:
                 raise BenchBroken('floor crash: no crash seen or %s not restored' % good)
             data['floor_detect'].append(result['detect'])
@@ -352,7 +375,6 @@ class Bench(object):
         floors = [Stack('fl-f%02d' % index, 1, PORTS['fleet_f'] + index, self.workdir) for index in range(largest)]
         for stack in gated + floors:
             stack.write_compose(stack in floors)
-            stack.current = None
             self.stacks.append(stack)
         hosts = dict(('h%02d' % index, [stack]) for index, stack in enumerate(gated))
         names = sorted(hosts)
@@ -497,13 +519,14 @@ class Bench(object):
     def cleanup(self):
         for stack in self.stacks:
             stack.down()
+        prefix = '%s/%s' % (REGISTRY, REPO_PREFIX)
         for image in self.client.images.list():
-            for tag in image.tags:
-                if tag.startswith('%s/%s' % (REGISTRY, REPO_PREFIX)):
-                    try:
-                        self.client.images.remove(tag, force=True)
-                    except docker.errors.APIError:
-                        pass
+            refs = list(image.tags) + list(image.attrs.get('RepoDigests') or [])
+            if refs and all(ref.startswith(prefix) for ref in refs):
+                try:
+                    self.client.images.remove(image.id, force=True)
+                except docker.errors.APIError:
+                    pass
         self.pusher.delete_all()
 
 

@@ -45,6 +45,10 @@ class Stack(object):
         self.ports = dict((service, base_port + index) for index, service in enumerate(self.services))
         self.repos = dict((service, REPO_PREFIX + '%s-%s' % (name, service)) for service in self.services)
         self.session = requests.Session()
+        self.current = None  # the release serving now
+        self.good = []       # releases that went live, oldest first
+        self.pushed = []     # releases pushed whose local images may still be on the engine
+        self.digests = {}    # release -> {service: manifest digest}
 
     # ------------------------------------------------------------ files
 
@@ -79,8 +83,18 @@ class Stack(object):
     # ------------------------------------------------------------ releases
 
     def push_release(self, pusher, release, base_tag='v2', env=None):
+        self.digests[release] = dict((service, pusher.push(self.repos[service], release, service=service, base_tag=base_tag, env=env))
+                                     for service in self.services)
+
+    def image_refs(self, release):
+        """The references a release's images may carry locally: by tag (plain pull) and by digest (pinned pull)."""
+        refs = []
         for service in self.services:
-            pusher.push(self.repos[service], release, service=service, base_tag=base_tag, env=env)
+            repo = '%s/%s' % (REGISTRY, self.repos[service])
+            refs.append('%s:%s' % (repo, release))
+            if self.digests.get(release, {}).get(service):
+                refs.append('%s@%s' % (repo, self.digests[release][service]))
+        return refs
 
     # ------------------------------------------------------------ observation
 

@@ -138,7 +138,7 @@ class OwnRegistry(object):
         self.log = open(self.root / 'registry.log', 'ab')
         self.proc = subprocess.Popen(['docker-registry', 'serve', str(self.root / 'config.yml')], stdout=self.log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_until(lambda: self.answers(), 30, 'own registry on %s' % self.address)
+        wait_until(self.answers, 30, 'own registry on %s' % self.address)
 
     def answers(self):
         try:
@@ -623,7 +623,7 @@ def test_concurrent_rollouts_wait_for_the_lock_or_fail_naming_the_holder(make_st
     client = testbed.client()
     stack = make_stack('lock')
     first = Background('rollout.yml', stack.inventory(rollout_run_id='sdt-roll-run-A', rollout_health_stable_for=8), {'release': 'r1'})
-    wait_until(lambda: stack.lock_file.exists(), 60, 'run A taking the stack lock')
+    wait_until(stack.lock_file.exists, 60, 'run A taking the stack lock')
     assert json.loads(stack.lock_file.read_text())['run_id'] == 'sdt-roll-run-A'
     second = Background('rollout.yml', stack.inventory(rollout_run_id='sdt-roll-run-B', rollout_lock_wait=120),
                         {'release': 'r2'}, args=['-v'])
@@ -693,7 +693,7 @@ def test_registry_down_during_rollback_uses_local_images_or_fails_loudly(make_st
         message = ' '.join(failure_message(refused).split())
         assert 'Cannot roll back %s to r2' % stack.project in message, message
         assert 'on this host:' in message and 'in the registry:' in message, message
-        assert '%s/worker:r2@%s' % (prefix, digests['r2']['worker']) in message.split('in the registry:')[0], message
+        assert '%s/worker:r2@%s' % (prefix, digests['r2']['worker']) in message.split('in the registry:', maxsplit=1)[0], message
         assert '%s did not answer' % registry.address in message and 'Nothing running was touched' in message, message
         assert 'Bring up the target release' not in refused.stdout
         assert stack.snapshot(client) == snapshot
