@@ -397,7 +397,7 @@ class Bench(object):
                    'gated_cpu': [], 'floor_cpu': []}
             data['sizes'][size] = row
 
-            def gated_step(index, size=size, row=row):
+            def gated_step(index, size=size, row=row):  # pylint: disable=dangerous-default-value
                 chosen = dict((name, hosts[name]) for name in names[:size])
                 release = self.new_release(gated[:size])
                 run = self.gated(chosen, release, batches=[BATCH])
@@ -408,7 +408,7 @@ class Bench(object):
                 row['gated_cpu'].append(run.cpu)
                 log('  %d hosts rep %d: gated %.1fs (%.1f CPU-s)' % (size, index + 1, run.wall, run.cpu))
 
-            def floor_step(index, size=size, row=row):
+            def floor_step(index, size=size, row=row):  # pylint: disable=dangerous-default-value
                 release = self.new_release(floors[:size])
                 cpu = children_cpu()
                 started = time.time()
@@ -686,7 +686,7 @@ def machine():
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--smoke', action='store_true', help='one repetition of every figure on small stacks (about a minute)')
     parser.add_argument('--reps', type=int, help='repetitions per figure (default 5, smoke 1)')
     parser.add_argument('--only', default='', help='comma-separated figures to run: rollout,gate,crash,fleet,disk')
@@ -699,7 +699,9 @@ def main(argv):
     if reps < 5 and not args.smoke:
         log('warning: %d repetition(s): the figures need at least 5 to be quoted' % reps)
     only = set(filter(None, args.only.split(',')))
-    wanted = lambda name: not only or name in only  # noqa: E731
+
+    def wanted(name):
+        return not only or name in only
     if args.smoke:
         sizes, main_size, fleet_sizes, disk_images = (1,), 1, (1, 2), 3
     else:
