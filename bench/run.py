@@ -117,7 +117,7 @@ def phase_of(task):
         return 'rollback'
     if action.endswith('last_good_tag') or 'candidate was recorded' in name:
         return 'ledger'
-    if filename in ('lock.yml', 'prepare.yml', 'preflight.yml', 'disk.yml'):
+    if filename in ('python.yml', 'lock.yml', 'prepare.yml', 'preflight.yml', 'disk.yml'):
         return 'preflight'
     if filename == 'pin.yml':
         return 'gate' if action.endswith('health_gate') else 'pin'
@@ -174,7 +174,6 @@ class Bench(object):
         self.pusher = ReleasePusher(REGISTRY)
         self.client = docker.DockerClient(base_url=testbed.MAIN_DOCKER_HOST, timeout=120)
         self.stacks = []
-        self.figures = {}
         self.counter = 0
         self.stamp = '%x' % int(time.time())
 
@@ -525,7 +524,7 @@ class Bench(object):
             if refs and all(ref.startswith(prefix) for ref in refs):
                 try:
                     self.client.images.remove(image.id, force=True)
-                except docker.errors.APIError:
+                except Exception:  # a busy or slow engine must not cost the report  # pylint: disable=broad-except
                     pass
         self.pusher.delete_all()
 
@@ -743,7 +742,10 @@ def main(argv):
         broken = traceback.format_exc()
     finally:
         if not args.keep:
-            bench.cleanup()
+            try:
+                bench.cleanup()
+            except Exception as exc:  # report what was measured even when cleanup fails  # pylint: disable=broad-except
+                log('cleanup failed, remove sdb-* projects by hand: %s' % exc)
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.time() - started
 

@@ -10,8 +10,15 @@
 #   project directory, every -f file and every --env-file, so no command depends on the current
 #   directory or on COMPOSE_* variables of whoever runs Ansible.
 # - render_config() runs `compose config`: it validates the files and gives the effective
-#   configuration, whose sha256 is the compose_hash (a changed .env changes it). The rendered text
-#   may hold secrets from env files: callers keep it to themselves and report only the hash.
+#   configuration. The rendered text may hold secrets from env files: callers keep it to themselves
+#   and report only the hash.
+# - compose_hash() is the sha256 of the configuration as canonical JSON (keys sorted), so it does not
+#   depend on how one compose version prints YAML. with_images() applies an override that only sets
+#   `image:` in-process, the way compose merges a last -f file, which spares a second `compose config`
+#   (a docker-compose v1 start costs most of a second on a small host).
+# - A standalone docker-compose answers `version` slowly (v1 is a Python program); its version is
+#   remembered in a small cache keyed by the binary's path, inode, size and mtime, so a replaced
+#   binary is asked again. The v2 plugin answers in milliseconds and is always asked.
 # - Compose has no timeout of its own. Commands run through coreutils `timeout` (TERM at the
 #   deadline, KILL 10 s later, to the whole process group compose starts), via module.run_command;
 #   exit codes 124/137 become ComposeTimeout. A host without `timeout` runs commands unbounded,
@@ -25,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 
 try:
     import yaml
@@ -39,6 +47,7 @@ SERVICE_LABEL = 'com.docker.compose.service'
 LEFTOVER_NAME = re.compile(r'^[0-9a-f]{12}_')
 KILL_GRACE_SECONDS = 10
 DETECT_TIMEOUT = 30
+DEFAULT_CLI_CACHE = '~/.cache/safedeploy/compose-cli.json'
 _VERSION = re.compile(r'v?(\d+)\.(\d+)\.(\d+)')
 
 
@@ -109,10 +118,11 @@ class CommandRunner(object):
         return rc, out, err
 
 
-def detect_compose(module, runner=None, prefer=('plugin', 'standalone')):
+def detect_compose(module, runner=None, prefer=('plugin', 'standalone'), cache_path=None):
     """The compose CLI of this host: `docker compose` if the plugin answers, else `docker-compose`.
 
-    Raises ComposeNotFound naming what was tried.
+    With cache_path, the version of a standalone docker-compose is read from and written to that
+    file (see _cached_version). Raises ComposeNotFound naming what was tried.
     """
     runner = runner or CommandRunner(module)
     tried = []
@@ -129,6 +139,9 @@ def detect_compose(module, runner=None, prefer=('plugin', 'standalone')):
                 tried.append('docker-compose (not on PATH)')
                 continue
             argv = [standalone]
+            known = _cached_version(cache_path, standalone)
+            if known:
+                return ComposeCli(argv, known)
         try:
             rc, out, err = runner.run(argv + ['version', '--short'], timeout=DETECT_TIMEOUT)
         except ComposeTimeout:
@@ -136,10 +149,67 @@ def detect_compose(module, runner=None, prefer=('plugin', 'standalone')):
             continue
         text = (out or '').strip()
         if rc == 0 and _VERSION.search(text):
-            return ComposeCli(argv, _VERSION.search(text).group(0).lstrip('v'))
+            cli = ComposeCli(argv, _VERSION.search(text).group(0).lstrip('v'))
+            if kind != 'plugin':
+                _remember_version(cache_path, argv[0], cli.version)
+            return cli
         tried.append('%s (rc=%s: %s)' % (' '.join(argv + ['version']), rc, (err or out or '').strip()[:200]))
     raise ComposeNotFound('no Docker Compose CLI found on this host (tried: %s): install the docker compose plugin '
                           '(v2) or docker-compose (v1)' % '; '.join(tried))
+
+
+def _binary_identity(path):
+    """(real path, 'inode:size:mtime') of one build of an executable, or (None, None) if unreadable."""
+    try:
+        real = os.path.realpath(path)
+        info = os.stat(real)
+    except OSError:
+        return None, None
+    return real, '%d:%d:%d' % (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _read_cache(cache_path):
+    try:
+        with open(os.path.expanduser(cache_path)) as handle:
+            data = json.load(handle)
+    except (IOError, OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _cached_version(cache_path, binary):
+    """The remembered version of this exact build of binary, or None."""
+    if not cache_path:
+        return None
+    real, identity = _binary_identity(binary)
+    entry = _read_cache(cache_path).get(real) if real else None
+    if not isinstance(entry, dict) or entry.get('id') != identity:
+        return None
+    version = entry.get('version')
+    return version if isinstance(version, str) and _VERSION.search(version) else None
+
+
+def _remember_version(cache_path, binary, version):
+    """Best effort: an unwritable cache only means asking the binary again next time."""
+    real, identity = _binary_identity(binary)
+    if not cache_path or not real:
+        return
+    path = os.path.expanduser(cache_path)
+    directory = os.path.dirname(path)
+    data = _read_cache(cache_path)
+    data[real] = {'id': identity, 'version': version}
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix='.compose-cli.', dir=directory)
+        try:
+            with os.fdopen(fd, 'w') as handle:
+                json.dump(data, handle, sort_keys=True)
+            os.rename(temp, path)
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)
+    except (IOError, OSError):
+        pass
 
 
 def find_default_compose_files(project_src):
@@ -283,11 +353,24 @@ def services_of(config):
     return found
 
 
-def compose_hash(rendered):
-    """sha256 (hex) of the rendered configuration: any change of files, env files or environment shows."""
-    if not isinstance(rendered, bytes):
-        rendered = rendered.encode('utf-8')
-    return hashlib.sha256(rendered).hexdigest()
+def with_images(config, images):
+    """A copy of a parsed configuration with services' `image` replaced, as an override that sets only
+    `image:` and comes last among the -f files merges (compose gives the last file the last word)."""
+    merged = json.loads(json.dumps(config))
+    services = merged.setdefault('services', {})
+    for service, image in images.items():
+        spec = services.get(service)
+        if not isinstance(spec, dict):
+            spec = services[service] = {}
+        spec['image'] = image
+    return merged
+
+
+def compose_hash(config):
+    """sha256 (hex) of a parsed configuration as canonical JSON: any change of files, env files or
+    interpolated environment shows, independent of how the compose version formats its output."""
+    canonical = json.dumps(config, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode('utf-8')).hexdigest()
 
 
 def remove_interrupted_recreate_leftovers(client, project):

@@ -25,7 +25,11 @@ description:
     C(docker-compose -p NAME -f compose.yaml -f compose.release.yml up -d); the RV(files) return value lists the
     files in order.
   - Also returns RV(compose_hash), the sha256 of the effective configuration with the override applied, so a changed
-    C(.env) or compose file shows as a different release configuration.
+    C(.env) or compose file shows as a different release configuration. C(compose config) runs once; the override,
+    which only sets C(image:) and comes last, is merged in-process the way compose merges it.
+  - The version of a standalone C(docker-compose) is remembered in C(~/.cache/safedeploy/compose-cli.json) (keyed
+    by the binary's path, inode, size and modification time, so an upgraded binary is asked again): v1 takes most
+    of a second to answer C(version). The C(docker compose) plugin is asked every time.
 author:
   - safedeploy.compose contributors (@safedeploy)
 options:
@@ -298,8 +302,9 @@ download_bytes:
   sample: 48213504
 compose_hash:
   description:
-    - sha256 of the effective configuration (C(compose config)) with the override applied; it changes when compose
-      files, env files or interpolated variables change. Null when the module failed before rendering it.
+    - sha256 of the effective configuration with the override applied, as canonical JSON (the parsed output of
+      C(compose config) with the pinned images, keys sorted); it changes when compose files, env files or
+      interpolated variables change. Null when the module failed before rendering it.
   returned: always
   type: str
   sample: 0d6f2e3c1b8a4f5e9d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e
@@ -317,15 +322,14 @@ diff:
 import json
 import os
 import re
-import shutil
 import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
-    CommandRunner, ComposeError, ComposeProject, detect_compose, find_default_compose_files, services_of,
-    compose_hash,
+    DEFAULT_CLI_CACHE, CommandRunner, ComposeError, ComposeProject, compose_hash, detect_compose,
+    find_default_compose_files, services_of, with_images,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
     ENGINE_ARGUMENT_SPEC, connect_engine, describe_engine_error, engine_address,
@@ -440,7 +444,7 @@ class ComposePin(object):
                                                     build=services[service]['build'])
         built = [service for service, ref in plan.items() if ref is None]
         text = render_override(self.result['release'], project.project_name, pins, built)
-        self.result['compose_hash'] = self.effective_hash(project, text, pins)
+        self.result['compose_hash'] = compose_hash(with_images(config, pins))
         self.result['files'] = list(project.files) + [self.override_file]
         self.write(text, pins)
         return self.result
@@ -474,7 +478,7 @@ class ComposePin(object):
         compose_timeout = max(params['timeout'], MIN_COMPOSE_TIMEOUT)
         runner = CommandRunner(self.module, timeout=compose_timeout)
         try:
-            cli = detect_compose(self.module, runner)
+            cli = detect_compose(self.module, runner, cache_path=DEFAULT_CLI_CACHE)
             project = ComposeProject(runner, cli, self.project_src, params['project_name'], files, env_files,
                                      timeout=compose_timeout)
         except ComposeError as exc:
@@ -630,28 +634,6 @@ class ComposePin(object):
                              % (ref.format(), ref.name))
                 failures.append(entry)
         return resolved, failures
-
-    def effective_hash(self, project, text, pins):
-        """compose_hash of the configuration with `text` as the override, validated before anything is written."""
-        workdir = tempfile.mkdtemp(prefix='compose_pin-', dir=self.module.tmpdir)
-        try:
-            candidate = os.path.join(workdir, os.path.basename(self.override_file))
-            with open(candidate, 'w') as handle:
-                handle.write(text)
-            try:
-                rendered, config = project.load_config(extra_files=[candidate])
-            except ComposeError as exc:
-                self.fail('compose_pin: the compose files of project %s with the generated override are not valid, '
-                          'nothing was written: %s' % (project.project_name, exc.message))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        effective = services_of(config)
-        wrong = sorted(service for service, ref in pins.items() if effective.get(service, {}).get('image') != ref)
-        if wrong:
-            self.fail('compose_pin: after merging the override, service(s) %s of project %s do not use the pinned image:'
-                      ' check that nothing in the compose files overrides image after the override file' % (
-                          ', '.join(wrong), project.project_name))
-        return compose_hash(rendered)
 
     def write(self, text, pins):
         before, mode = self._current()

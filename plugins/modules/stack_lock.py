@@ -81,6 +81,16 @@ options:
       - Seconds between two looks at a held lease while waiting.
     type: float
     default: 1.0
+  read_ledger:
+    description:
+      - With O(state=present), also read the release ledger of O(project) once the lease is held and return it as
+        RV(ledger), as C(safedeploy.compose.last_good_tag) with O(safedeploy.compose.last_good_tag#module:action=query)
+        would. A rollout needs both first thing; one module run instead of two saves a round trip to the host.
+      - When the ledger cannot be read (damaged, unreadable), a lease this task took is released again and the task
+        fails with the ledger's error; run C(last_good_tag) with O(safedeploy.compose.last_good_tag#module:recover_from_backup=true)
+        to restore it.
+    type: bool
+    default: false
 notes:
   - The lease outlives the module process on purpose; the short flock that makes checking and changing it
     atomic is held only during the module run and is never inherited by child processes.
@@ -196,6 +206,45 @@ waited:
   returned: always
   type: float
   sample: 12.503
+ledger:
+  description:
+    - With O(read_ledger=true) and O(state=present), the release ledger as read under the lease, with the keys
+      C(safedeploy.compose.last_good_tag) returns for a query. Null otherwise.
+  returned: always
+  type: dict
+  sample:
+    current: {id: 9f2c1ab, status: good}
+    last_good: {id: 9f2c1ab, status: good}
+    previous_good: {id: 51be0d2, status: superseded}
+    releases: [{id: 51be0d2, status: superseded}, {id: 9f2c1ab, status: good}]
+    serial: 42
+    ledger_file: /var/lib/safedeploy/shop/releases.json
+  contains:
+    current:
+      description: The release last promoted; null before the first promotion.
+      type: dict
+      returned: always
+    last_good:
+      description: The newest release with status C(good); null when there is none.
+      type: dict
+      returned: always
+    previous_good:
+      description: The release that was good before RV(ledger.last_good); null when there is none.
+      type: dict
+      returned: always
+    releases:
+      description: All releases, oldest first.
+      type: list
+      elements: dict
+      returned: always
+    serial:
+      description: Serial of the ledger (0 when it does not exist yet).
+      type: int
+      returned: always
+    ledger_file:
+      description: Path of the ledger file.
+      type: str
+      returned: always
 lock_file:
   description: Path of the lease file.
   returned: always
@@ -215,6 +264,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.safedeploy.compose.plugins.module_utils._release_state import (
     STATE_ARGUMENT_SPEC,
     ReleaseStateError,
+    apply_ledger_action,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import (
     DEFAULT_LOCK_WAIT,
@@ -243,6 +293,7 @@ def main():
         ttl=dict(type='int', default=DEFAULT_TTL),
         lock_wait=dict(type='int', default=DEFAULT_LOCK_WAIT),
         poll_interval=dict(type='float', default=DEFAULT_POLL_INTERVAL),
+        read_ledger=dict(type='bool', default=False),
     )
     argument_spec.update(STATE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -260,12 +311,39 @@ def main():
         holder = exc.holder if isinstance(exc, StackLockError) else None
         waited = exc.waited if isinstance(exc, StackLockError) else 0.0
         module.fail_json(msg=str(exc), changed=False, lock=holder, previous_lock=None, acquired=False,
-                         took_over=False, waited=waited, lock_file=lock_file_or_none(params))
+                         took_over=False, waited=waited, ledger=None, lock_file=lock_file_or_none(params))
+    result['ledger'] = None
+    if params['state'] == 'present' and params['read_ledger']:
+        result['ledger'] = read_ledger_under_lease(module, result)
     for warning in result.pop('warnings'):
         module.warn(warning)
     if not module._diff:
         result.pop('diff')
     module.exit_json(**result)
+
+
+def read_ledger_under_lease(module, result):
+    """The ledger as a last_good_tag query returns it; on failure give back a lease this task took, then fail."""
+    params = module.params
+    try:
+        # a query reads without the ledger's flock: the atomic rename means a reader always sees a whole file
+        ledger = apply_ledger_action(params['state_dir'], params['project'], action='query', check_mode=True)
+    except ReleaseStateError as exc:
+        released = ''
+        if result.get('changed') and not module.check_mode:
+            try:
+                release_stack_lock(params['state_dir'], params['project'], params['run_id'])
+                released = ' The lease this task took was released again.'
+            except ReleaseStateError as release_exc:
+                released = ' Releasing the lease this task took failed too: %s' % release_exc
+        module.fail_json(msg='stack_lock of project %s: the lease is held but the release ledger cannot be read: %s.%s'
+                         % (params['project'], exc, released), changed=False, lock=None, previous_lock=None,
+                         acquired=False, took_over=False, waited=result.get('waited', 0.0), ledger=None,
+                         lock_file=lock_file_or_none(params))
+    for warning in ledger.pop('warnings'):
+        module.warn(warning)
+    return dict((key, ledger[key]) for key in ('current', 'last_good', 'previous_good', 'releases', 'serial',
+                                               'ledger_file'))
 
 
 if __name__ == '__main__':

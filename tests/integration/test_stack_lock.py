@@ -111,3 +111,34 @@ def test_failure_keeps_the_result_keys(stack_lock, tmp_path):
     stack_lock(run_id='run-1')
     refused = stack_lock(run_id='run-2', state='absent')
     assert refused.failed and refused['lock_file'] == str(tmp_path / PROJECT / 'lock.json')
+
+
+def test_read_ledger_returns_what_a_query_returns(stack_lock, run_module, tmp_path):
+    empty = stack_lock(run_id='run-1', read_ledger=True)
+    assert empty['acquired'] is True
+    assert empty['ledger']['current'] is None and empty['ledger']['releases'] == [] and empty['ledger']['serial'] == 0
+    stack_lock(run_id='run-1', state='absent')
+    ledger = dict(project=PROJECT, state_dir=str(tmp_path))
+    services = {'web': {'image': '127.0.0.1:5000/shop/web:r1', 'digest': 'sha256:' + 'a' * 64}}
+    assert not run_module('last_good_tag', dict(ledger, action='record', release='r1', services=services)).failed
+    assert not run_module('last_good_tag', dict(ledger, action='promote', release='r1')).failed
+    query = run_module('last_good_tag', dict(ledger, action='query'))
+    for check in (True, False):
+        locked = stack_lock(check=check, run_id='run-2', read_ledger=True)
+        assert locked['acquired'] is True
+        for key in ('current', 'last_good', 'previous_good', 'releases', 'serial', 'ledger_file'):
+            assert locked['ledger'][key] == query[key], key
+    assert stack_lock(run_id='run-2')['ledger'] is None, 'the ledger is only read when asked'
+
+
+def test_unreadable_ledger_gives_the_lease_back_and_fails(stack_lock, tmp_path):
+    (tmp_path / PROJECT).mkdir(mode=0o700)
+    (tmp_path / PROJECT / 'releases.json').write_text('{"torn": ')
+    failed = stack_lock(run_id='run-1', read_ledger=True)
+    assert failed.failed and failed['acquired'] is False and failed['ledger'] is None
+    assert 'releases.json' in failed['msg'] and 'released again' in failed['msg']
+    assert not stack_lock.file.exists(), 'a failed ledger read must not leave the lease behind'
+    # a lease this run already held before is not taken away by the failed read
+    stack_lock(run_id='run-1')
+    assert stack_lock(run_id='run-1', read_ledger=True).failed
+    assert json.loads(stack_lock.file.read_text())['run_id'] == 'run-1'

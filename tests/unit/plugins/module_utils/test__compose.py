@@ -19,7 +19,7 @@ from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
     CommandRunner, ComposeCli, ComposeError, ComposeNotFound, ComposeProject, ComposeTimeout, compose_hash,
-    detect_compose, find_default_compose_files, parse_config, services_of,
+    detect_compose, find_default_compose_files, parse_config, services_of, with_images,
 )
 
 
@@ -162,10 +162,10 @@ def test_rendered_config_and_hash_follow_the_env_file(module, tmp_path):
     text, config = project.load_config()
     assert services_of(config) == {'builder': {'image': None, 'build': True},
                                    'web': {'image': '127.0.0.1:5000/sdt-pin/web:one', 'build': False}}
-    first = compose_hash(text)
-    assert compose_hash(project.render_config()) == first  # stable
+    first = compose_hash(config)
+    assert compose_hash(project.load_config()[1]) == first  # stable
     (tmp_path / '.env').write_text('TAG=two\n')
-    assert compose_hash(project.render_config()) != first
+    assert compose_hash(project.load_config()[1]) != first
     (tmp_path / 'other.env').write_text('TAG=three\n')
     text, config = project_in(module, tmp_path, [str(tmp_path / 'other.env')]).load_config()
     assert config['services']['web']['image'].endswith(':three')
@@ -186,3 +186,54 @@ def test_parse_config_reads_json_from_v2_and_yaml_from_v1():
         {'services': {'a': {'image': 'x:1'}}}
     with pytest.raises(ComposeError):
         parse_config('', ComposeCli(['docker-compose'], '1.29.2'))
+
+
+def test_detect_remembers_a_standalone_version_per_build(module, fake_bin, tmp_path):
+    fake_exe(fake_bin, 'docker', NO_PLUGIN)
+    calls = tmp_path / 'calls'
+    standalone = fake_exe(fake_bin, 'docker-compose', 'echo x >> %s\n' % calls + V1)
+    cache = str(tmp_path / 'cache' / 'compose-cli.json')
+    assert detect_compose(module, cache_path=cache).version == '1.29.2'
+    assert detect_compose(module, cache_path=cache).version == '1.29.2'
+    assert calls.read_text().count('x') == 1, 'the second detection asked the binary again'
+    # an upgraded binary (other size and mtime) is asked again, and its answer replaces the old one
+    fake_exe(fake_bin, 'docker-compose', 'echo x >> %s\n' % calls + V1.replace('1.29.2', '2.27.0') + '# upgraded\n')
+    cli = detect_compose(module, cache_path=cache)
+    assert cli.version == '2.27.0' and not cli.is_v1 and cli.argv == [standalone]
+    assert calls.read_text().count('x') == 2
+
+
+def test_detect_never_caches_the_plugin_nor_a_failure(module, fake_bin, tmp_path):
+    cache = tmp_path / 'compose-cli.json'
+    fake_exe(fake_bin, 'docker', PLUGIN)
+    assert detect_compose(module, cache_path=str(cache)).major == 2
+    assert not cache.exists()
+    fake_exe(fake_bin, 'docker', NO_PLUGIN)
+    fake_exe(fake_bin, 'docker-compose', 'exit 3\n')
+    with pytest.raises(ComposeNotFound):
+        detect_compose(module, cache_path=str(cache))
+    assert not cache.exists()
+
+
+def test_unwritable_or_corrupt_cache_only_costs_a_question(module, fake_bin, tmp_path):
+    fake_exe(fake_bin, 'docker', NO_PLUGIN)
+    fake_exe(fake_bin, 'docker-compose', V1)
+    corrupt = tmp_path / 'corrupt.json'
+    corrupt.write_text('{not json')
+    assert detect_compose(module, cache_path=str(corrupt)).version == '1.29.2'
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    assert detect_compose(module, cache_path=str(blocker / 'sub' / 'c.json')).version == '1.29.2'
+
+
+def test_with_images_merges_like_a_last_override_file():
+    config = {'services': {'web': {'image': 'r/web:1', 'ports': ['80:80']}, 'job': {'build': {'context': '.'}}},
+              'volumes': {'data': {}}}
+    merged = with_images(config, {'web': 'r/web:2@sha256:' + 'a' * 64})
+    assert merged == {'services': {'web': {'image': 'r/web:2@sha256:' + 'a' * 64, 'ports': ['80:80']},
+                                   'job': {'build': {'context': '.'}}}, 'volumes': {'data': {}}}
+    assert config['services']['web']['image'] == 'r/web:1', 'the input was modified'
+    assert compose_hash(merged) != compose_hash(config)
+    # canonical: key order does not matter, content does
+    assert compose_hash({'b': 1, 'a': [1, 2]}) == compose_hash({'a': [1, 2], 'b': 1})
+    assert compose_hash({'a': [2, 1]}) != compose_hash({'a': [1, 2]})
