@@ -46,7 +46,7 @@ unit: venv collection
 	tests/pytest-honest tests/unit $(PYTEST_ARGS)
 
 integration: venv collection testbed
-	tests/pytest-honest tests/integration $(PYTEST_ARGS)
+	tests/pytest-honest tests/integration --durations=15 $(PYTEST_ARGS)
 
 molecule: venv collection testbed
 	tests/run-molecule

@@ -20,6 +20,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -611,6 +612,37 @@ class TestOneStack(object):
         assert ledger['current']['id'] == 'r4' and ledger['status']['r4'] == 'good'
         assert ledger['status'][before['current']['id']] == 'superseded'
         assert not chain.lock_file.exists()
+
+
+# ---------------------------------------------------------------- two stacks of one host
+
+def test_two_stacks_of_one_host_roll_out_in_one_run_checking_python_once(make_stack, images, testbed):
+    client = testbed.client()
+    first, second = make_stack('pair-a'), make_stack('pair-b')
+    second.state_dir = first.state_dir  # one host, one state_dir
+    second.ledger_file = first.state_dir / second.project / 'releases.json'
+    inventory = first.inventory()
+    inventory['all']['hosts']['localhost']['safedeploy_stacks'] = [first.stack_vars(), second.stack_vars()]
+    run = run_playbook(ROOT / 'playbooks' / 'rollout.yml', inventory=inventory, extra_vars={'release': 'r1'})
+    assert_ok(run)
+    for stack in (first, second):
+        assert stack.running_digests(client) == images['r1']
+        assert stack.ledger()['status'] == {'r1': 'good'}
+    checks = re.findall(r'TASK \[[^\]]*Check that this Python has the docker and requests libraries\] \**\n(\w+):',
+                        run.stdout)
+    assert checks == ['ok', 'skipping'], 'the second stack of the host checked its Python again: %s' % checks
+
+
+def test_a_python_without_the_libraries_stops_before_anything_with_what_to_do(make_stack, images, tmp_path):
+    bare = tmp_path / 'bare-venv'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(bare)], check=True, timeout=120)
+    stack = make_stack('bare')
+    run = stack.rollout('r1', ansible_python_interpreter=str(bare / 'bin' / 'python'), rollout_python_deps='none')
+    assert_failed(run)
+    message = ' '.join(failure_message(run).split())
+    assert 'cannot import docker and requests' in message and 'No module named docker, requests' in message, message
+    assert 'rollout_python_deps' in message, 'the message must say how to fix it'
+    assert not stack.ledger_file.exists() and not stack.lock_file.exists()
 
 
 # ---------------------------------------------------------------- two rollouts at once
