@@ -645,6 +645,70 @@ def test_a_python_without_the_libraries_stops_before_anything_with_what_to_do(ma
     assert not stack.ledger_file.exists() and not stack.lock_file.exists()
 
 
+# ---------------------------------------------------------------- release hooks
+
+class HookRecorder(object):
+    """An HTTP server on 127.0.0.1 that records each path a hook asks for, and whether the stack lock was held then."""
+
+    def __init__(self, port, lock_file):
+        self.calls = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the name http.server calls
+                recorder.calls.append((self.path, lock_file.exists()))
+                self.send_response(200)
+                self.send_header('Content-Length', '2')
+                self.end_headers()
+                self.wfile.write(b'ok')
+
+            def log_message(self, *args):  # pylint: disable=arguments-differ
+                pass
+
+        self.server = ThreadingHTTPServer(('127.0.0.1', port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_hooks_run_in_order_under_the_lock_and_a_failing_one_leaves_the_old_release(make_stack, images, testbed, tmp_path):
+    client = testbed.client()
+    stack = make_stack('hooks')
+    port = take_port()
+    recorder = HookRecorder(port, stack.lock_file)
+    marker = tmp_path / 'task-hook.txt'
+    task_file = tmp_path / 'hook_tasks.yml'
+    task_file.write_text(yaml.safe_dump([{'name': 'Write a marker', 'ansible.builtin.copy': {
+        'content': '{{ rollout_release }}\n', 'dest': str(marker), 'mode': '0644'}}]))
+
+    def call(path):
+        return {'service': 'web', 'command': ['wget', '-q', '-O', '/dev/null', 'http://127.0.0.1:%d/%s' % (port, path)]}
+    try:
+        hooks = {'before_up': [call('before_up'), {'tasks': str(task_file), 'name': 'marker'}], 'after_gate': [call('after_gate')]}
+        assert_ok(stack.rollout('r1', stack=stack.stack_vars(hooks=hooks)))
+        assert [path for path, _locked in recorder.calls] == ['/before_up', '/after_gate']
+        assert all(locked for _path, locked in recorder.calls), 'a hook ran without the stack lock: %s' % recorder.calls
+        assert marker.read_text() == 'r1\n', 'the task-file hook did not run with the role variables'
+        assert stack.running_digests(client) == images['r1']
+
+        before = stack.snapshot(client)
+        failing = {'before_up': [{'name': 'migrate', 'service': 'web',
+                                  'command': ['sh', '-c', 'echo migration failed: no database >&2; exit 3']}],
+                   'after_gate': [call('never')]}
+        run = assert_failed(stack.rollout('r2', stack=stack.stack_vars(hooks=failing)))
+        message = ' '.join(failure_message(run).split())
+        assert 'migration failed: no database' in message and 'Nothing running was touched' in message, message
+        assert stack.snapshot(client) == before, 'a failing before_up hook touched the running release'
+        assert '/never' not in [path for path, _locked in recorder.calls]
+        ledger = stack.ledger()
+        assert ledger['status'] == {'r1': 'good', 'r2': 'failed'} and ledger['current']['id'] == 'r1'
+    finally:
+        recorder.stop()
+
+
 # ---------------------------------------------------------------- two rollouts at once
 
 def test_concurrent_rollouts_wait_for_the_lock_or_fail_naming_the_holder(make_stack, images, testbed):

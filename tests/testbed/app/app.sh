@@ -7,6 +7,11 @@
 #   error500   listens, but /cgi-bin/health answers 500
 #   wrongport  listens on APP_PORT+1, so probes of APP_PORT are refused
 #   flap       every third health request answers 503
+# A one-off command (`compose run SERVICE CMD...`, as release hooks do) runs instead of the app, the way
+# docker-entrypoint scripts hand their arguments to exec.
+if [ "$#" -gt 0 ]; then
+  exec "$@"
+fi
 port="${APP_PORT:-8080}"
 mode="${APP_MODE:-healthy}"
 state=/run/app
