@@ -7,6 +7,7 @@ images built FROM scratch with busybox-static (nothing is pulled from a public r
     python tests/testbed/testbed.py status      # what is up, as JSON
     python tests/testbed/testbed.py small-up    # second dockerd on a small loop-mounted ext4
     python tests/testbed/testbed.py small-down
+    python tests/testbed/testbed.py small-fill 3  # fill its disk with reclaimable data until 3% is free
     python tests/testbed/testbed.py ssh-up      # sshd on 127.0.0.1:2222, root by test-bed key only
     python tests/testbed/testbed.py ssh-down
     python tests/testbed/testbed.py down        # stop what this test bed started
@@ -315,6 +316,37 @@ def ensure_big_images(client, count=4, size_mb=40):
     return refs
 
 
+def fill_small_engine(leave_percent=3.0, big_count=7, big_mb=40, instance='small'):
+    """Fill the disk of a small engine until about leave_percent of it is free, with what a reclaim may take: unused
+    big images while a pull still fits, then a stopped container's writes. Returns the usage percent reached."""
+    import docker
+    main = docker.DockerClient(base_url=MAIN_DOCKER_HOST, timeout=300)
+    refs = ensure_big_images(main, big_count, big_mb)
+    _root, socket_path, _bridge, _cidr = SMALL_INSTANCES[instance]
+    small = docker.DockerClient(base_url='unix://' + socket_path, timeout=300)
+    root = small.info()['DockerRootDir']
+
+    def usage():
+        stat = os.statvfs(root)
+        used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+        free = stat.f_bavail * stat.f_frsize
+        return free, 100.0 * used / (used + free), used + free
+
+    for ref in refs:
+        if usage()[0] < 2 * (big_mb << 20) + (40 << 20):  # a pull needs room for the blob and the layer
+            break
+        small.images.pull(ref)
+    free, _percent, capacity = usage()
+    megabytes = (free - int(capacity * leave_percent / 100)) >> 20
+    if megabytes > 0:
+        box = small.containers.run(APP_REPO + ':v1', entrypoint=['/bin/dd', 'if=/dev/zero', 'of=/fill', 'bs=1M',
+                                                                'count=%d' % megabytes],
+                                   network_mode='none', detach=True, labels={'io.safedeploy.test': 'filler'})
+        if box.wait(timeout=300)['StatusCode'] != 0:
+            raise RuntimeError('filling the small engine failed: %s' % box.logs()[-500:])
+    return round(usage()[1], 1)
+
+
 # ---------------------------------------------------------------- the bed
 
 @dataclass
@@ -527,6 +559,9 @@ def main(argv):
         print(json.dumps(asdict(small_engine_up()), indent=2))
     elif command == 'small-down':
         small_engine_down()
+    elif command == 'small-fill':
+        leave = float(argv[2]) if len(argv) > 2 else 3.0
+        print(json.dumps({'percent': fill_small_engine(leave)}))
     elif command == 'ssh-up':
         print(json.dumps(asdict(ssh_up()), indent=2))
     elif command == 'ssh-down':
