@@ -438,7 +438,10 @@ class Bench(object):
         refs = testbed.ensure_big_images(self.client, count=image_count, size_mb=40)
         small = docker.DockerClient(base_url=engine.docker_host, timeout=300)
         digests = dict((ref, testbed.registry_digest(ref)) for ref in refs)
-        releases = refs[:3] if image_count >= 4 else refs[:2]  # current + the good ones before it
+        releases = refs[:3] if image_count >= 4 else refs[:2]  # promoted in turn: the last is current
+        # What a rollback needs under disk_reclaim's default retention (keep_releases 2 counts the current release):
+        # the current release and the good one before it. An older release (r1 of three) is fair game for both.
+        rollback = releases[-2:]
         state_dir = self.workdir / 'disk-state'
         project = 'sdb-disk'
         for index, ref in enumerate(releases):
@@ -450,7 +453,8 @@ class Bench(object):
                 if result.get('failed'):
                     raise BenchBroken('disk: ledger %s of %s failed: %s' % (action, release, result.get('msg')))
         current = releases[-1]
-        data = {'images': len(refs), 'image_mb': 40, 'rollback_images': len(releases), 'reclaim': [], 'prune': [],
+        data = {'images': len(refs), 'image_mb': 40, 'rollback_images': len(rollback), 'keep_releases': 2,
+                'reclaim': [], 'prune': [],
                 'reclaim_bytes': [], 'prune_bytes': [], 'reclaim_lost': [], 'prune_lost': []}
 
         def prepare():
@@ -463,7 +467,7 @@ class Bench(object):
                 container.remove(force=True)
             small.containers.run(current, name='sdb-disk-current', detach=True, network_mode='none',
                                  labels={'com.docker.compose.project': project})
-            return dict((ref, small.images.get(ref).id) for ref in releases)
+            return dict((ref, small.images.get(ref).id) for ref in rollback)
 
         def lost(kept_ids):
             present = set(image.id for image in small.images.list())
@@ -474,7 +478,8 @@ class Bench(object):
             before = used_bytes(engine.mountpoint)
             started = time.time()
             result = run_module('disk_reclaim', {'docker_host': engine.docker_host, 'threshold_percent': 1, 'target_percent': 0,
-                                                 'force': True, 'protect_releases': {'state_dir': str(state_dir)}})
+                                                 'force': True, 'protect_releases': {'state_dir': str(state_dir),
+                                                                                       'keep_releases': 2}})
             elapsed = time.time() - started
             if result.get('failed'):
                 raise BenchBroken('disk_reclaim failed: %s' % result.get('msg'))

@@ -114,9 +114,9 @@ options:
         elements: str
       keep_releases:
         description:
-          - How many of the most recent good releases to keep besides the current one.
-          - The default keeps the current release and the two good releases before it (usually the current one is the last
-            good, so in practice the current and the previous good release).
+          - How many of the most recently promoted good (or superseded) releases to keep, counting the current release
+            when it is good; the current release is kept in any case, so V(0) keeps the current release only.
+          - The default, V(2), keeps the current release and the good release before it, the target of a rollback.
         type: int
         default: 2
 notes:
