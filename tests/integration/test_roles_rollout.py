@@ -675,19 +675,28 @@ class HookRecorder(object):
 
 
 def test_hooks_run_in_order_under_the_lock_and_a_failing_one_leaves_the_old_release(make_stack, images, testbed, tmp_path):
+    """Container hooks run while the service is not running yet (the first release): docker-compose v1 links a one-off
+    container to the service's running containers, which host networking refuses (docs/rollout.md, Hooks)."""
     client = testbed.client()
     stack = make_stack('hooks')
     port = take_port()
     recorder = HookRecorder(port, stack.lock_file)
-    marker = tmp_path / 'task-hook.txt'
-    task_file = tmp_path / 'hook_tasks.yml'
-    task_file.write_text(yaml.safe_dump([{'name': 'Write a marker', 'ansible.builtin.copy': {
-        'content': '{{ rollout_release }}\n', 'dest': str(marker), 'mode': '0644'}}]))
 
-    def call(path):
-        return {'service': 'web', 'command': ['wget', '-q', '-O', '/dev/null', 'http://127.0.0.1:%d/%s' % (port, path)]}
+    def task_file(name, tasks):
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(tasks, sort_keys=False))
+        return str(path)
+    marker = tmp_path / 'task-hook.txt'
+    write_marker = task_file('marker.yml', [{'name': 'Write a marker', 'ansible.builtin.copy': {
+        'content': '{{ rollout_release }}\n', 'dest': str(marker), 'mode': '0644'}}])
+
+    def ask(path):
+        return task_file('ask-%s.yml' % path, [{'name': 'Ask the recorder', 'ansible.builtin.uri': {
+            'url': 'http://127.0.0.1:%d/%s' % (port, path)}}])
     try:
-        hooks = {'before_up': [call('before_up'), {'tasks': str(task_file), 'name': 'marker'}], 'after_gate': [call('after_gate')]}
+        in_container = {'service': 'web', 'command': ['wget', '-q', '-O', '/dev/null', 'http://127.0.0.1:%d/before_up' % port]}
+        hooks = {'before_up': [in_container, {'tasks': write_marker, 'name': 'marker'}],
+                 'after_gate': [{'tasks': ask('after_gate')}]}
         assert_ok(stack.rollout('r1', stack=stack.stack_vars(hooks=hooks)))
         assert [path for path, _locked in recorder.calls] == ['/before_up', '/after_gate']
         assert all(locked for _path, locked in recorder.calls), 'a hook ran without the stack lock: %s' % recorder.calls
@@ -695,9 +704,8 @@ def test_hooks_run_in_order_under_the_lock_and_a_failing_one_leaves_the_old_rele
         assert stack.running_digests(client) == images['r1']
 
         before = stack.snapshot(client)
-        failing = {'before_up': [{'name': 'migrate', 'service': 'web',
-                                  'command': ['sh', '-c', 'echo migration failed: no database >&2; exit 3']}],
-                   'after_gate': [call('never')]}
+        migrate = task_file('migrate.yml', [{'name': 'Migrate', 'ansible.builtin.fail': {'msg': 'migration failed: no database'}}])
+        failing = {'before_up': [{'name': 'migrate', 'tasks': migrate}], 'after_gate': [{'tasks': ask('never')}]}
         run = assert_failed(stack.rollout('r2', stack=stack.stack_vars(hooks=failing)))
         message = ' '.join(failure_message(run).split())
         assert 'migration failed: no database' in message and 'Nothing running was touched' in message, message
