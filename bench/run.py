@@ -56,7 +56,7 @@ BATCH = 10
 
 # Port plan (18800-19999): each stack gets a block, one port per service.
 PORTS = {'g1': 18800, 'f1': 18801, 'g2': 18802, 'f2': 18804, 'g5': 18810, 'f5': 18820, 'g20': 18840, 'f20': 18870, 'lat': 18900,
-         'fleet_g': 19000, 'fleet_f': 19100}
+         'tasks': 18920, 'fleet_g': 19000, 'fleet_f': 19100}  # tasks: bench/tasks.py, up to 20 services
 
 TARGETS = {
     'rollout': 'gated <= 1.3x floor (5 services)',
