@@ -477,9 +477,9 @@ class Bench(object):
             kept = prepare()
             before = used_bytes(engine.mountpoint)
             started = time.time()
+            protect = {'state_dir': str(state_dir), 'keep_releases': 2}
             result = run_module('disk_reclaim', {'docker_host': engine.docker_host, 'threshold_percent': 1, 'target_percent': 0,
-                                                 'force': True, 'protect_releases': {'state_dir': str(state_dir),
-                                                                                       'keep_releases': 2}})
+                                                 'force': True, 'protect_releases': protect})
             elapsed = time.time() - started
             if result.get('failed'):
                 raise BenchBroken('disk_reclaim failed: %s' % result.get('msg'))

@@ -26,9 +26,9 @@ description:
     files in order.
   - Also returns RV(compose_hash), the sha256 of the effective configuration with the override applied, so a changed
     C(.env) or compose file shows as a different release configuration. C(compose config) runs once; the override,
-    which only sets C(image:) and comes last, is merged in-process the way compose merges it.
-  - The version of a standalone C(docker-compose) is remembered in C(~/.cache/safedeploy/compose-cli.json) (keyed
-    by the binary's path, inode, size and modification time, so an upgraded binary is asked again): v1 takes most
+    which only sets the C(image) key and comes last, is merged in-process the way compose merges it.
+  - The version of a standalone C(docker-compose) is remembered in C(~/.cache/safedeploy/compose-cli.json), keyed
+    by the binary's path, inode, size and modification time, so an upgraded binary is asked again; v1 takes most
     of a second to answer C(version). The C(docker compose) plugin is asked every time.
 author:
   - safedeploy.compose contributors (@safedeploy)

@@ -339,9 +339,9 @@ def fill_small_engine(leave_percent=3.0, big_count=7, big_mb=40, instance='small
     free, _percent, capacity = usage()
     megabytes = (free - int(capacity * leave_percent / 100)) >> 20
     if megabytes > 0:
-        box = small.containers.run(APP_REPO + ':v1', entrypoint=['/bin/dd', 'if=/dev/zero', 'of=/fill', 'bs=1M',
-                                                                'count=%d' % megabytes],
-                                   network_mode='none', detach=True, labels={'io.safedeploy.test': 'filler'})
+        command = ['/bin/dd', 'if=/dev/zero', 'of=/fill', 'bs=1M', 'count=%d' % megabytes]
+        box = small.containers.run(APP_REPO + ':v1', entrypoint=command, network_mode='none', detach=True,
+                                   labels={'io.safedeploy.test': 'filler'})
         if box.wait(timeout=300)['StatusCode'] != 0:
             raise RuntimeError('filling the small engine failed: %s' % box.logs()[-500:])
     return round(usage()[1], 1)
