@@ -326,8 +326,7 @@ def read_ledger_under_lease(module, result):
     """The ledger as a last_good_tag query returns it; on failure give back a lease this task took, then fail."""
     params = module.params
     try:
-        # a query reads without the ledger's flock: the atomic rename means a reader always sees a whole file
-        ledger = apply_ledger_action(params['state_dir'], params['project'], action='query', check_mode=True)
+        ledger = apply_ledger_action(params['state_dir'], params['project'], action='query', check_mode=module.check_mode)
     except ReleaseStateError as exc:
         released = ''
         if result.get('changed') and not module.check_mode:

@@ -185,12 +185,7 @@ def remove_leftover_projects(client, prefix):
 
 # ---------------------------------------------------------------- the small-disk engine
 
-def disk_usage(path):
-    """Used bytes, free bytes and percent of the filesystem holding `path`, as df (and disk_reclaim) compute them."""
-    stat = os.statvfs(path)
-    used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize
-    free = stat.f_bavail * stat.f_frsize
-    return used, free, 100.0 * used / (used + free)
+disk_usage = testbed_mod.disk_usage  # pylint: disable=invalid-name
 
 
 @contextlib.contextmanager

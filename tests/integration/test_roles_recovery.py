@@ -30,18 +30,10 @@ MB = 1 << 20
 def fill(client, root, big_refs, filler_image, free_bytes):
     """Fill the small disk until `free_bytes` are left: big images while a pull still fits, then a stopped
     container's writable layer for the rest. Everything added is unused, so disk_reclaim may take it."""
-    for ref in big_refs:
-        if disk_usage(root)[1] < 2 * (BIG_MB * MB) + 40 * MB:  # a pull needs room for the blob and the layer
-            break
-        client.images.pull(ref)
-    _used, free, _percent = disk_usage(root)
-    megabytes = (free - free_bytes) // MB
-    assert megabytes > 0, 'the big images alone left only %d MB free' % (free // MB)
-    box = client.containers.run(filler_image, entrypoint=['/bin/dd', 'if=/dev/zero', 'of=/fill', 'bs=1M',
-                                                          'count=%d' % megabytes],
-                                network_mode='none', detach=True, labels={'io.safedeploy.test': 'sdt-rec-filler'})
-    assert box.wait(timeout=120)['StatusCode'] == 0, box.logs()[-500:]
-    return disk_usage(root)
+    testbed_mod.pull_while_room(client, root, big_refs, BIG_MB)
+    free = disk_usage(root)[1]
+    assert (free - free_bytes) // MB > 0, 'the big images alone left only %d MB free' % (free // MB)
+    return testbed_mod.write_filler(client, root, filler_image, free_bytes, label='sdt-rec-filler')
 
 
 def ghost_stack(stack, tmp_path):

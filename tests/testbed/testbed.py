@@ -316,35 +316,45 @@ def ensure_big_images(client, count=4, size_mb=40):
     return refs
 
 
+def disk_usage(path):
+    """Used bytes, free bytes and percent of the filesystem holding `path`, as df (and disk_reclaim) compute them."""
+    stat = os.statvfs(path)
+    used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+    free = stat.f_bavail * stat.f_frsize
+    return used, free, 100.0 * used / (used + free)
+
+
+def pull_while_room(client, root, big_refs, big_mb=40):
+    """Pull the big images into an engine whose data root is `root` while a pull still fits."""
+    for ref in big_refs:
+        if disk_usage(root)[1] < 2 * (big_mb << 20) + (40 << 20):  # a pull needs room for the blob and the layer
+            break
+        client.images.pull(ref)
+
+
+def write_filler(client, root, filler_image, free_bytes, label='filler'):
+    """Top the disk up to about `free_bytes` free with a stopped container's writes (labelled io.safedeploy.test=label),
+    which a reclaim may take. Returns disk_usage(root)."""
+    megabytes = (disk_usage(root)[1] - free_bytes) >> 20
+    if megabytes > 0:
+        command = ['/bin/dd', 'if=/dev/zero', 'of=/fill', 'bs=1M', 'count=%d' % megabytes]
+        box = client.containers.run(filler_image, entrypoint=command, network_mode='none', detach=True,
+                                    labels={'io.safedeploy.test': label})
+        if box.wait(timeout=300)['StatusCode'] != 0:
+            raise RuntimeError('filling the disk of %s failed: %s' % (root, box.logs()[-500:]))
+    return disk_usage(root)
+
+
 def fill_small_engine(leave_percent=3.0, big_count=7, big_mb=40, instance='small'):
     """Fill the disk of a small engine until about leave_percent of it is free, with what a reclaim may take: unused
     big images while a pull still fits, then a stopped container's writes. Returns the usage percent reached."""
     import docker
-    main = docker.DockerClient(base_url=MAIN_DOCKER_HOST, timeout=300)
-    refs = ensure_big_images(main, big_count, big_mb)
-    _root, socket_path, _bridge, _cidr = SMALL_INSTANCES[instance]
-    small = docker.DockerClient(base_url='unix://' + socket_path, timeout=300)
+    refs = ensure_big_images(docker.DockerClient(base_url=MAIN_DOCKER_HOST, timeout=300), big_count, big_mb)
+    small = docker.DockerClient(base_url='unix://' + SMALL_INSTANCES[instance][1], timeout=300)
     root = small.info()['DockerRootDir']
-
-    def usage():
-        stat = os.statvfs(root)
-        used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize
-        free = stat.f_bavail * stat.f_frsize
-        return free, 100.0 * used / (used + free), used + free
-
-    for ref in refs:
-        if usage()[0] < 2 * (big_mb << 20) + (40 << 20):  # a pull needs room for the blob and the layer
-            break
-        small.images.pull(ref)
-    free, _percent, capacity = usage()
-    megabytes = (free - int(capacity * leave_percent / 100)) >> 20
-    if megabytes > 0:
-        command = ['/bin/dd', 'if=/dev/zero', 'of=/fill', 'bs=1M', 'count=%d' % megabytes]
-        box = small.containers.run(APP_REPO + ':v1', entrypoint=command, network_mode='none', detach=True,
-                                   labels={'io.safedeploy.test': 'filler'})
-        if box.wait(timeout=300)['StatusCode'] != 0:
-            raise RuntimeError('filling the small engine failed: %s' % box.logs()[-500:])
-    return round(usage()[1], 1)
+    pull_while_room(small, root, refs, big_mb)
+    used, free, _percent = disk_usage(root)
+    return round(write_filler(small, root, APP_REPO + ':v1', int((used + free) * leave_percent / 100))[2], 1)
 
 
 # ---------------------------------------------------------------- the bed
