@@ -23,8 +23,8 @@
 #   deadline, KILL 10 s later, to the whole process group compose starts), via module.run_command;
 #   exit codes 124/137 become ComposeTimeout. A host without `timeout` runs commands unbounded,
 #   with a warning.
-# - remove_interrupted_recreate_leftovers() deletes the `<12 hex>_<name>` containers a recreate
-#   interrupted half-way leaves behind (they block the next `up` with a name conflict).
+# - find_interrupted_recreate_leftovers() lists, and remove_interrupted_recreate_leftovers() deletes,
+#   the `<12 hex>_<name>` containers a recreate interrupted half-way leaves behind (they block the next `up` with a name conflict).
 
 from __future__ import annotations
 
@@ -382,15 +382,24 @@ def remove_interrupted_recreate_leftovers(client, project):
     Returns a list of {id, name, status}.
     """
     removed = []
-    containers = client.containers.list(all=True, filters={'label': '%s=%s' % (PROJECT_LABEL, project)})
-    for container in containers:
-        name = (container.name or '').lstrip('/')
-        if not LEFTOVER_NAME.match(name):
-            continue
-        status = container.status
-        container.remove(force=True)
-        removed.append({'id': container.id, 'name': name, 'status': status})
+    for leftover in find_interrupted_recreate_leftovers(client, project):
+        client.api.remove_container(leftover['id'], force=True)
+        removed.append(leftover)
     return removed
+
+
+def find_interrupted_recreate_leftovers(client, project):
+    """The `<12 hex>_<name>` containers of a compose project, as {id, name, status}; nothing is changed.
+
+    One engine call (/containers/json filtered by the project label).
+    """
+    found = []
+    for entry in client.api.containers(all=True, filters={'label': '%s=%s' % (PROJECT_LABEL, project)}):
+        names = [name.lstrip('/') for name in entry.get('Names') or []]
+        name = next((name for name in names if LEFTOVER_NAME.match(name)), None)
+        if name is not None:
+            found.append({'id': entry['Id'], 'name': name, 'status': entry.get('State') or ''})
+    return found
 
 
 def _tail(text, lines=15):

@@ -460,31 +460,36 @@ def _system_df(client, wait=DF_BUSY_WAIT_SECONDS):
             time.sleep(0.2)
 
 
-def read_engine_inventory(client, layer_cache=None):
+def read_engine_inventory(client, layer_cache=None, sizes=True):
     """An EngineInventory of the engine's images, containers, build cache and volumes (/system/df).
 
     `layer_cache` ({image id: layers}) spares re-reading layers of images already seen:
-    an image's layers never change.
+    an image's layers never change. `sizes=False` reads only /system/df: no image layers (two engine
+    calls an image) and no log sizes of stopped containers, for a caller that only asks what is there and
+    what uses it (what is protected), not what removing it would free.
     """
     layer_cache = {} if layer_cache is None else layer_cache
     usage = _system_df(client)
     images = []
     for entry in usage.get('Images') or []:
         image_id = entry['Id']
-        if image_id not in layer_cache:
-            own = int(entry.get('Size') or 0) - max(int(entry.get('SharedSize') or 0), 0)
-            layer_cache[image_id] = _read_image_layers(client, image_id, own)
-        if layer_cache[image_id] is None:
-            continue  # removed while we looked
+        layers = []
+        if sizes:
+            if image_id not in layer_cache:
+                own = int(entry.get('Size') or 0) - max(int(entry.get('SharedSize') or 0), 0)
+                layer_cache[image_id] = _read_image_layers(client, image_id, own)
+            layers = layer_cache[image_id]
+            if layers is None:
+                continue  # removed while we looked
         images.append(dict(id=image_id, tags=_clean_refs(entry.get('RepoTags')), digests=_clean_refs(entry.get('RepoDigests')),
                            created=int(entry.get('Created') or 0), size=int(entry.get('Size') or 0),
-                           layers=layer_cache[image_id]))
+                           layers=layers))
     containers = []
     for entry in usage.get('Containers') or []:
         state = entry.get('State') or ''
         names = [name.lstrip('/') for name in entry.get('Names') or []]
         size = max(int(entry.get('SizeRw') or 0), 0)
-        if state in STOPPED_CONTAINER_STATES:
+        if sizes and state in STOPPED_CONTAINER_STATES:
             size += _container_log_bytes(client, entry['Id'])
         containers.append(dict(id=entry['Id'], name=names[0] if names else entry['Id'][:12], state=state,
                                image_id=entry.get('ImageID') or '', created=int(entry.get('Created') or 0), bytes=size))

@@ -386,7 +386,8 @@ class DiskReclaim:
         protection, ledger_errors = self.read_protection()
         acting = self.params['force'] or usage['percent'] >= threshold
 
-        inventory = self.engine_call('list images, containers and volumes (/system/df)', self.read_inventory)
+        # Below the threshold nothing is planned, so the sizes (two engine calls an image) are not read.
+        inventory = self.engine_call('list images, containers and volumes (/system/df)', self.read_inventory, acting)
         self.result['protected'] = protection.report(inventory)
 
         if not acting:
@@ -418,8 +419,8 @@ class DiskReclaim:
         self.result['msg'] = self.summary(path, target, check_mode)
         self.module.exit_json(**self.result)
 
-    def read_inventory(self):
-        return read_engine_inventory(self.client, self.layer_cache)
+    def read_inventory(self, sizes=True):
+        return read_engine_inventory(self.client, self.layer_cache, sizes=sizes)
 
     def remove(self, candidate):
         return remove_reclaim_candidate(self.client, candidate)

@@ -91,6 +91,16 @@ options:
         to restore it.
     type: bool
     default: false
+  python_libs:
+    description:
+      - Python packages to look up, without importing them, in the interpreter that runs this module;
+        RV(python) reports which are missing.
+      - The rollout role asks here for C(docker) and C(requests), which the collection's engine and registry
+        modules need, so that checking the host's Python costs no round trip of its own. The lookup never fails
+        the task.
+    type: list
+    elements: str
+    default: []
 notes:
   - The lease outlives the module process on purpose; the short flock that makes checking and changing it
     atomic is held only during the module run and is never inherited by child processes.
@@ -250,6 +260,13 @@ lock_file:
   returned: always
   type: str
   sample: /var/lib/safedeploy/shop/lock.json
+python:
+  description:
+    - The interpreter that ran the module (C(executable), C(version)) and which of O(python_libs) it lacks
+      (C(missing), empty when none).
+  returned: always
+  type: dict
+  sample: {executable: /usr/bin/python3, version: 3.11.2, missing: [docker]}
 diff:
   description: The lease before and after (empty when there is none).
   returned: when diff mode is enabled
@@ -258,6 +275,10 @@ diff:
     before: {}
     after: {run_id: awx-job-1713, owner: deploy, host: web1, acquired_at: "2025-01-31T10:02:11Z", ttl: 1800}
 '''
+
+import importlib.util
+import platform
+import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -284,6 +305,19 @@ def lock_file_or_none(params):
         return None
 
 
+def python_report(names):
+    """This interpreter and which of the packages `names` it lacks (looked up by find_spec: nothing is imported)."""
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken parent package, or an empty name
+            found = False
+        if not found:
+            missing.append(name)
+    return dict(executable=sys.executable, version=platform.python_version(), missing=missing)
+
+
 def main():
     argument_spec = dict(
         state=dict(type='str', default='present', choices=['present', 'absent']),
@@ -294,10 +328,12 @@ def main():
         lock_wait=dict(type='int', default=DEFAULT_LOCK_WAIT),
         poll_interval=dict(type='float', default=DEFAULT_POLL_INTERVAL),
         read_ledger=dict(type='bool', default=False),
+        python_libs=dict(type='list', elements='str', default=[]),
     )
     argument_spec.update(STATE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
+    python = python_report(params['python_libs'])
     try:
         if params['state'] == 'present':
             result = acquire_stack_lock(
@@ -311,8 +347,9 @@ def main():
         holder = exc.holder if isinstance(exc, StackLockError) else None
         waited = exc.waited if isinstance(exc, StackLockError) else 0.0
         module.fail_json(msg=str(exc), changed=False, lock=holder, previous_lock=None, acquired=False,
-                         took_over=False, waited=waited, ledger=None, lock_file=lock_file_or_none(params))
-    result['ledger'] = None
+                         took_over=False, waited=waited, ledger=None, lock_file=lock_file_or_none(params),
+                         python=python)
+    result.update(ledger=None, python=python)
     if params['state'] == 'present' and params['read_ledger']:
         result['ledger'] = read_ledger_under_lease(module, result)
     for warning in result.pop('warnings'):
@@ -338,7 +375,7 @@ def read_ledger_under_lease(module, result):
         module.fail_json(msg='stack_lock of project %s: the lease is held but the release ledger cannot be read: %s.%s'
                          % (params['project'], exc, released), changed=False, lock=None, previous_lock=None,
                          acquired=False, took_over=False, waited=result.get('waited', 0.0), ledger=None,
-                         lock_file=lock_file_or_none(params))
+                         lock_file=lock_file_or_none(params), python=result['python'])
     for warning in ledger.pop('warnings'):
         module.warn(warning)
     return dict((key, ledger[key]) for key in ('current', 'last_good', 'previous_good', 'releases', 'serial',

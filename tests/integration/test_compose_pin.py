@@ -25,7 +25,10 @@ import yaml
 
 from testbed import testbed as testbed_mod
 
-from ansible_collections.safedeploy.compose.plugins.module_utils._compose import remove_interrupted_recreate_leftovers
+from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
+    find_interrupted_recreate_leftovers,
+    remove_interrupted_recreate_leftovers,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = 'compose_pin'
@@ -613,9 +616,37 @@ def test_remove_interrupted_recreate_leftovers(testbed):
         assert leftover.id not in remaining
         assert current.id in remaining and foreign.id in remaining
         assert remove_interrupted_recreate_leftovers(client, project) == []
+        assert find_interrupted_recreate_leftovers(client, project) == []
     finally:
         for container in created:
             try:
                 container.remove(force=True)
             except Exception:
                 pass
+
+
+def test_report_leftovers_lists_them_and_removes_nothing(testbed, images, stack, run_module):
+    client = testbed.client()
+    ref, _digest = images.push('v1', 'sdt-pin/left-' + rand(), 'k1')
+    stack.write({'web': {'image': ref.rsplit(':', 1)[0] + ':old'}})
+    labels = {'com.docker.compose.project': stack.project, 'com.docker.compose.service': 'web'}
+    leftover = client.containers.create(testbed.images['v1']['ref'], name='%s_%s_web_1' % (rand() + 'ef', stack.project),
+                                        network_mode='none', labels=labels)
+    current = client.containers.create(testbed.images['v1']['ref'], name='%s_web_1' % stack.project,
+                                       network_mode='none', labels=labels)
+    try:
+        assert run_module(MODULE, stack.args(tag='k1'))['leftovers'] == [], 'only listed when asked'
+        for check in (True, False):
+            result = run_module(MODULE, stack.args(tag='k1', report_leftovers=True), check=check)
+            assert not result.failed, result.get('msg')
+            assert result['leftovers'] == [{'id': leftover.id, 'name': leftover.name, 'status': 'created'}]
+        remaining = {c.id for c in client.containers.list(all=True)}
+        assert leftover.id in remaining and current.id in remaining, 'the pin never removes a container'
+
+        unreachable = run_module(MODULE, stack.args(tag='k1', report_leftovers=True,
+                                                     docker_host='unix:///nonexistent/docker.sock'))
+        assert unreachable.failed and '/nonexistent/docker.sock' in unreachable['msg']
+        assert unreachable['compose_hash'] is not None, 'the result keys come with the failure'
+    finally:
+        for container in (leftover, current):
+            container.remove(force=True)

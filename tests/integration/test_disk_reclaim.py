@@ -315,6 +315,20 @@ def test_layer_model_matches_the_engines_layer_store(small, big_refs):
             assert int(handle.read()) == size
     assert sum(size for _chain, size in layers) == image.attrs['Size']
 
+    # Without sizes (disk_reclaim below its threshold): the same images, containers and refs, no layer reads.
+    calls = []
+    inspect = small.client.api.inspect_image
+    small.client.api.inspect_image = lambda *args, **kwargs: calls.append(args) or inspect(*args, **kwargs)
+    try:
+        light = engine.read_engine_inventory(small.client, sizes=False)
+    finally:
+        small.client.api.inspect_image = inspect
+    assert calls == [], 'no image is inspected when sizes are not asked for'
+    assert {key: (entry['tags'], entry['digests']) for key, entry in light.images.items()} == \
+        {key: (entry['tags'], entry['digests']) for key, entry in inventory.images.items()}
+    assert all(entry['layers'] == [] for entry in light.images.values())
+    assert set(light.containers) == set(inventory.containers)
+
 
 @pytest.mark.parametrize('args, words', [
     (dict(threshold_percent=70, target_percent=75), 'target_percent (75.0) is above threshold_percent (70.0)'),

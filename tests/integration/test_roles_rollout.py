@@ -616,11 +616,12 @@ class TestOneStack(object):
 
 # ---------------------------------------------------------------- two stacks of one host
 
-def test_two_stacks_of_one_host_roll_out_in_one_run_checking_python_once(make_stack, images, testbed):
+def test_two_stacks_of_one_host_roll_out_in_one_run_checking_python_in_the_lock(make_stack, images, testbed):
     client = testbed.client()
     first, second = make_stack('pair-a'), make_stack('pair-b')
     second.state_dir = first.state_dir  # one host, one state_dir
     second.ledger_file = first.state_dir / second.project / 'releases.json'
+    second.lock_file = first.state_dir / second.project / 'lock.json'
     inventory = first.inventory()
     inventory['all']['hosts']['localhost']['safedeploy_stacks'] = [first.stack_vars(), second.stack_vars()]
     run = run_playbook(ROOT / 'playbooks' / 'rollout.yml', inventory=inventory, extra_vars={'release': 'r1'})
@@ -628,9 +629,15 @@ def test_two_stacks_of_one_host_roll_out_in_one_run_checking_python_once(make_st
     for stack in (first, second):
         assert stack.running_digests(client) == images['r1']
         assert stack.ledger()['status'] == {'r1': 'good'}
-    checks = re.findall(r'TASK \[[^\]]*Check that this Python has the docker and requests libraries\] \**\n(\w+):',
-                        run.stdout)
-    assert checks == ['ok', 'skipping'], 'the second stack of the host checked its Python again: %s' % checks
+    # The stack lock reports the host's Python libraries (stack_lock python_libs): no check of its own, no ping.
+    for task in ('Check that this Python has the docker and requests libraries', 'Let Ansible find the Python'):
+        outcomes = re.findall(r'TASK \[[^\]]*%s[^\]]*\] \**\n(\w+):' % task, run.stdout)
+        assert outcomes == ['skipping', 'skipping'], '%s: %s' % (task, outcomes)
+    # and only one unlock: each promotion released its own stack's lease (last_good_tag release_lock)
+    unlocks = re.findall(r'TASK \[[^\]]*Release the stack lock of [^\]]*\] \**\n(\w+):', run.stdout)
+    assert unlocks == ['skipping', 'skipping'], unlocks
+    for stack in (first, second):
+        assert not stack.lock_file.exists()
 
 
 def test_a_python_without_the_libraries_stops_before_anything_with_what_to_do(make_stack, images, tmp_path):
