@@ -23,8 +23,8 @@
 #   deadline, KILL 10 s later, to the whole process group compose starts), via module.run_command;
 #   exit codes 124/137 become ComposeTimeout. A host without `timeout` runs commands unbounded,
 #   with a warning.
-# - find_interrupted_recreate_leftovers() lists, and remove_interrupted_recreate_leftovers() deletes,
-#   the `<12 hex>_<name>` containers a recreate interrupted half-way leaves behind (they block the next `up` with a name conflict).
+# - find_interrupted_recreate_leftovers() lists the `<12 hex>_<name>` containers a recreate
+#   interrupted half-way leaves behind (they block the next `up` with a name conflict).
 
 from __future__ import annotations
 
@@ -373,25 +373,13 @@ def compose_hash(config):
     return hashlib.sha256(canonical.encode('utf-8')).hexdigest()
 
 
-def remove_interrupted_recreate_leftovers(client, project):
-    """Remove the `<12 hex>_<name>` containers of a compose project; return what was removed.
-
-    A recreate renames the old container to `<its short id>_<name>` before creating the new one and
-    removes it at the end; a run killed in between leaves it behind, and the next `up` then fails or
-    adopts it. The project is found by label (container names differ between compose v1 and v2).
-    Returns a list of {id, name, status}.
-    """
-    removed = []
-    for leftover in find_interrupted_recreate_leftovers(client, project):
-        client.api.remove_container(leftover['id'], force=True)
-        removed.append(leftover)
-    return removed
-
-
 def find_interrupted_recreate_leftovers(client, project):
     """The `<12 hex>_<name>` containers of a compose project, as {id, name, status}; nothing is changed.
 
-    One engine call (/containers/json filtered by the project label).
+    A recreate renames the old container to `<its short id>_<name>` before creating the new one and
+    removes it at the end; a run killed in between leaves it behind, and the next `up` then fails or
+    adopts it (the roles remove what this finds, right before `up`). The project is found by label
+    (container names differ between compose v1 and v2): one engine call.
     """
     found = []
     for entry in client.api.containers(all=True, filters={'label': '%s=%s' % (PROJECT_LABEL, project)}):

@@ -25,10 +25,7 @@ import yaml
 
 from testbed import testbed as testbed_mod
 
-from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
-    find_interrupted_recreate_leftovers,
-    remove_interrupted_recreate_leftovers,
-)
+from ansible_collections.safedeploy.compose.plugins.module_utils._compose import find_interrupted_recreate_leftovers
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = 'compose_pin'
@@ -591,7 +588,7 @@ def test_resolve_local_uses_repo_digests_without_the_registry(testbed, images, s
 
 # ------------------------------------------------------------------ interrupted recreate leftovers
 
-def test_remove_interrupted_recreate_leftovers(testbed):
+def test_find_interrupted_recreate_leftovers_by_project_label(testbed):
     client = testbed.client()
     project = 'sdt-pin-' + rand()
     other = 'sdt-pin-' + rand()
@@ -609,13 +606,13 @@ def test_remove_interrupted_recreate_leftovers(testbed):
         current = make('%s_web_1' % project, project)
         foreign = make('%s_%s_web_1' % (rand() + 'cd', other), other)
         leftover.start()
-        removed = remove_interrupted_recreate_leftovers(client, project)
-        assert [entry['id'] for entry in removed] == [leftover.id]
-        assert removed[0]['name'].endswith('_%s_web_1' % project)
+        found = find_interrupted_recreate_leftovers(client, project)
+        assert found == [{'id': leftover.id, 'name': leftover.name, 'status': 'running'}]
+        assert found[0]['name'].endswith('_%s_web_1' % project)
         remaining = {c.id for c in client.containers.list(all=True)}
-        assert leftover.id not in remaining
-        assert current.id in remaining and foreign.id in remaining
-        assert remove_interrupted_recreate_leftovers(client, project) == []
+        assert {leftover.id, current.id, foreign.id} <= remaining, 'finding removes nothing'
+        assert [entry['id'] for entry in find_interrupted_recreate_leftovers(client, other)] == [foreign.id]
+        leftover.remove(force=True)
         assert find_interrupted_recreate_leftovers(client, project) == []
     finally:
         for container in created:
@@ -643,8 +640,8 @@ def test_report_leftovers_lists_them_and_removes_nothing(testbed, images, stack,
         remaining = {c.id for c in client.containers.list(all=True)}
         assert leftover.id in remaining and current.id in remaining, 'the pin never removes a container'
 
-        unreachable = run_module(MODULE, stack.args(tag='k1', report_leftovers=True,
-                                                     docker_host='unix:///nonexistent/docker.sock'))
+        nowhere = 'unix:///nonexistent/docker.sock'
+        unreachable = run_module(MODULE, stack.args(tag='k1', report_leftovers=True, docker_host=nowhere))
         assert unreachable.failed and '/nonexistent/docker.sock' in unreachable['msg']
         assert unreachable['compose_hash'] is not None, 'the result keys come with the failure'
     finally:

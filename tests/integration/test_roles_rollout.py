@@ -490,6 +490,11 @@ class TestOneStack(object):
         before = chain.ledger()
         current, target = before['current']['id'], before['previous_good']['id']
         assert current != target
+        # what an interrupted recreate leaves: the plan lists it and keeps it, the apply removes it before up
+        leftover = client.containers.create(
+            testbed.images['v1']['ref'], name='%s_%s_web_1' % (uuid.uuid4().hex[:12], chain.project),
+            network_mode='none', labels={'com.docker.compose.project': chain.project,
+                                         'com.docker.compose.service': 'web'})
         snapshot, ledger_bytes = chain.snapshot(client), chain.ledger_bytes()
 
         plan = chain.rollback(apply=False)
@@ -503,6 +508,9 @@ class TestOneStack(object):
         applied = chain.rollback(apply=True)
         assert_ok(applied)
         assert applied.recap['localhost']['changed'] >= 1
+        removed = applied.stdout.split('Remove containers left over', 1)[1].split('TASK [', 1)[0]
+        assert leftover.name in removed, removed
+        assert leftover.id not in [c.id for c in chain.containers(client)]
         assert chain.running_digests(client) == images[target]
         assert set(chain.versions().values()) == {RELEASES[target][0]}
         after = chain.ledger()
