@@ -1,6 +1,7 @@
 # safedeploy.compose: the two commands the README promises, and their parts.
 #   make demo   roll a demo stack out, break it, watch it roll back (local engine + registry)
-#   make test   sanity, lint, unit, integration, molecule, bench smoke: everything CI runs
+#   make test   sanity, lint, Galaxy's import check, unit, integration (Compose v2), the Compose v1 leg,
+#               molecule, bench smoke: everything CI runs
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -11,7 +12,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: test demo venv collection testbed testbed-down sanity lint unit integration molecule bench bench-smoke clean
+.PHONY: test demo venv collection testbed testbed-down sanity lint galaxy unit integration test-compose-v1 molecule bench bench-smoke clean
 
 test: venv collection testbed
 	@tests/run-suite
@@ -42,11 +43,18 @@ sanity: venv
 lint: venv collection
 	$(BIN)/ansible-lint
 
+galaxy: venv
+	tests/galaxy/check.sh
+
 unit: venv collection
 	tests/pytest-honest tests/unit $(PYTEST_ARGS)
 
 integration: venv collection testbed
 	tests/pytest-honest tests/integration --durations=15 $(PYTEST_ARGS)
+
+# the compatibility leg: the tests whose outcome depends on the Compose CLI (marker compose_cli), on docker-compose v1
+test-compose-v1: venv collection testbed
+	SAFEDEPLOY_TEST_COMPOSE=v1 tests/pytest-honest tests/integration -m compose_cli --durations=5 $(PYTEST_ARGS)
 
 molecule: venv collection testbed
 	tests/run-molecule

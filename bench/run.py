@@ -6,7 +6,7 @@
 Every figure compares A with B in the same run, alternating which goes first, and reports the median with
 [min-max] of the repetitions (the ratio is taken within each pair of the same repetition):
 
-  1 rollout    gated rollout (playbooks/rollout.yml) of a 5-service stack N -> N+1 vs the floor (docker-compose pull,
+  1 rollout    gated rollout (playbooks/rollout.yml) of a 5-service stack N -> N+1 vs the floor (docker compose pull,
                up -d, a tight loop on the same health endpoints), with the time of each phase
   2 gate       how long after the app really serves (a tight side loop) the gate passes; how long after up -d the
                gate fails a crash-looping release vs the first moment the engine shows the crash
@@ -685,7 +685,7 @@ def machine():
     return {'cpus': os.cpu_count(), 'python': sys.version.split()[0], 'loadavg': os.getloadavg(),
             'ansible': subprocess.run([str(ROOT / '.venv' / 'bin' / 'ansible'), '--version'], capture_output=True,
                                       text=True, check=False).stdout.splitlines()[0],
-            'docker_compose': subprocess.run(['docker-compose', 'version', '--short'], capture_output=True, text=True,
+            'docker_compose': subprocess.run(['docker', 'compose', 'version', '--short'], capture_output=True, text=True,
                                              check=False).stdout.strip()}
 
 

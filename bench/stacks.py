@@ -1,6 +1,6 @@
 """The two ways of changing a running compose stack that the benchmark compares, on the same kind of stack.
 
-- ``Stack.floor_rollout``: what a person does by hand - ``docker-compose pull`` and ``up -d`` with the new tag,
+- ``Stack.floor_rollout``: what a person does by hand - ``docker compose pull`` and ``up -d`` with the new tag,
   then a tight loop on the health endpoints until every one serves the new release. The floor: nothing safer
   can be faster.
 - ``gated_rollout``: ``playbooks/rollout.yml`` of this collection on an inventory whose hosts run the stacks
@@ -31,7 +31,7 @@ COLLECTIONS = ROOT / '.build' / 'collections'
 REGISTRY = '127.0.0.1:5000'
 PREFIX = 'sdb-'
 REPO_PREFIX = 'sdb/'
-COMPOSE = ['docker-compose']
+COMPOSE = ['docker', 'compose']  # what users run: Compose v2, the plugin the test bed installs
 
 
 class Stack(object):
@@ -131,7 +131,7 @@ class Stack(object):
         proc = subprocess.run(COMPOSE + ['-p', self.project, '-f', str(self.dir / 'compose.yaml')] + list(args),
                               cwd=str(self.dir), env=env, capture_output=True, text=True, check=False)
         if check and proc.returncode != 0:
-            raise RuntimeError('docker-compose %s of %s failed: %s' % (' '.join(args), self.project, proc.stderr[-2000:]))
+            raise RuntimeError('docker compose %s of %s failed: %s' % (' '.join(args), self.project, proc.stderr[-2000:]))
         return proc
 
     def floor_rollout(self, release, timeout=60):

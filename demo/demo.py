@@ -91,7 +91,7 @@ def compose_down():
     if not (project_dir / 'compose.yaml').exists():
         return
     files = ['-f', 'compose.yaml'] + (['-f', 'compose.release.yml'] if (project_dir / 'compose.release.yml').exists() else [])
-    subprocess.run(['docker-compose', '-p', PROJECT] + files + ['down', '--remove-orphans'], cwd=project_dir,
+    subprocess.run(['docker', 'compose', '-p', PROJECT] + files + ['down', '--remove-orphans'], cwd=project_dir,
                    capture_output=True, check=False)
 
 

@@ -37,6 +37,11 @@ sys.path.insert(0, str(ROOT / 'tests'))
 from testbed import testbed as testbed_mod  # noqa: E402  (needs sys.path above)
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'compose_cli: a test whose outcome depends on the Compose CLI; the v1 '
+                                       'compatibility leg (make test-compose-v1) runs these with docker-compose v1')
+
+
 class ModuleResult(dict):
     """A module's JSON result plus the raw process output (for no_log assertions)."""
 
@@ -50,8 +55,12 @@ class ModuleResult(dict):
 
 
 def run_module(name, args, check=False, diff=False, env=None, timeout=300):
-    """Run plugins/modules/<name>.py as Ansible would and return its parsed result."""
+    """Run plugins/modules/<name>.py as Ansible would and return its parsed result.
+
+    compose_pin runs on the Compose under test (SAFEDEPLOY_TEST_COMPOSE) unless the test chooses one."""
     payload = dict(args)
+    if name == 'compose_pin':
+        payload.setdefault('compose_command', testbed_mod.COMPOSE_UNDER_TEST)
     payload['_ansible_check_mode'] = check
     payload['_ansible_diff'] = diff
     payload.setdefault('_ansible_remote_tmp', tempfile.gettempdir())
@@ -134,6 +143,8 @@ def run_playbook(playbook, inventory=None, extra_vars=None, args=(), env=None, t
     """Run ansible-playbook from this checkout (collection on ANSIBLE_COLLECTIONS_PATH) and return a PlaybookRun.
 
     inventory: a path, or a dict rendered to a YAML inventory file; extra_vars: a dict passed as JSON.
+    Every role runs on the Compose under test (safedeploy_compose_command from SAFEDEPLOY_TEST_COMPOSE) unless
+    extra_vars choose one.
     """
     import time
     import yaml
@@ -151,6 +162,8 @@ def run_playbook(playbook, inventory=None, extra_vars=None, args=(), env=None, t
         inventory = handle.name
     if inventory:
         argv += ['-i', str(inventory)]
+    extra_vars = dict(extra_vars or {})
+    extra_vars.setdefault('safedeploy_compose_command', testbed_mod.COMPOSE_UNDER_TEST)
     if extra_vars:
         handle = tempfile.NamedTemporaryFile('w', suffix='.json', delete=False)
         json.dump(extra_vars, handle)

@@ -5,7 +5,8 @@
 # Private module_utils of safedeploy.compose: the Docker Compose command line. Not a public API;
 # it may change in any release.
 #
-# - detect_compose() prefers the v2 plugin (`docker compose`) and falls back to v1 (`docker-compose`).
+# - detect_compose() finds the CLI a compose_command choice asks for: auto prefers the v2 plugin
+#   (`docker compose`) and falls back to v1 (`docker-compose`); v2 and v1 insist on that major version.
 # - ComposeProject builds argv lists (never shell strings) that always carry the project name, the
 #   project directory, every -f file and every --env-file, so no command depends on the current
 #   directory or on COMPOSE_* variables of whoever runs Ansible.
@@ -118,13 +119,24 @@ class CommandRunner(object):
         return rc, out, err
 
 
-def detect_compose(module, runner=None, prefer=('plugin', 'standalone'), cache_path=None):
-    """The compose CLI of this host: `docker compose` if the plugin answers, else `docker-compose`.
+# What each choice of the compose_command option looks for, in order, and the major versions it accepts.
+COMPOSE_CHOICES = {
+    'auto': (('plugin', 'standalone'), None),
+    'v2': (('plugin', 'standalone'), 2),  # the v2 plugin, or a standalone docker-compose that is v2
+    'v1': (('standalone',), 1),
+}
 
+
+def detect_compose(module, runner=None, choice='auto', cache_path=None):
+    """The compose CLI of this host for a compose_command choice (auto, v2 or v1).
+
+    auto: `docker compose` if the plugin answers, else `docker-compose`. v2: the plugin, or a standalone
+    docker-compose that answers 2.x or later. v1: a standalone docker-compose that answers 1.x.
     With cache_path, the version of a standalone docker-compose is read from and written to that
-    file (see _cached_version). Raises ComposeNotFound naming what was tried.
+    file (see _cached_version). Raises ComposeNotFound naming what was tried and how to fix it.
     """
     runner = runner or CommandRunner(module)
+    prefer, major = COMPOSE_CHOICES[choice]
     tried = []
     for kind in prefer:
         if kind == 'plugin':
@@ -139,23 +151,33 @@ def detect_compose(module, runner=None, prefer=('plugin', 'standalone'), cache_p
                 tried.append('docker-compose (not on PATH)')
                 continue
             argv = [standalone]
-            known = _cached_version(cache_path, standalone)
-            if known:
-                return ComposeCli(argv, known)
-        try:
-            rc, out, err = runner.run(argv + ['version', '--short'], timeout=DETECT_TIMEOUT)
-        except ComposeTimeout:
-            tried.append('%s (version did not answer within %ss)' % (' '.join(argv), DETECT_TIMEOUT))
+        version = _cached_version(cache_path, argv[0]) if kind == 'standalone' else None
+        if version is None:
+            try:
+                rc, out, err = runner.run(argv + ['version', '--short'], timeout=DETECT_TIMEOUT)
+            except ComposeTimeout:
+                tried.append('%s (version did not answer within %ss)' % (' '.join(argv), DETECT_TIMEOUT))
+                continue
+            text = (out or '').strip()
+            if rc != 0 or not _VERSION.search(text):
+                tried.append('%s (rc=%s: %s)' % (' '.join(argv + ['version']), rc, (err or out or '').strip()[:200]))
+                continue
+            version = _VERSION.search(text).group(0).lstrip('v')
+            if kind == 'standalone':
+                _remember_version(cache_path, argv[0], version)
+        cli = ComposeCli(argv, version)
+        if major is not None and (cli.major < 2 if major == 2 else cli.major != major):
+            tried.append('%s (answers %s, not v%d)' % (' '.join(argv), version, major))
             continue
-        text = (out or '').strip()
-        if rc == 0 and _VERSION.search(text):
-            cli = ComposeCli(argv, _VERSION.search(text).group(0).lstrip('v'))
-            if kind != 'plugin':
-                _remember_version(cache_path, argv[0], cli.version)
-            return cli
-        tried.append('%s (rc=%s: %s)' % (' '.join(argv + ['version']), rc, (err or out or '').strip()[:200]))
-    raise ComposeNotFound('no Docker Compose CLI found on this host (tried: %s): install the docker compose plugin '
-                          '(v2) or docker-compose (v1)' % '; '.join(tried))
+        return cli
+    if choice == 'auto':
+        fix = 'install the docker compose plugin (v2) or docker-compose (v1)'
+    elif choice == 'v2':
+        fix = 'install the docker compose plugin (v2), or set compose_command to auto to use what is there'
+    else:
+        fix = 'install docker-compose 1.x, or set compose_command to auto or v2'
+    raise ComposeNotFound('no Docker Compose CLI for compose_command=%s found on this host (tried: %s): %s'
+                          % (choice, '; '.join(tried), fix))
 
 
 def _binary_identity(path):

@@ -167,6 +167,16 @@ options:
         Uses the engine options O(docker_host) and O(engine_timeout).
     type: bool
     default: false
+  compose_command:
+    description:
+      - Which Docker Compose CLI renders the configuration and appears in RV(compose_argv).
+      - C(auto) uses the C(docker compose) plugin (v2) when it answers, else a standalone C(docker-compose).
+      - C(v2) insists on Compose v2 or later (the plugin, or a standalone C(docker-compose) that answers 2.x) and
+        fails when there is none; C(v1) insists on a standalone C(docker-compose) 1.x (end of life since 2023, kept
+        for hosts that have nothing newer).
+    type: str
+    choices: [auto, v2, v1]
+    default: auto
 extends_documentation_fragment:
   - safedeploy.compose._engine
 attributes:
@@ -268,6 +278,13 @@ compose_argv:
   elements: str
   sample: [/usr/bin/docker-compose, -p, shop, --project-directory, /srv/shop, -f, /srv/shop/compose.yaml,
            -f, /srv/shop/compose.release.yml]
+compose_version:
+  description:
+    - The version of the compose CLI in RV(compose_argv), as it answers C(version --short).
+    - Empty when the module failed before finding the compose CLI.
+  returned: always
+  type: str
+  sample: 2.40.3
 override_file:
   description: Absolute path of the generated override file.
   returned: always
@@ -416,6 +433,7 @@ class ComposePin(object):
             override_file=self.override_file,
             files=[],
             compose_argv=[],
+            compose_version='',
             digests={},
             missing=[],
             compose_hash=None,
@@ -506,12 +524,13 @@ class ComposePin(object):
         compose_timeout = max(params['timeout'], MIN_COMPOSE_TIMEOUT)
         runner = CommandRunner(self.module, timeout=compose_timeout)
         try:
-            cli = detect_compose(self.module, runner, cache_path=DEFAULT_CLI_CACHE)
+            cli = detect_compose(self.module, runner, choice=params['compose_command'], cache_path=DEFAULT_CLI_CACHE)
             project = ComposeProject(runner, cli, self.project_src, params['project_name'], files, env_files,
                                      timeout=compose_timeout)
         except ComposeError as exc:
             self.fail('compose_pin: %s' % exc.message)
         self.result['compose_argv'] = project.argv([], extra_files=[self.override_file])
+        self.result['compose_version'] = cli.version
         return project
 
     def plan(self, services):
@@ -743,6 +762,7 @@ def main():
         validate_certs=dict(type='bool', default=True),
         estimate_download=dict(type='bool', default=False),
         report_leftovers=dict(type='bool', default=False),
+        compose_command=dict(type='str', choices=['auto', 'v2', 'v1'], default='auto'),
     )
     argument_spec.update(ENGINE_ARGUMENT_SPEC)
     module = AnsibleModule(

