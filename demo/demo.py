@@ -108,6 +108,8 @@ def main(argv):
     prepare_images(client)
     say('engine %s, registry %s; demo images pushed: %s:{v1,v2,v3} and %s:{v1,v2,v3} (v3 crash-loops)'
         % (bed.docker_host, bed.registry, REPOS['web'], REPOS['worker']))
+    say('Compose: docker compose %s (v2, what the roles use here; docker-compose %s stays for v1 users)'
+        % (bed.compose['v2']['version'], bed.compose['v1']['version']))
     compose_down()
     shutil.rmtree(DEMO_ROOT, ignore_errors=True)
     outcomes = []

@@ -25,7 +25,7 @@
 #   exit codes 124/137 become ComposeTimeout. A host without `timeout` runs commands unbounded,
 #   with a warning.
 # - find_interrupted_recreate_leftovers() lists the `<12 hex>_<name>` containers a recreate
-#   interrupted half-way leaves behind (they block the next `up` with a name conflict).
+#   interrupted half-way leaves behind, with v1 and with v2 (they block the next `up` or get adopted).
 
 from __future__ import annotations
 
@@ -398,8 +398,10 @@ def compose_hash(config):
 def find_interrupted_recreate_leftovers(client, project):
     """The `<12 hex>_<name>` containers of a compose project, as {id, name, status}; nothing is changed.
 
-    A recreate renames the old container to `<its short id>_<name>` before creating the new one and
-    removes it at the end; a run killed in between leaves it behind, and the next `up` then fails or
+    docker-compose v1 recreates by renaming the old container to `<its short id>_<name>`, creating the new
+    one and removing the old one; Compose v2 creates the replacement as `<old short id>_<name>`, removes the
+    old container and renames the replacement last. A run killed in between leaves the `<hex>_<name>`
+    container behind (v1: the old release, v2: the new one, not started), and the next `up` then fails or
     adopts it (the roles remove what this finds, right before `up`). The project is found by label
     (container names differ between compose v1 and v2): one engine call.
     """

@@ -580,16 +580,20 @@ class TestOneStack(object):
 
     @pytest.mark.compose_cli
     def test_controller_killed_during_up_next_run_takes_over_and_converges(self, chain, images, testbed):
-        """kill -9 of the controller and its children when compose renames the first container it recreates."""
+        """kill -9 of the controller and its children the moment compose makes the first <hex>_<name> container of
+        a recreate: v1 renames the old container to it, v2 creates the replacement under it (and renames it at the end)."""
         client = testbed.client()
         before = chain.ledger()
         assert 'r4' not in before['status'] and images[before['current']['id']]['web'] != images['r4']['web']
         killed = threading.Event()
-        events = client.events(decode=True, filters={'event': 'rename', 'label': 'com.docker.compose.project=%s' % chain.project})
+        events = client.events(decode=True, filters={'event': ['rename', 'create'],
+                                                     'label': 'com.docker.compose.project=%s' % chain.project})
         run = Background('rollout.yml', chain.inventory(rollout_run_id='sdt-roll-run-killed', rollout_lock_ttl=5), {'release': 'r4'})
 
         def kill_at_first_rename():
-            for _event in events:
+            for event in events:
+                if not LEFTOVER.match(((event.get('Actor') or {}).get('Attributes') or {}).get('name', '')):
+                    continue
                 if run.proc.poll() is None:
                     run.kill_all()
                     killed.set()
@@ -602,7 +606,7 @@ class TestOneStack(object):
         finally:
             events.close()
         run.wait(60)
-        assert killed.is_set(), 'the rollout ended before compose renamed a container: %s' % run.output[-3000:]
+        assert killed.is_set(), 'the rollout ended before compose made a <hex>_<name> container: %s' % run.output[-3000:]
         assert run.rc == -signal.SIGKILL
 
         # what the dead run left: its lease, r4 recorded but unfinished, a renamed <hex>_<name> container
@@ -735,6 +739,36 @@ def test_hooks_run_in_order_under_the_lock_and_a_failing_one_leaves_the_old_rele
         assert '/never' not in [path for path, _locked in recorder.calls]
         ledger = stack.ledger()
         assert ledger['status'] == {'r1': 'good', 'r2': 'failed'} and ledger['current']['id'] == 'r1'
+    finally:
+        recorder.stop()
+
+
+@pytest.mark.compose_cli
+def test_container_hook_while_the_host_network_service_runs(make_stack, images, testbed, tmp_path):
+    """A container hook of a release that replaces a running one (the usual case) on a network_mode: host stack.
+
+    Compose v2 runs it. docker-compose v1 links the one-off container to the running service, which host networking
+    refuses: the rollout fails before up with v1's own message and the running release stays (docs/rollout.md)."""
+    client = testbed.client()
+    stack = make_stack('hookrun')
+    port = take_port()
+    recorder = HookRecorder(port, stack.lock_file)
+    try:
+        assert_ok(stack.rollout('r1'))
+        before = stack.snapshot(client)
+        hook = {'service': 'web', 'command': ['wget', '-q', '-O', '/dev/null', 'http://127.0.0.1:%d/migrate' % port]}
+        run = stack.rollout('r2', stack=stack.stack_vars(hooks={'before_up': [hook]}))
+        if testbed_mod.COMPOSE_UNDER_TEST == 'v2':
+            assert_ok(run)
+            assert [path for path, _locked in recorder.calls] == ['/migrate']
+            assert stack.running_digests(client) == images['r2']
+        else:
+            assert_failed(run)
+            message = ' '.join(failure_message(run).split())
+            assert 'host type networking can\'t be used with links' in message, message
+            assert 'Nothing running was touched' in message, message
+            assert recorder.calls == []
+            assert stack.snapshot(client) == before
     finally:
         recorder.stop()
 
