@@ -363,7 +363,7 @@ def test_without_a_compose_cli_fails_clearly(stack, run_module):
 
 
 def test_compose_command_chooses_the_cli_for_real(testbed, images, stack, run_module):
-    """v2 and v1 each render the same configuration (same hash) and name their own CLI in compose_argv."""
+    """v2 and v1 each render the configuration and name their own CLI in compose_argv; auto takes v2."""
     ref, digest = images.push('v1', 'sdt-pin/choice-' + rand(), 'c1')
     stack.write({'web': {'image': ref, 'network_mode': 'host', 'environment': {'APP_PORT': '18109'}}})
     results = {}
@@ -375,7 +375,9 @@ def test_compose_command_chooses_the_cli_for_real(testbed, images, stack, run_mo
     assert results['v1']['compose_argv'][0].endswith('/docker-compose')
     assert results['v1']['compose_version'] == testbed.compose['v1']['version']
     assert results['auto']['compose_argv'][:2] == results['v2']['compose_argv'][:2], 'auto did not prefer v2'
-    assert results['v1']['compose_hash'] == results['v2']['compose_hash'] == results['auto']['compose_hash']
+    # the hash is of the configuration as each CLI renders it: v2 renders more (name, null command and entrypoint),
+    # so the same files hash differently under v1 and v2 (docs/compose_pin.md)
+    assert results['auto']['compose_hash'] == results['v2']['compose_hash'] != results['v1']['compose_hash']
     assert results['v1']['digests'] == {'web': digest}
     # the argv each returns really runs that CLI: the containers carry the version of the compose that made them
     for choice in ('v1', 'v2'):
