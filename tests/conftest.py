@@ -185,4 +185,6 @@ def run_playbook_fixture():
     return run_playbook
 
 
-LOCAL_HOST_VARS = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}
+# safedeploy_compose_command: playbooks started without run_playbook (Background) run on the Compose under test too
+LOCAL_HOST_VARS = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
+                   'safedeploy_compose_command': testbed_mod.COMPOSE_UNDER_TEST}

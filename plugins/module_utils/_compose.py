@@ -167,7 +167,7 @@ def detect_compose(module, runner=None, choice='auto', cache_path=None):
                 _remember_version(cache_path, argv[0], version)
         cli = ComposeCli(argv, version)
         if major is not None and (cli.major < 2 if major == 2 else cli.major != major):
-            tried.append('%s (answers %s, not v%d)' % (' '.join(argv), version, major))
+            tried.append('%s (answers %s, not v%s)' % (' '.join(argv), version, major))
             continue
         return cli
     if choice == 'auto':

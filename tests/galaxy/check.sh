@@ -9,7 +9,8 @@ rm -rf "$out" && mkdir -p "$out"
 tarball=$(ls "$out"/safedeploy-compose-*.tar.gz)
 echo "built $tarball ($(du -h "$tarball" | cut -f1))"
 # no build output, virtualenvs, caches, test output or benchmark results may ship
-stray=$(tar tzf "$tarball" | grep -E '(^|/)(\.venv|\.build|\.cache|\.ansible|\.pytest_cache|__pycache__|\.molecule)(/|$)|^tests/output/|^bench/results/|\.pyc$|\.tar\.gz$' || true)
+listing=$(tar tzf "$tarball")
+stray=$(echo "$listing" | grep -E '(^|/)(\.venv|\.build|\.cache|\.ansible|\.pytest_cache|__pycache__|\.molecule)(/|$)|^tests/output/|^bench/results/|\.pyc$|\.tar\.gz$' || true)
 if [ -n "$stray" ]; then
   echo "the tarball holds files that must not ship:" >&2
   echo "$stray" | head -20 >&2

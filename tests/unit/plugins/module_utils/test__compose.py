@@ -106,12 +106,16 @@ def test_detect_v2_choice_takes_a_standalone_v2_but_not_v1(module, fake_bin):
 
 
 def test_detect_v1_choice_checks_a_cached_version_too(module, fake_bin, tmp_path):
-    fake_exe(fake_bin, 'docker', PLUGIN)
-    fake_exe(fake_bin, 'docker-compose', V1.replace('1.29.2', '2.27.0'))
-    cache = str(tmp_path / 'compose-cli.json')
-    assert detect_compose(module, cache_path=cache, choice='v2').major == 2
-    with pytest.raises(ComposeNotFound):
-        detect_compose(module, cache_path=cache, choice='v1')
+    fake_exe(fake_bin, 'docker', NO_PLUGIN)
+    calls = tmp_path / 'calls'
+    fake_exe(fake_bin, 'docker-compose', 'echo x >> %s\n' % calls + V1.replace('1.29.2', '2.27.0'))
+    cache = tmp_path / 'compose-cli.json'
+    assert detect_compose(module, cache_path=str(cache), choice='v2').major == 2
+    assert cache.exists() and calls.read_text().count('x') == 1
+    with pytest.raises(ComposeNotFound) as info:
+        detect_compose(module, cache_path=str(cache), choice='v1')
+    assert 'answers 2.27.0, not v1' in str(info.value)
+    assert calls.read_text().count('x') == 1, 'the cached version was not used'
 
 
 def test_detect_on_this_host(module):
