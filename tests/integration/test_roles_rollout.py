@@ -781,6 +781,35 @@ def test_container_hook_while_the_host_network_service_runs(make_stack, images, 
         recorder.stop()
 
 
+@pytest.mark.parametrize('pinned_in', ['compose_file', 'images'])
+def test_an_image_pinned_by_digest_goes_back_through_a_failed_gate(make_stack, images, testbed, pinned_in):
+    """web is pinned by digest (as people pin postgres:16@sha256:...), in the compose file or through `images:`;
+    a release whose worker crash-loops goes back to the last good release, web's digest included."""
+    client = testbed.client()
+    stack = make_stack('digest-' + pinned_in.replace('_', ''))
+    web_pinned = '%s/web:r1@%s' % (REPO, images['r1']['web'])
+    compose = yaml.safe_load((stack.src / 'compose.yaml').read_text())
+
+    def release_vars(release):
+        if pinned_in == 'images':
+            return stack.stack_vars(images={'web': web_pinned, 'worker': '%s/worker:%s' % (REPO, release)})
+        return stack.stack_vars(repositories=['%s/worker' % REPO])
+    if pinned_in == 'compose_file':
+        compose['services']['web']['image'] = web_pinned
+        (stack.src / 'compose.yaml').write_text(yaml.safe_dump(compose, sort_keys=False))
+    for release in ('r1', 'r2'):
+        assert_ok(stack.rollout(release, stack=release_vars(release)))
+    good = {'web': images['r1']['web'], 'worker': images['r2']['worker']}
+    assert stack.running_digests(client) == good
+
+    run = assert_failed(stack.rollout('rcrash', stack=release_vars('rcrash')))
+    message = ' '.join(failure_message(run).split())
+    assert 'Rolled back to r2' in message, message
+    assert stack.running_digests(client) == good
+    ledger = stack.ledger()
+    assert ledger['current']['id'] == 'r2' and ledger['status']['r2'] == 'good' and ledger['status']['rcrash'] == 'failed'
+
+
 # ---------------------------------------------------------------- two rollouts at once
 
 def test_concurrent_rollouts_wait_for_the_lock_or_fail_naming_the_holder(make_stack, images, testbed):
