@@ -667,6 +667,11 @@ def test_find_interrupted_recreate_leftovers_by_project_label(testbed):
         assert [entry['id'] for entry in find_interrupted_recreate_leftovers(client, other)] == [foreign.id]
         leftover.remove(force=True)
         assert find_interrupted_recreate_leftovers(client, project) == []
+        # Compose v2's form: the replacement, created as <old short id>_<project>-<service>-1, not started yet
+        replacement = make('%s_%s-web-1' % (rand() + 'ef', project), project)
+        make('%s-web-1' % project, project)
+        assert find_interrupted_recreate_leftovers(client, project) == [
+            {'id': replacement.id, 'name': replacement.name, 'status': 'created'}]
     finally:
         for container in created:
             try:

@@ -85,6 +85,16 @@ def stack(testbed, tmp_path):
         compose(project, directory, 'down', '-v', '--remove-orphans', '-t', '0', docker_host=testbed.docker_host, check=False)
 
 
+def container_name(project, service):
+    """The name the Compose under test gives the first container of a service (v1: p_s_1, v2: p-s-1)."""
+    return ('%s_%s_1' if testbed_mod.COMPOSE_UNDER_TEST == 'v1' else '%s-%s-1') % (project, service)
+
+
+def service_of(project, container):
+    """The service of a container named by either Compose (the module names containers as the engine does)."""
+    return re.match(r'^%s[_-](.+)[_-][0-9]+$' % re.escape(project), container).group(1)
+
+
 def app_service(name, tag, port, restart='unless-stopped', env=None, extra=''):
     """A compose service of the test app on the host network, listening on 127.0.0.1:port."""
     environment = dict(APP_PORT=str(port), **(env or {}))
@@ -271,7 +281,7 @@ def test_error500_and_wrong_port_fail_at_the_deadline_naming_the_checks(stack, r
     assert errors['last_status'] == 500 and not errors['unreachable'] and errors['attempts'] >= 4
     assert wrong['last_status'] is None and wrong['unreachable'] and wrong['unreachable_attempts'] == wrong['attempts']
     # the app answered wrong: the last lines of every watched container are the evidence
-    assert sorted(name.split('_')[1] for name in result['logs']) == ['err', 'port']
+    assert sorted(service_of(project, name) for name in result['logs']) == ['err', 'port']
     assert any('listening on 127.0.0.1:%d' % (PORT_WRONG + 1) in line for lines in result['logs'].values() for line in lines)
 
 
@@ -393,7 +403,7 @@ def test_containers_check_the_pinned_digest(v1_project, run_module, testbed):
     wrong = run_module('health_gate', {'timeout': 1, 'checks': [
         {'name': 'pinned', 'type': 'containers', 'project': v1_project, 'digests': {'app': pinned_v2}}]})
     assert wrong.failed
-    assert "'pinned': service app container %s_app_1 runs image %s:v1" % (v1_project, APP) in wrong['msg']
+    assert "'pinned': service app container %s runs image %s:v1" % (container_name(v1_project, 'app'), APP) in wrong['msg']
     assert 'not the pinned %s' % testbed.images['v2']['digest'] in wrong['msg']
 
 
