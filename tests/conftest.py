@@ -139,6 +139,14 @@ class PlaybookRun(object):
         return self.stdout + self.stderr
 
 
+def on_compose_under_test(extra_vars):
+    """A playbook's extra vars with safedeploy_compose_command set to the Compose under test (SAFEDEPLOY_TEST_COMPOSE),
+    unless they choose one: every role of every test playbook then insists on that CLI."""
+    extra_vars = dict(extra_vars or {})
+    extra_vars.setdefault('safedeploy_compose_command', testbed_mod.COMPOSE_UNDER_TEST)
+    return extra_vars
+
+
 def run_playbook(playbook, inventory=None, extra_vars=None, args=(), env=None, timeout=900):
     """Run ansible-playbook from this checkout (collection on ANSIBLE_COLLECTIONS_PATH) and return a PlaybookRun.
 
@@ -162,8 +170,7 @@ def run_playbook(playbook, inventory=None, extra_vars=None, args=(), env=None, t
         inventory = handle.name
     if inventory:
         argv += ['-i', str(inventory)]
-    extra_vars = dict(extra_vars or {})
-    extra_vars.setdefault('safedeploy_compose_command', testbed_mod.COMPOSE_UNDER_TEST)
+    extra_vars = on_compose_under_test(extra_vars)
     if extra_vars:
         handle = tempfile.NamedTemporaryFile('w', suffix='.json', delete=False)
         json.dump(extra_vars, handle)
@@ -185,6 +192,4 @@ def run_playbook_fixture():
     return run_playbook
 
 
-# safedeploy_compose_command: playbooks started without run_playbook (Background) run on the Compose under test too
-LOCAL_HOST_VARS = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
-                   'safedeploy_compose_command': testbed_mod.COMPOSE_UNDER_TEST}
+LOCAL_HOST_VARS = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}

@@ -95,7 +95,6 @@ class RoleStack(object):
         host = {
             'ansible_connection': 'local',
             'ansible_python_interpreter': sys.executable,
-            'safedeploy_compose_command': testbed_mod.COMPOSE_UNDER_TEST,  # also for playbooks not run by run_playbook
             'safedeploy_stacks': [self.stack_vars()],
             'safedeploy_report_dir': str(self.report_dir),
             'rollout_state_dir': str(self.state_dir),

@@ -31,7 +31,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import COLLECTIONS, LOCAL_HOST_VARS, ROOT, run_module, run_playbook
+from conftest import COLLECTIONS, LOCAL_HOST_VARS, ROOT, on_compose_under_test, run_module, run_playbook
 from testbed import testbed as testbed_mod
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import lease_expired
@@ -339,7 +339,7 @@ class Background(object):
                        PATH=str(ROOT / '.venv' / 'bin') + os.pathsep + os.environ.get('PATH', ''))
         run_env.update(env or {})
         argv = [str(ROOT / '.venv' / 'bin' / 'ansible-playbook'), str(ROOT / 'playbooks' / playbook), '-i', str(inventory_file),
-                '-e', json.dumps(extra_vars)] + list(args)
+                '-e', json.dumps(on_compose_under_test(extra_vars))] + list(args)
         self.out = open(self.dir / ('playbook-%s.out' % uuid.uuid4().hex[:6]), 'w+')
         self.started = time.monotonic()
         self.proc = subprocess.Popen(argv, cwd=str(ROOT), env=run_env, stdout=self.out, stderr=subprocess.STDOUT,
@@ -621,6 +621,7 @@ class TestOneStack(object):
         assert chain.ledger()['status'] == dict(before['status'], r4='candidate')
         leftovers = [c.name for c in chain.containers(client) if LEFTOVER.match(c.name)]
         assert leftovers, [c.name for c in chain.containers(client)]
+        assert_made_by_compose_under_test(chain, client, testbed)  # the background run's CLI made the leftover too
         wait_until(lambda: lease_expired(lease, time.time()), 30, 'the lease expiring')
 
         again = chain.rollout('r4', rollout_run_id='sdt-roll-run-next', rollout_lock_ttl=5)
