@@ -395,6 +395,54 @@ def compose_hash(config):
     return hashlib.sha256(canonical.encode('utf-8')).hexdigest()
 
 
+def _env_file_paths(compose_file):
+    """The `env_file:` paths the services of one compose file name, absolute (relative ones are taken from the
+    file's directory, as compose does). Paths with a variable in them are left out: compose resolves those."""
+    if not HAS_YAML:
+        return []
+    try:
+        with open(compose_file, 'rb') as handle:
+            data = yaml.safe_load(handle)
+    except (IOError, OSError, yaml.YAMLError):
+        return []  # compose config already read it: a file it cannot parse fails there, with compose's words
+    found = []
+    services = data.get('services') if isinstance(data, dict) else None
+    for spec in (services or {}).values():
+        entries = spec.get('env_file') if isinstance(spec, dict) else None
+        if isinstance(entries, (str, dict)):
+            entries = [entries]
+        for entry in entries or []:
+            path = entry.get('path') if isinstance(entry, dict) else entry
+            if isinstance(path, str) and path and '$' not in path:
+                found.append(os.path.normpath(os.path.join(os.path.dirname(compose_file), path)))
+    return found
+
+
+def config_files(project, config, extra_files=()):
+    """Every file the configuration of `project` is made of, absolute and in a stable order: its compose files,
+    `extra_files` (the pinned override), its env files (or the project directory's `.env`, which compose reads
+    when given none), the services' `env_file:` entries and the files of `configs:` and `secrets:`. Files that do
+    not exist (an optional env file) are left out. This is what a release snapshot keeps."""
+    paths = list(project.files) + list(extra_files)
+    if project.env_files:
+        paths += project.env_files
+    else:
+        paths.append(os.path.join(project.project_dir, '.env'))
+    for compose_file in project.files:
+        paths += _env_file_paths(compose_file)
+    for section in ('configs', 'secrets'):
+        for spec in (config.get(section) or {}).values():
+            path = spec.get('file') if isinstance(spec, dict) else None
+            if isinstance(path, str) and path:
+                paths.append(os.path.normpath(os.path.join(project.project_dir, path)))
+    found = []
+    for path in paths:
+        path = os.path.abspath(path)
+        if path not in found and os.path.isfile(path):
+            found.append(path)
+    return found
+
+
 def find_interrupted_recreate_leftovers(client, project):
     """The `<12 hex>_<name>` containers of a compose project, as {id, name, status}; nothing is changed.
 

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import socket
+import stat
 import time
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import (
@@ -52,6 +53,13 @@ FAILED_STATUSES = ('failed', 'rolled_back')
 # Releases that were healthy in production at some point: the candidates for a rollback.
 ONCE_GOOD_STATUSES = ('good', 'superseded')
 DEFAULT_HISTORY_LIMIT = 20
+# Failed attempts to redeploy a release that was good, kept on its record for the post-mortem.
+FAILED_ATTEMPTS_KEPT = 5
+
+# A release's snapshot: the files that make its configuration, kept by content under <project>/files/<sha256>.
+SNAPSHOT_DIR_NAME = 'files'
+SNAPSHOT_MAX_FILE_BYTES = 8 * 1024 * 1024
+SHA256_HEX_RE = re.compile(r'^[0-9a-f]{64}$')
 
 # A ledger update takes milliseconds; waiting longer than this means the holder is stuck.
 FLOCK_TIMEOUT = 30.0
@@ -344,11 +352,21 @@ def last_good(ledger):
     return None
 
 
+def promotion_order(record):
+    """Sort key of a promotion: the ledger serial it was written at, never the wall clock (a clock stepped
+    back must not change the way back). Records written before serials were kept sort before the others,
+    among themselves by their time."""
+    serial = record.get('promoted_serial')
+    if isinstance(serial, int) and not isinstance(serial, bool):
+        return (1, serial, '')
+    return (0, 0, record.get('promoted_at') or '')
+
+
 def once_good_releases(ledger):
     """Releases that were good at some point, most recently promoted first."""
-    indexed = [(record.get('promoted_at') or '', index, record)
+    indexed = [(promotion_order(record), index, record)
                for index, record in enumerate(ledger['releases']) if record['status'] in ONCE_GOOD_STATUSES]
-    return [record for _promoted, _index, record in sorted(indexed, key=lambda item: item[:2], reverse=True)]
+    return [record for _order, _index, record in sorted(indexed, key=lambda item: item[:2], reverse=True)]
 
 
 def previous_good(ledger):
@@ -387,27 +405,42 @@ def normalize_services(services, release_id):
     return normalized
 
 
-def record_release(ledger, release_id, services, compose_hash=None, source=None, now=None):
-    """Add `release_id` as a candidate. An id names one set of images for good: recording it
-    again with the same images changes nothing (its status and source stay), with other images
-    fails. A new compose_hash is taken over, because the configuration (an edited .env) may
-    change under the same images and the rollout must see that the running config is not it."""
+def record_release(ledger, release_id, services, compose_hash=None, source=None, snapshot=None, now=None):
+    """Add `release_id` as a candidate with its `snapshot` (the files of its configuration).
+
+    An id names one set of images for good: recording it again with other images fails. Recording
+    again a release that was good (the current release redeployed, or an older one rolled forward to)
+    never touches its standing nor the snapshot it was good with: the new configuration is kept as its
+    pending `attempt`, which promote adopts and fail sets aside. A release that never was good takes
+    the new configuration over."""
     validate_release_id(release_id)
     services = normalize_services(services, release_id)
     existing = find_release(ledger, release_id)
+    now = now or utc_now()
     if existing is None:
-        now = now or utc_now()
         ledger['releases'].append(dict(
             id=release_id, status='candidate', created_at=now, updated_at=now, promoted_at=None,
-            services=services, compose_hash=compose_hash, health=None, source=dict(source or {}), reason=None))
-    elif existing['services'] != services:
+            services=services, compose_hash=compose_hash, snapshot=snapshot, health=None,
+            source=dict(source or {}), reason=None))
+        return
+    if existing['services'] != services:
         differing = sorted(name for name in set(existing['services']) | set(services)
                            if existing['services'].get(name) != services.get(name))
         raise ReleaseStateError(
             'release %s is already recorded with other images (services differing: %s); a release id is '
             'immutable: record this build under a new id' % (release_id, ', '.join(differing)))
-    elif compose_hash is not None and compose_hash != existing.get('compose_hash'):
-        existing.update(compose_hash=compose_hash, updated_at=now or utc_now())
+    if existing['status'] in ONCE_GOOD_STATUSES:
+        attempt = existing.get('attempt')
+        if attempt and attempt.get('compose_hash') == compose_hash and attempt.get('snapshot') == snapshot:
+            return
+        existing['attempt'] = dict(compose_hash=compose_hash, snapshot=snapshot, recorded_at=now,
+                                   source=dict(source or {}))
+        existing['updated_at'] = now
+        return
+    if compose_hash is not None and compose_hash != existing.get('compose_hash'):
+        existing.update(compose_hash=compose_hash, updated_at=now)
+    if snapshot is not None and snapshot != existing.get('snapshot'):
+        existing.update(snapshot=snapshot, updated_at=now)
 
 
 def _require_release(ledger, release_id, action):
@@ -421,46 +454,193 @@ def _require_release(ledger, release_id, action):
 
 
 def promote_release(ledger, release_id, health=None, now=None):
-    """Make a release good and current; the release that was good before becomes superseded."""
+    """Make a release good and current; the release that was good before becomes superseded.
+
+    A pending attempt (a redeploy of a release that was good) is adopted, its configuration becoming
+    the release's, unless the promotion is a rollback (`health.rollback`): a rollback restored the
+    snapshot the release was good with, not the attempt."""
     record = _require_release(ledger, release_id, 'promote')
-    if record['status'] == 'good' and ledger['current'] == release_id:
+    adopt = bool(record.get('attempt')) and not (health or {}).get('rollback')
+    if record['status'] == 'good' and ledger['current'] == release_id and not adopt:
         return  # promoting the running good release again changes nothing, its health included
     now = now or utc_now()
     for other in ledger['releases']:
         if other['status'] == 'good' and other['id'] != release_id:
             other.update(status='superseded', updated_at=now)
-    record.update(status='good', promoted_at=now, updated_at=now, reason=None)
+    if adopt:
+        attempt = record['attempt']
+        record.update(compose_hash=attempt.get('compose_hash'), snapshot=attempt.get('snapshot'), attempt=None,
+                      revision=int(record.get('revision') or 1) + 1)
+    record.update(status='good', promoted_at=now, promoted_serial=ledger['serial'] + 1, updated_at=now, reason=None)
     if health is not None:
         record['health'] = health
     ledger['current'] = release_id
 
 
 def fail_release(ledger, release_id, reason, status='failed', now=None):
-    """Mark a release failed (its gate failed) or rolled_back (it ran and was rolled back from)."""
+    """Mark a release failed (its gate failed) or rolled_back (it ran and was rolled back from).
+
+    A release that was good and has a pending attempt keeps its standing: the attempt is what failed,
+    and it is kept among the release's failed attempts."""
     if status not in FAILED_STATUSES:
         raise ReleaseStateError('invalid failure status %r: use one of %s' % (status, ', '.join(FAILED_STATUSES)))
     record = _require_release(ledger, release_id, 'fail')
+    now = now or utc_now()
+    if record.get('attempt') and record['status'] in ONCE_GOOD_STATUSES:
+        attempt = dict(record['attempt'], status=status, reason=reason, failed_at=now)
+        attempt.pop('snapshot', None)  # its files are not a way back: not kept
+        record['failed_attempts'] = (list(record.get('failed_attempts') or []) + [attempt])[-FAILED_ATTEMPTS_KEPT:]
+        record.update(attempt=None, updated_at=now)
+        return
     if record['status'] != status or record.get('reason') != reason:
-        record.update(status=status, reason=reason, updated_at=now or utc_now())
+        record.update(status=status, reason=reason, updated_at=now)
 
 
 def enforce_history_limit(ledger, history_limit, keep=()):
-    """Evict the oldest releases beyond `history_limit`; never current, the last good or `keep`."""
+    """Evict releases beyond `history_limit`: first those that never were good (failed, rolled back,
+    unfinished candidates), oldest first, then the oldest of those that were good. Never the current
+    release, the last good one, the one before it (the way back) or `keep`."""
     if history_limit < 1:
         raise ReleaseStateError('history_limit must be at least 1, got %s' % history_limit)
-    good = last_good(ledger)
     protected = set(keep)
     protected.add(ledger['current'])
-    if good is not None:
-        protected.add(good['id'])
+    for record in (last_good(ledger), previous_good(ledger)):
+        if record is not None:
+            protected.add(record['id'])
+    never_good = [record for record in ledger['releases'] if record['status'] not in ONCE_GOOD_STATUSES]
+    once_good = list(reversed(once_good_releases(ledger)))  # oldest promotion first
     evicted = []
-    for record in list(ledger['releases']):
+    for record in never_good + once_good:
         if len(ledger['releases']) <= history_limit:
             break
         if record['id'] not in protected:
             ledger['releases'].remove(record)
             evicted.append(record['id'])
     return evicted
+
+
+# --- snapshots: the files of a release, kept by content --------------------------------------
+
+def snapshot_dir(state_dir, project):
+    return os.path.join(project_dir(state_dir, project), SNAPSHOT_DIR_NAME)
+
+
+def _read_config_file(path):
+    if not os.path.isabs(path):
+        raise ReleaseStateError('snapshot file %s is not an absolute path: give the files as compose_pin returns '
+                                'them (config_files)' % path)
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ReleaseStateError('snapshot file %s is not a regular file' % path)
+        if info.st_size > SNAPSHOT_MAX_FILE_BYTES:
+            raise ReleaseStateError('snapshot file %s is %d bytes, more than the %d a configuration file may have: '
+                                    'leave data out of the release files' % (path, info.st_size, SNAPSHOT_MAX_FILE_BYTES))
+        with open(path, 'rb') as handle:
+            return handle.read(), stat.S_IMODE(info.st_mode)
+    except (IOError, OSError) as exc:
+        raise ReleaseStateError('cannot read %s for the release snapshot: %s' % (path, exc.strerror or exc))
+
+
+def take_snapshot(state_dir, project, paths, check_mode=False):
+    """Keep the bytes and mode of each file of `paths`; return the snapshot {files: [{path, sha256, mode}]}.
+
+    File contents go to <project>/files/<sha256> (0600, atomic, shared by every release with the same
+    bytes); the ledger keeps only the list. Env files hold secrets: they stay on the host, 0600."""
+    files = []
+    seen = set()
+    store = snapshot_dir(state_dir, project)
+    for path in paths:
+        path = os.path.normpath(path) if isinstance(path, str) else path
+        if path in seen:
+            continue
+        seen.add(path)
+        data, mode = _read_config_file(path)
+        digest = hashlib.sha256(data).hexdigest()
+        files.append(dict(path=path, sha256=digest, mode=mode))
+        if check_mode:
+            continue
+        blob = os.path.join(store, digest)
+        if not os.path.isfile(blob):
+            if not os.path.isdir(store):
+                os.mkdir(store, DIR_MODE)
+            write_file_atomic(blob, data, FILE_MODE)
+    return dict(files=files)
+
+
+def _referenced_blobs(ledger):
+    names = set()
+    for record in ledger['releases']:
+        for snapshot in (record.get('snapshot'), (record.get('attempt') or {}).get('snapshot')):
+            for entry in (snapshot or {}).get('files') or []:
+                names.add(entry.get('sha256'))
+    return names
+
+
+def prune_snapshot_files(state_dir, project, ledger):
+    """Remove the kept files no release of `ledger` refers to any more (evicted releases); return how many."""
+    store = snapshot_dir(state_dir, project)
+    try:
+        names = os.listdir(store)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return 0
+        raise
+    keep = _referenced_blobs(ledger)
+    removed = 0
+    for name in names:
+        if name in keep:
+            continue
+        if SHA256_HEX_RE.match(name) or name.startswith('.') and '.tmp-' in name:
+            os.unlink(os.path.join(store, name))
+            removed += 1
+    return removed
+
+
+def restore_snapshot(state_dir, project, record, only=None, check_mode=False):
+    """Put the files of `record`'s snapshot back where they were, byte for byte and with their mode.
+
+    Every kept file is read and checked against its sha256 before the first one is written, so a damaged
+    store changes nothing. `only` restricts the restore to those paths. Returns the paths that changed
+    (or would). A release recorded without a snapshot restores nothing (the caller says so)."""
+    snapshot = record.get('snapshot') or {}
+    wanted = None if only is None else set(os.path.normpath(path) for path in only)
+    store = snapshot_dir(state_dir, project)
+    plan = []
+    for entry in snapshot.get('files') or []:
+        path = entry.get('path')
+        if wanted is not None and path not in wanted:
+            continue
+        digest = entry.get('sha256') or ''
+        if not SHA256_HEX_RE.match(digest) or not isinstance(path, str) or not os.path.isabs(path):
+            raise ReleaseStateError('the snapshot of release %s lists an invalid file entry (%r): the ledger was edited'
+                                    % (record['id'], path))
+        blob = os.path.join(store, digest)
+        data = _read_bytes(blob)
+        if data is None or hashlib.sha256(data).hexdigest() != digest:
+            raise ReleaseStateError(
+                'the kept copy of %s for release %s (%s) is %s: nothing was restored. Roll back to another release '
+                '(rollback_to) or put the file back by hand' % (path, record['id'], blob,
+                                                                'missing' if data is None else 'damaged'))
+        mode = int(entry.get('mode') or 0o644) & 0o7777
+        plan.append((path, data, mode))
+    changed = []
+    for path, data, mode in plan:
+        try:
+            current = _read_bytes(path)
+            current_mode = stat.S_IMODE(os.stat(path).st_mode) if current is not None else None
+        except (IOError, OSError):
+            current, current_mode = None, None
+        if current == data and current_mode == mode:
+            continue
+        changed.append(path)
+        if check_mode:
+            continue
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o755)
+        write_file_atomic(path, data, mode)
+    return changed
 
 
 # --- one module call ------------------------------------------------------------------------
@@ -471,25 +651,37 @@ def _content_differs(before, after):
             != dict((k, v) for k, v in after.items() if k not in strip))
 
 
+def public_record(record):
+    """A release record as modules return it: the snapshot lists its files' paths, not their hashes
+    (a short env file's hash would let a secret be guessed)."""
+    if record is None:
+        return None
+    record = copy.deepcopy(record)
+    for holder in (record, record.get('attempt')):
+        snapshot = (holder or {}).get('snapshot')
+        if snapshot:
+            holder['snapshot'] = dict(files=[entry.get('path') for entry in snapshot.get('files') or []])
+    return record
+
+
 def _release_or_none(ledger, release_id):
-    record = find_release(ledger, release_id) if release_id else None
-    return copy.deepcopy(record)
+    return public_record(find_release(ledger, release_id) if release_id else None)
 
 
 def _evaluate(loaded, action, release, services, compose_hash, source, health, reason, fail_status,
-              history_limit):
+              history_limit, snapshot):
     before = loaded.ledger
     after = copy.deepcopy(before)
     after.pop('checksum', None)
     if action == 'record':
-        record_release(after, release, services, compose_hash, source)
+        record_release(after, release, services, compose_hash, source, snapshot)
     elif action == 'promote':
         promote_release(after, release, health)
     elif action == 'fail':
         fail_release(after, release, reason, fail_status)
-    elif action != 'query':
+    elif action not in ('query', 'restore'):
         raise ReleaseStateError('unknown action %r' % (action,))
-    evicted = [] if action == 'query' else enforce_history_limit(after, history_limit, keep=[release])
+    evicted = [] if action in ('query', 'restore') else enforce_history_limit(after, history_limit, keep=[release])
     changed = loaded.recovered or _content_differs(before, after)
     if changed:
         after['serial'] = before['serial'] + 1
@@ -501,57 +693,81 @@ def _result(path, before, after, changed, evicted, warnings):
         changed=changed,
         ledger_file=path,
         serial=after['serial'],
-        last_good=copy.deepcopy(last_good(after)),
-        previous_good=copy.deepcopy(previous_good(after)),
+        last_good=public_record(last_good(after)),
+        previous_good=public_record(previous_good(after)),
         current=_release_or_none(after, after['current']),
-        releases=copy.deepcopy(after['releases']),
+        releases=[public_record(record) for record in after['releases']],
         evicted=evicted,
+        restored=[],
         diff=dict(before=status_summary(before), after=status_summary(after)),
         warnings=warnings,
     )
 
 
+def _restore(state_dir, project, ledger, release, only, check_mode):
+    record = _require_release(ledger, release, 'restore')
+    if not record.get('snapshot'):
+        return [], ['release %s was recorded without a snapshot of its files (by a collection older than 0.3.0): '
+                    'nothing was restored, its images go back onto the files in place' % release]
+    return restore_snapshot(state_dir, project, record, only=only, check_mode=check_mode), []
+
+
 def apply_ledger_action(state_dir, project, action='query', release=None, services=None, compose_hash=None,
                         source=None, health=None, reason=None, fail_status='failed',
                         history_limit=DEFAULT_HISTORY_LIMIT, recover_from_backup=False, check_mode=False,
-                        flock_timeout=FLOCK_TIMEOUT):
+                        flock_timeout=FLOCK_TIMEOUT, files=None, only=None):
     """Run one last_good_tag action; return the module result (with `warnings` to emit).
 
-    Check mode, and a query of a project that has no state yet, read without locking or
-    writing: the atomic rename means a reader always sees a whole ledger.
+    Reading (query, restore, and any action in check mode) takes no lock and writes nothing in the
+    state dir: the atomic rename means a reader always sees a whole ledger, and a full disk or a held
+    lock must not stop a rollback from reading its way back. Only a query asked to recover_from_backup
+    a damaged ledger writes, under the lock.
     """
     path = ledger_path(state_dir, project)
     if history_limit < 1:
         raise ReleaseStateError('history_limit must be at least 1, got %s' % history_limit)
-    args = (action, release, services, compose_hash, source, health, reason, fail_status, history_limit)
     stale = []
+    restored = []
+    warnings = []
     try:
-        if check_mode or (action == 'query' and not os.path.isdir(os.path.dirname(path))):
+        read_only = check_mode or action == 'restore' or (action == 'query' and not recover_from_backup)
+        if read_only or (action == 'query' and not os.path.isdir(os.path.dirname(path))):
             loaded = read_ledger(state_dir, project, recover_from_backup)
-            after, changed, evicted = _evaluate(loaded, *args)
+            snapshot = take_snapshot(state_dir, project, files, check_mode=True) if files is not None else None
+            after, changed, evicted = _evaluate(loaded, action, release, services, compose_hash, source, health,
+                                                reason, fail_status, history_limit, snapshot)
+            if action == 'restore':
+                restored, notes = _restore(state_dir, project, after, release, only, check_mode)
+                warnings.extend(notes)
         else:
             ensure_project_dir(state_dir, project)
             flock_path = os.path.join(os.path.dirname(path), LEDGER_FLOCK_NAME)
             with exclusive_flock(flock_path, 'release ledger %s' % path, timeout=flock_timeout):
                 stale = remove_stale_temp_files(path) + remove_stale_temp_files(path + BACKUP_SUFFIX)
                 loaded = read_ledger(state_dir, project, recover_from_backup)
-                after, changed, evicted = _evaluate(loaded, *args)
+                snapshot = take_snapshot(state_dir, project, files) if files is not None else None
+                after, changed, evicted = _evaluate(loaded, action, release, services, compose_hash, source, health,
+                                                    reason, fail_status, history_limit, snapshot)
                 if changed:
                     write_ledger(state_dir, project, loaded, after)
+                    prune_snapshot_files(state_dir, project, after)
     except OSError as exc:
         raise ReleaseStateError(
             'cannot use release ledger %s: %s (%s). Check that state_dir is a local directory this user may write '
             '(become: true)' % (path, exc.strerror or exc, exc.filename or path))
-    warnings = []
     if stale:
         warnings.append('removed %d stale temporary file(s) left by an interrupted write of %s: %s'
                         % (len(stale), path, ', '.join(os.path.basename(name) for name in stale)))
     if loaded.recovered:
+        written = not (check_mode or read_only)
         warnings.append('release ledger %s was %s; %s it from %s (serial %s)%s' % (
-            path, loaded.damaged_cause, 'would restore' if check_mode else 'restored', path + BACKUP_SUFFIX,
+            path, loaded.damaged_cause, 'would restore' if check_mode else 'restored' if written else 'read', path + BACKUP_SUFFIX,
             after['serial'], '; the damaged file is kept beside it as %s<time>' % (LEDGER_NAME + DAMAGED_SUFFIX)
-            if loaded.damaged_raw is not None and not check_mode else ''))
-    return _result(path, loaded.ledger, after, changed, evicted, warnings)
+            if loaded.damaged_raw is not None and written else ''))
+    state_changed = changed and (check_mode or not read_only)  # a read-only call reports what it would write
+    result = _result(path, loaded.ledger, after, state_changed or bool(restored), evicted, warnings)
+    result['restored'] = restored
+    return result
 
 
 # --- for other modules (disk_reclaim, vps_recovery) ----------------------------------------

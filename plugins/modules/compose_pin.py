@@ -297,6 +297,18 @@ files:
   type: list
   elements: str
   sample: [/srv/shop/compose.yaml, /srv/shop/compose.release.yml]
+config_files:
+  description:
+    - Every file the release's configuration is made of, absolute: the compose files, the override file, the env
+      files (or the project directory's C(.env), which compose reads when given none), the services' C(env_file)
+      entries and the files of top-level C(configs) and C(secrets). Files that do not exist are left out.
+    - What M(safedeploy.compose.last_good_tag) keeps as the release's snapshot (its O(safedeploy.compose.last_good_tag#module:files)),
+      so a rollback puts the whole configuration back, not only the images.
+    - Only paths; the module never returns the contents.
+  returned: success
+  type: list
+  elements: str
+  sample: [/srv/shop/compose.yaml, /srv/shop/compose.release.yml, /srv/shop/.env]
 release:
   description: The release id written in the override file's header.
   returned: always
@@ -362,7 +374,7 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
-    DEFAULT_CLI_CACHE, CommandRunner, ComposeError, ComposeProject, compose_hash, detect_compose,
+    DEFAULT_CLI_CACHE, CommandRunner, ComposeError, ComposeProject, compose_hash, config_files, detect_compose,
     find_default_compose_files, find_interrupted_recreate_leftovers, services_of, with_images,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
@@ -485,6 +497,7 @@ class ComposePin(object):
         if self.params['report_leftovers']:  # before the write: an engine that cannot answer leaves the file alone
             self.result['leftovers'] = self.leftovers(project.project_name)
         self.write(text, pins)
+        self.result['config_files'] = config_files(project, config, [self.override_file])  # the override written
         return self.result
 
     def leftovers(self, project_name):

@@ -11,7 +11,8 @@ short_description: Keep the release ledger of a compose project and tell which r
 version_added: 0.1.0
 description:
   - Keeps, on the managed host, the ledger of the releases of one compose project in O(state_dir)/O(project)/releases.json.
-  - Each release records the digest of every service image, so the last good release can be run again exactly.
+  - Each release records the digest of every service image and a snapshot of the files of its configuration (compose
+    files, env files, the pinned override), so the last good release can be run again exactly, config included.
   - Typical rollout use is O(action=record) before pulling, O(action=promote) after the health gate passed,
     and O(action=fail) when it did not; the RV(last_good) release is then the one to roll back to.
   - The ledger is written atomically with a monotonic serial and a checksum, under an flock so concurrent
@@ -40,13 +41,23 @@ attributes:
 options:
   action:
     description:
-      - V(query) returns the ledger and changes nothing.
-      - V(record) adds O(release) as a C(candidate) with its O(services). Recording an existing release with the
-        same images changes nothing; with other images it fails, because a release id is immutable.
+      - V(query) returns the ledger. It takes no lock and writes nothing (unless O(recover_from_backup) repairs a
+        damaged ledger), so it answers on a full disk and while another run holds the ledger.
+      - V(record) adds O(release) as a C(candidate) with its O(services) and the snapshot of its O(files). Recording
+        an existing release with other images fails, because a release id is immutable.
+      - Recording again a release that was good (the current release redeployed, an older one rolled forward to)
+        never changes its standing nor the snapshot it was good with. The new configuration is kept as the
+        release's pending C(attempt), which V(promote) adopts and V(fail) sets aside among its C(failed_attempts):
+        a redeploy that fails its gate leaves the last good release good.
       - V(promote) makes O(release) C(good) and current; the release that was good before becomes C(superseded).
+        A promotion whose O(health) says C(rollback=true) keeps the snapshot the release was good with.
       - V(fail) marks O(release) with O(fail_status) and records O(reason).
+      - V(restore) puts the files of O(release)'s snapshot back where they were recorded, byte for byte and with
+        their modes, and writes nothing in O(state_dir). Every kept copy is checked against its hash first: a
+        damaged one restores nothing. O(only) limits it to some of the files. With C(--check) it lists what
+        would change.
     type: str
-    choices: [query, record, promote, fail]
+    choices: [query, record, promote, fail, restore]
     default: query
   release:
     description:
@@ -64,8 +75,23 @@ options:
   compose_hash:
     description:
       - Hash of the effective compose configuration of the release, recorded with O(action=record).
-      - Recording an existing release with another hash keeps the first one and warns.
     type: str
+  files:
+    description:
+      - Absolute paths of the files that make the release's configuration, kept as its snapshot by
+        O(action=record), for example the RV(safedeploy.compose.compose_pin#module:config_files) of its pin.
+      - Their contents are kept on the host under O(state_dir)/O(project)/files/ (mode C(0600)), one copy per
+        distinct content, and removed when no release in the ledger refers to them any more. Module results list
+        only their paths, never their contents or hashes (env files hold secrets).
+      - Each must be a regular file of at most 8 MiB.
+    type: list
+    elements: path
+  only:
+    description:
+      - With O(action=restore), restore only these of the snapshot's files (absolute paths), for example only the
+        pinned override.
+    type: list
+    elements: path
   source:
     description:
       - Free-form description of where the release came from (commit, CI run URL, ...), recorded with O(action=record).
@@ -89,8 +115,10 @@ options:
     default: failed
   history_limit:
     description:
-      - Most releases kept in the ledger. Every write evicts the oldest releases beyond it.
-      - The current release, the last good release and O(release) are never evicted, so the ledger may hold a few more.
+      - Most releases kept in the ledger. Every write evicts releases beyond it, those that never were good (failed,
+        rolled back, unfinished candidates) first, oldest first, then the oldest of those that were good.
+      - The current release, the last good release, the one good before it and O(release) are never evicted, so
+        the ledger may hold a few more. The snapshot files of evicted releases are removed with them.
     type: int
     default: 20
   recover_from_backup:
@@ -131,6 +159,7 @@ EXAMPLES = r'''
     release: 9f2c1ab
     services: "{{ pin.services }}"
     compose_hash: "{{ pin.compose_hash | default(omit) }}"
+    files: "{{ pin.config_files }}"
     source:
       commit: 9f2c1ab
       ci_run: https://ci.example.com/shop/runs/812
@@ -166,6 +195,12 @@ EXAMPLES = r'''
   ansible.builtin.debug:
     msg: "roll back to {{ ledger.last_good.id }}: {{ ledger.last_good.services }}"
   when: ledger.last_good is not none
+
+- name: Put the files of the last good release back before bringing it up again
+  safedeploy.compose.last_good_tag:
+    project: shop
+    action: restore
+    release: "{{ ledger.last_good.id }}"
 
 - name: Restore a damaged ledger from its backup
   safedeploy.compose.last_good_tag:
@@ -245,6 +280,37 @@ last_good:
       type: str
       returned: always
       sample: "health gate failed: http https://shop.example.com/health returned 502"
+    snapshot:
+      description:
+        - The files kept for the release, as C({files: [path, ...]}); null for a release recorded without
+          O(files) (or by a collection older than 0.3.0).
+      type: dict
+      returned: always
+      sample: {files: [/srv/shop/compose.yaml, /srv/shop/.env, /srv/shop/compose.release.yml]}
+    promoted_serial:
+      description:
+        - The ledger serial the release was last promoted at; releases are ordered by it, never by the clock.
+      type: int
+      returned: when the release was promoted
+      sample: 7
+    revision:
+      description: How many configurations the release has been good with (a redeploy that passed adds one).
+      type: int
+      returned: when a redeploy of the release was promoted
+      sample: 2
+    attempt:
+      description:
+        - The pending redeploy of a release that was good, C({compose_hash, snapshot, recorded_at, source}), until
+          it is promoted or failed; null otherwise.
+      type: dict
+      returned: when the release was recorded again after it was good
+    failed_attempts:
+      description:
+        - The last five redeploys of this release that failed, each with C(compose_hash), C(status), C(reason),
+          C(recorded_at), C(failed_at) and C(source). The release kept its standing.
+      type: list
+      elements: dict
+      returned: when a redeploy of the release failed
 previous_good:
   description:
     - The release that was good before RV(last_good) (status C(good) or C(superseded), most recently promoted);
@@ -266,8 +332,16 @@ releases:
   type: list
   elements: dict
   sample: [{id: 51be0d2, status: superseded}, {id: 9f2c1ab, status: good}]
+restored:
+  description: With O(action=restore), the files that were put back (in check mode, those that would be).
+  returned: always
+  type: list
+  elements: str
+  sample: [/srv/shop/.env]
 evicted:
-  description: Ids of the releases removed by O(history_limit) (in check mode, those that would be).
+  description:
+    - Ids of the releases removed by O(history_limit) (in check mode, those that would be). Releases that never were
+      good go first; the current, last good and previous good releases are never evicted.
   returned: always
   type: list
   elements: str
@@ -308,12 +382,14 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._release_state 
 from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import release_stack_lock
 
 EMPTY_RESULT = dict(changed=False, last_good=None, previous_good=None, current=None, releases=[], evicted=[],
-                    serial=None, ledger_file=None, lock_released=False)
+                    restored=[], serial=None, ledger_file=None, lock_released=False)
 
 
 def main():
     argument_spec = dict(
-        action=dict(type='str', default='query', choices=['query', 'record', 'promote', 'fail']),
+        action=dict(type='str', default='query', choices=['query', 'record', 'promote', 'fail', 'restore']),
+        files=dict(type='list', elements='path'),
+        only=dict(type='list', elements='path'),
         release=dict(type='str'),
         services=dict(type='dict'),
         compose_hash=dict(type='str'),
@@ -332,6 +408,7 @@ def main():
             ('action', 'record', ['release', 'services']),
             ('action', 'promote', ['release']),
             ('action', 'fail', ['release', 'reason']),
+            ('action', 'restore', ['release']),
         ],
         supports_check_mode=True,
     )
@@ -342,7 +419,8 @@ def main():
             services=params['services'], compose_hash=params['compose_hash'], source=params['source'],
             health=params['health'], reason=params['reason'], fail_status=params['fail_status'],
             history_limit=params['history_limit'], recover_from_backup=params['recover_from_backup'],
-            check_mode=module.check_mode)
+            check_mode=module.check_mode, files=params['files'] if params['action'] == 'record' else None,
+            only=params['only'])
     except ReleaseStateError as exc:
         module.fail_json(msg='last_good_tag %s of project %s: %s' % (params['action'], params['project'], exc),
                          **EMPTY_RESULT)

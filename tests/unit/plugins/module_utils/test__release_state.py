@@ -212,7 +212,7 @@ def test_file_carries_format_serial_and_a_checksum_of_its_content(tmp_path):
     assert ledger['checksum'] == rs.ledger_checksum(ledger)
     assert ledger['current'] == 'r1'
     assert set(ledger['releases'][0]) == {'id', 'created_at', 'status', 'services', 'compose_hash', 'health',
-                                          'source', 'reason', 'updated_at', 'promoted_at'}
+                                          'source', 'reason', 'updated_at', 'promoted_at', 'promoted_serial', 'snapshot'}
 
 
 def test_backup_is_the_previous_write(tmp_path):
@@ -375,12 +375,15 @@ def test_crash_before_rename_leaves_the_old_ledger_and_the_next_call_cleans_up(t
     assert ledger_file(tmp_path).read_bytes() == before
     temps = [name for name in os.listdir(tmp_path / PROJECT) if name.startswith('.releases.json.tmp-')]
     assert len(temps) == 1
+    # a query reads and writes nothing, the leftover included
     result = act(tmp_path)
-    assert result['serial'] == 2 and statuses(result) == {'r1': 'good'}
+    assert result['serial'] == 2 and statuses(result) == {'r1': 'good'} and not result['warnings']
+    assert [name for name in os.listdir(tmp_path / PROJECT) if '.tmp-' in name] == temps
+    # the interrupted record can simply be run again, and its write cleans up
+    result = record(tmp_path, 'r2', 'b')
+    assert result['serial'] == 3
     assert 'removed 1 stale temporary file' in result['warnings'][0] and temps[0] in result['warnings'][0]
     assert not [name for name in os.listdir(tmp_path / PROJECT) if '.tmp-' in name]
-    # and the interrupted record can simply be run again
-    assert record(tmp_path, 'r2', 'b')['serial'] == 3
 
 
 # --- the flock: serialization, bounded wait, close-on-exec ------------------------------------
