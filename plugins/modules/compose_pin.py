@@ -299,9 +299,9 @@ files:
   sample: [/srv/shop/compose.yaml, /srv/shop/compose.release.yml]
 config_files:
   description:
-    - Every file the release's configuration is made of, absolute: the compose files, the override file, the env
+    - "Every file the release's configuration is made of, absolute: the compose files, the override file, the env
       files (or the project directory's C(.env), which compose reads when given none), the services' C(env_file)
-      entries and the files of top-level C(configs) and C(secrets). Files that do not exist are left out.
+      entries and the files of top-level C(configs) and C(secrets). Files that do not exist are left out."
     - What M(safedeploy.compose.last_good_tag) keeps as the release's snapshot (its O(safedeploy.compose.last_good_tag#module:files)),
       so a rollback puts the whole configuration back, not only the images.
     - Only paths; the module never returns the contents.

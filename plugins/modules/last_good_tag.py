@@ -45,17 +45,17 @@ options:
         damaged ledger), so it answers on a full disk and while another run holds the ledger.
       - V(record) adds O(release) as a C(candidate) with its O(services) and the snapshot of its O(files). Recording
         an existing release with other images fails, because a release id is immutable.
-      - Recording again a release that was good (the current release redeployed, an older one rolled forward to)
+      - "Recording again a release that was good (the current release redeployed, an older one rolled forward to)
         never changes its standing nor the snapshot it was good with. The new configuration is kept as the
         release's pending C(attempt), which V(promote) adopts and V(fail) sets aside among its C(failed_attempts):
-        a redeploy that fails its gate leaves the last good release good.
+        a redeploy that fails its gate leaves the last good release good."
       - V(promote) makes O(release) C(good) and current; the release that was good before becomes C(superseded).
         A promotion whose O(health) says C(rollback=true) keeps the snapshot the release was good with.
       - V(fail) marks O(release) with O(fail_status) and records O(reason).
-      - V(restore) puts the files of O(release)'s snapshot back where they were recorded, byte for byte and with
+      - "V(restore) puts the files of O(release)'s snapshot back where they were recorded, byte for byte and with
         their modes, and writes nothing in O(state_dir). Every kept copy is checked against its hash first: a
         damaged one restores nothing. O(only) limits it to some of the files. With C(--check) it lists what
-        would change.
+        would change."
     type: str
     choices: [query, record, promote, fail, restore]
     default: query
@@ -282,8 +282,8 @@ last_good:
       sample: "health gate failed: http https://shop.example.com/health returned 502"
     snapshot:
       description:
-        - The files kept for the release, as C({files: [path, ...]}); null for a release recorded without
-          O(files) (or by a collection older than 0.3.0).
+        - "The files kept for the release, as C({files: [path, ...]}); null for a release recorded without
+          O(files) (or by a collection older than 0.3.0)."
       type: dict
       returned: always
       sample: {files: [/srv/shop/compose.yaml, /srv/shop/.env, /srv/shop/compose.release.yml]}

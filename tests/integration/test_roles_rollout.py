@@ -967,3 +967,133 @@ def test_registry_credentials_reach_docker_login_on_stdin_and_never_show(make_st
         stack.down(client)
         for service in ('web', 'worker'):
             remove_local_refs(client, '%s/%s' % (prefix, service))
+
+
+# ---------------------------------------------------------------- the way back: a release is the whole stack
+
+def write_env(stack, **values):
+    (stack.src / '.env').write_text(''.join('%s=%s\n' % item for item in sorted(values.items())))
+
+
+def use_env_ports(stack):
+    """The services take their ports from the project's .env, as real stacks take their configuration."""
+    compose = yaml.safe_load((stack.src / 'compose.yaml').read_text())
+    for service in ('web', 'worker'):
+        compose['services'][service]['environment'] = {'APP_PORT': '${%s_PORT}' % service.upper()}
+    (stack.src / 'compose.yaml').write_text(yaml.safe_dump(compose, sort_keys=False))
+    write_env(stack, WEB_PORT=stack.ports['web'], WORKER_PORT=stack.ports['worker'])
+
+
+def config_files(stack):
+    return dict((name, (stack.src / name).read_bytes()) for name in ('compose.yaml', '.env', 'compose.release.yml'))
+
+
+@pytest.mark.compose_cli
+def test_a_release_broken_by_its_config_or_its_services_goes_back_to_the_exact_old_files(make_stack, images, testbed):
+    """r2 moves web to another port in .env (the images are fine); rcrash drops worker and adds a service:
+    each time the rollback puts r1's files back, so the old config runs, not old images on new files."""
+    client = testbed.client()
+    stack = make_stack('config')
+    use_env_ports(stack)
+    assert_ok(stack.rollout('r1'))
+    good = config_files(stack)
+    assert stack.versions() == {'web': 'v1', 'worker': 'v1'}
+
+    write_env(stack, WEB_PORT=take_port(), WORKER_PORT=stack.ports['worker'])  # the config that breaks it
+    run = assert_failed(stack.rollout('r2'))
+    message = ' '.join(failure_message(run).split())
+    assert 'web health' in message and 'Rolled back to r1' in message, message
+    assert config_files(stack) == good
+    assert stack.running_digests(client) == images['r1'] and stack.versions() == {'web': 'v1', 'worker': 'v1'}
+    ledger = stack.ledger()
+    assert ledger['status'] == {'r1': 'good', 'r2': 'failed'} and ledger['current']['id'] == 'r1'
+    kept = [str(stack.src / name) for name in ('compose.yaml', 'compose.release.yml', '.env')]
+    assert ledger['current']['snapshot']['files'] == kept
+
+    compose = yaml.safe_load((stack.src / 'compose.yaml').read_text())
+    compose['services']['extra'] = dict(compose['services'].pop('worker'), image='%s/worker:r1' % REPO)
+    (stack.src / 'compose.yaml').write_text(yaml.safe_dump(compose, sort_keys=False))
+    run = assert_failed(stack.rollout('rcrash'))
+    assert 'Rolled back to r1' in ' '.join(failure_message(run).split())
+    assert config_files(stack) == good
+    services = sorted(c.labels['com.docker.compose.service'] for c in stack.containers(client))
+    assert services == ['web', 'worker'], services  # extra removed (--remove-orphans), worker back
+    assert stack.running_digests(client) == images['r1'] and stack.versions() == {'web': 'v1', 'worker': 'v1'}
+    assert stack.ledger()['status'] == {'r1': 'good', 'r2': 'failed', 'rcrash': 'failed'}
+
+
+def test_the_current_release_redeployed_with_a_failing_config_stays_the_last_good(make_stack, images, testbed):
+    """r1 again after a .env edit that breaks it: the stack goes back to r1 as it was good, r1 stays good
+    (the attempt is what failed), and the next failing release still has its automatic rollback."""
+    client = testbed.client()
+    stack = make_stack('redeploy')
+    use_env_ports(stack)
+    assert_ok(stack.rollout('r1'))
+    good = config_files(stack)
+
+    write_env(stack, WEB_PORT=take_port(), WORKER_PORT=stack.ports['worker'])
+    run = assert_failed(stack.rollout('r1'))
+    assert 'Rolled back to r1' in ' '.join(failure_message(run).split())
+    assert config_files(stack) == good and stack.versions() == {'web': 'v1', 'worker': 'v1'}
+    ledger = stack.ledger()
+    assert ledger['status'] == {'r1': 'good'} and ledger['last_good']['id'] == 'r1'
+    attempts = ledger['last_good']['failed_attempts']
+    assert len(attempts) == 1 and attempts[0]['status'] == 'failed' and 'web health' in attempts[0]['reason']
+
+    run = assert_failed(stack.rollout('rcrash'))
+    assert 'Rolled back to r1' in ' '.join(failure_message(run).split())
+    assert stack.running_digests(client) == images['r1'] and config_files(stack) == good
+    assert stack.ledger()['status'] == {'r1': 'good', 'rcrash': 'failed'}
+
+
+def test_a_failed_rollback_says_where_the_stack_is_in_the_message_and_the_report(make_stack, images, testbed):
+    """A gate only web v2 passes: rcrash (web v2, worker crash-looping) fails it, and so does r1 on the way
+    back. The run must not claim a rollback nor an untouched stack, and the report says what runs."""
+    stack = make_stack('rbfail')
+    assert_ok(stack.rollout('r1'))
+    strict = stack.stack_vars()
+    strict['health_checks'].append({'name': 'web is v2', 'type': 'http', 'json': {'version': 'v2'},
+                                    'url': 'http://127.0.0.1:%d/cgi-bin/health' % stack.ports['web']})
+    run = assert_failed(stack.rollout('rcrash', stack=strict, rollout_health_timeout=10))
+    message = ' '.join(failure_message(run).split())
+    assert 'The rollback to r1 FAILED' in message and 'web is v2' in message, message
+    assert 'Rolled back to' not in message and 'Nothing running was touched' not in message, message
+    report = json.loads((stack.reports / 'rcrash' / ('localhost-%s.json' % stack.project)).read_text())
+    assert report['result'] == 'rollback_failed' and 'web is v2' in report['rollback_error'], report
+    assert report['running']['healthy'] is False and report['reason'], report
+    assert stack.ledger()['status'] == {'r1': 'good', 'rcrash': 'failed'}  # recorded after the rollback
+
+
+def test_a_rollback_from_a_private_registry_logs_in_like_the_rollout(make_stack, testbed, tmp_path):
+    """r1's images are gone from the host: the rollback pulls them from the auth registry, after its own
+    docker login (a fresh DOCKER_CONFIG: nothing left from the rollout's login), password never shown."""
+    client = testbed.client()
+    password, user = testbed.auth_password, testbed.auth_user
+    prefix = '%s/%s-rb' % (testbed.auth_registry, PREFIX)
+    auth = {'username': user, 'password': password}
+    digests = dict((release, push_release(client, prefix, release, RELEASES[release], auth_config=auth))
+                   for release in ('r1', 'r2'))
+    stack = make_stack('authback', repo_prefix=prefix)
+    login = {'registry': testbed.auth_registry, 'username': user, 'password': password}
+    stack_vars = stack.stack_vars(registry_auth=[login])
+    base_env = {'PATH': '%s:%s' % (ROOT / '.venv' / 'bin', os.environ.get('PATH', ''))}
+    try:
+        for release in ('r1', 'r2'):
+            config = tmp_path / ('docker-config-' + release)
+            config.mkdir()
+            assert_ok(stack.rollout(release, stack=stack_vars, env=dict(base_env, DOCKER_CONFIG=str(config))))
+        for service in ('web', 'worker'):
+            remove_local_refs(client, '%s/%s' % (prefix, service))
+        fresh = tmp_path / 'docker-config-rollback'
+        fresh.mkdir()
+        run = run_playbook(ROOT / 'playbooks' / 'rollback.yml', inventory=stack.inventory(stack_vars),
+                           extra_vars={'apply': True}, args=['-v'], env=dict(base_env, DOCKER_CONFIG=str(fresh)))
+        assert_ok(run)
+        assert stack.running_digests(client) == digests['r1']
+        assert testbed.auth_registry in json.loads((fresh / 'config.json').read_text())['auths']
+        assert password not in run.output
+        assert stack.ledger()['status'] == {'r1': 'good', 'r2': 'rolled_back'}
+    finally:
+        stack.down(client)
+        for service in ('web', 'worker'):
+            remove_local_refs(client, '%s/%s' % (prefix, service))
