@@ -665,6 +665,26 @@ def test_two_stacks_of_one_host_roll_out_in_one_run_checking_python_in_the_lock(
         assert not stack.lock_file.exists()
 
 
+def test_a_failing_stack_takes_the_stacks_moved_before_it_on_its_host_back(make_stack, images, testbed):
+    """One version per host: pair-b fails r2 after pair-a moved to it in the same run, so pair-a goes back too."""
+    client = testbed.client()
+    first, second = make_stack('one-a'), make_stack('one-b')
+    second.state_dir = first.state_dir  # one host, one state_dir
+    second.ledger_file = first.state_dir / second.project / 'releases.json'
+    inventory = first.inventory()
+    inventory['all']['hosts']['localhost']['safedeploy_stacks'] = [first.stack_vars(), second.stack_vars()]
+    assert_ok(run_playbook(ROOT / 'playbooks' / 'rollout.yml', inventory=inventory, extra_vars={'release': 'r1'}))
+    broken = second.stack_vars()
+    broken['health_checks'][0]['url'] = 'http://127.0.0.1:%d/cgi-bin/health' % take_port()  # nothing answers there
+    inventory['all']['hosts']['localhost']['safedeploy_stacks'] = [first.stack_vars(), broken]
+    run = assert_failed(run_playbook(ROOT / 'playbooks' / 'rollout.yml', inventory=inventory, extra_vars={'release': 'r2'}))
+    assert re.search(r'Return the stacks this run moved on this host.*\n.*included', run.stdout), run.stdout[-3000:]
+    for stack in (first, second):
+        assert stack.running_digests(client) == images['r1'], stack.project
+    assert first.ledger()['status'] == {'r1': 'good', 'r2': 'rolled_back'}
+    assert second.ledger()['status'] == {'r1': 'good', 'r2': 'failed'}
+
+
 def test_a_python_without_the_libraries_stops_before_anything_with_what_to_do(make_stack, images, tmp_path):
     bare = tmp_path / 'bare-venv'
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(bare)], check=True, timeout=120)
