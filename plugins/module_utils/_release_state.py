@@ -172,8 +172,14 @@ def exclusive_flock(lock_path, subject, timeout=FLOCK_TIMEOUT, poll_interval=FLO
             time.sleep(poll_interval)
         _set_fd_mode(fd, FILE_MODE)
         note = dict(pid=os.getpid(), host=socket.gethostname(), since=utc_now(), since_epoch=time.time())
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(note).encode('utf-8'), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(note).encode('utf-8'), 0)
+        except OSError as exc:
+            # The note only names the holder to a waiter: on a full disk the lock holds without it, so that
+            # releasing a lock or reading state still works there.
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
         try:
             yield
         finally:

@@ -1117,3 +1117,33 @@ def test_a_rollback_from_a_private_registry_logs_in_like_the_rollout(make_stack,
         stack.down(client)
         for service in ('web', 'worker'):
             remove_local_refs(client, '%s/%s' % (prefix, service))
+
+
+def test_a_full_disk_during_the_rescue_never_stops_the_rollback(make_stack, images, testbed, tmp_path):
+    """The state dir's filesystem fills up after the candidate is recorded (a before_up hook fills it): the
+    rescue still takes the stack back to r1 (reading the ledger writes nothing), and the ledger that could not
+    be written is reported, not fatal to the way back."""
+    client = testbed.client()
+    state = tmp_path / 'state-fs'
+    state.mkdir()
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m,mode=0700', 'sdt-roll-state', str(state)], check=True)
+    try:
+        stack = make_stack('fullstate')
+        stack.state_dir, stack.ledger_file = state, state / stack.project / 'releases.json'
+        assert_ok(stack.rollout('r1'))
+        fill = tmp_path / 'fill.yml'
+        fill.write_text(yaml.safe_dump([{'name': 'Fill the filesystem of the state dir', 'ansible.builtin.command': {
+            'argv': ['dd', 'if=/dev/zero', 'of=%s' % (state / 'filler'), 'bs=64k']}, 'failed_when': False}]))
+        hooks = {'before_up': [{'name': 'fill the disk', 'tasks': str(fill)}]}
+        run = assert_failed(stack.rollout('rcrash', stack=stack.stack_vars(hooks=hooks)))
+        message = ' '.join(failure_message(run).split())
+        assert 'Rolled back to r1' in message, message
+        assert "The ledger could not be updated" in message and "No space left on device" in message, message
+        assert stack.running_digests(client) == images['r1'] and stack.versions() == {'web': 'v1', 'worker': 'v1'}
+        report = json.loads((stack.reports / 'rcrash' / ('localhost-%s.json' % stack.project)).read_text())
+        assert report['result'] == 'rolled_back' and 'No space left' in report['ledger_error'], report
+        (state / 'filler').unlink()
+        ledger = stack.ledger()  # the write that failed left the ledger whole: r1 current, rcrash as recorded
+        assert ledger['current']['id'] == 'r1' and ledger['status'] == {'r1': 'good', 'rcrash': 'candidate'}
+    finally:
+        subprocess.run(['umount', '-l', str(state)], check=False)
