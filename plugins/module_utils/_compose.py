@@ -33,7 +33,8 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+
+from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
 
 try:
     import yaml
@@ -43,8 +44,11 @@ except ImportError:  # pragma: no cover - PyYAML ships with ansible-core on the 
     HAS_YAML = False
 
 COMPOSE_FILE_NAMES = ('compose.yaml', 'compose.yml', 'docker-compose.yaml', 'docker-compose.yml')
+# The labels Compose puts on what it creates: the one definition every module reads them by.
 PROJECT_LABEL = 'com.docker.compose.project'
 SERVICE_LABEL = 'com.docker.compose.service'
+ONEOFF_LABEL = 'com.docker.compose.oneoff'
+VERSION_LABEL = 'com.docker.compose.version'
 LEFTOVER_NAME = re.compile(r'^[0-9a-f]{12}_')
 KILL_GRACE_SECONDS = 10
 DETECT_TIMEOUT = 30
@@ -222,14 +226,7 @@ def _remember_version(cache_path, binary, version):
     data[real] = {'id': identity, 'version': version}
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix='.compose-cli.', dir=directory)
-        try:
-            with os.fdopen(fd, 'w') as handle:
-                json.dump(data, handle, sort_keys=True)
-            os.rename(temp, path)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
+        write_file_atomic(path, json.dumps(data, sort_keys=True).encode('utf-8'), 0o600)
     except (IOError, OSError):
         pass
 

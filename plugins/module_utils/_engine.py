@@ -27,6 +27,9 @@ except ImportError:  # pragma: no cover - exercised by ansible-test's import san
 
 from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.safedeploy.compose.plugins.module_utils._compose import PROJECT_LABEL
+from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import ImageRef, ImageRefError
+
 DEFAULT_DOCKER_HOST = 'unix:///var/run/docker.sock'
 
 ENGINE_ARGUMENT_SPEC = dict(
@@ -86,7 +89,6 @@ def connect_engine(module, result=None):
 
 RECLAIM_STAGES = ('containers', 'dangling_images', 'build_cache', 'unused_images', 'volumes')
 STOPPED_CONTAINER_STATES = ('exited', 'created', 'dead')
-COMPOSE_PROJECT_LABEL = 'com.docker.compose.project'
 
 # Dockerfile instructions that only change the image config (no filesystem layer).
 _CONFIG_ONLY_INSTRUCTIONS = frozenset(['ARG', 'CMD', 'ENTRYPOINT', 'ENV', 'EXPOSE', 'HEALTHCHECK', 'LABEL',
@@ -132,14 +134,10 @@ def engine_root_dir(client):
 
 def normalize_repository(name):
     """`nginx` -> `docker.io/library/nginx`, `127.0.0.1:5000/app` unchanged (as the engine resolves them)."""
-    parts = name.split('/')
-    if len(parts) == 1 or not ('.' in parts[0] or ':' in parts[0] or parts[0] == 'localhost'):
-        parts.insert(0, 'docker.io')
-    if parts[0] == 'index.docker.io':
-        parts[0] = 'docker.io'
-    if parts[0] == 'docker.io' and len(parts) == 2:
-        parts.insert(1, 'library')
-    return '/'.join(parts)
+    try:
+        return ImageRef.parse(name).canonical_name
+    except ImageRefError:
+        return name  # not a repository name the engine would accept: compared as written
 
 
 def split_tag(name):
@@ -156,6 +154,7 @@ def parse_image_ref(ref):
     Accepted: `repo:tag`, `repo` (tag latest), `repo@sha256:..`, `repo:tag@sha256:..`,
     `sha256:<hex>` (an image id, or its prefix of at least 12 digits, or a manifest digest)
     and a bare 64-digit image id. Returns None for a string that is none of these.
+    References are read by the collection's one parser, _image_ref.ImageRef.
     """
     text = (ref or '').strip()
     if not text or any(char.isspace() for char in text):
@@ -164,15 +163,12 @@ def parse_image_ref(ref):
     if hex_id and (hex_id.group(1) or len(hex_id.group(2)) == 64):
         value = 'sha256:' + hex_id.group(2)
         return dict(repository=None, tag=None, digest=value if len(value) == 71 else None, id_prefix=value)
-    name, _sep, digest = text.partition('@')
-    if _sep and not re.match(r'^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]+$', digest):
+    try:
+        parsed = ImageRef.parse(text)
+    except ImageRefError:
         return None
-    repository, tag = split_tag(name)
-    if not repository or repository != repository.lower() or repository.startswith('/') or repository.endswith('/'):
-        return None
-    if tag is None and not digest:
-        tag = 'latest'
-    return dict(repository=normalize_repository(repository), tag=tag, digest=digest or None, id_prefix=None)
+    tag = parsed.tag if parsed.tag or parsed.digest else 'latest'
+    return dict(repository=parsed.canonical_name, tag=tag, digest=parsed.digest, id_prefix=None)
 
 
 def image_names(image):
@@ -359,7 +355,7 @@ def reclaim_candidates(stage, inventory, protection):
     if stage == 'volumes':
         volumes = [v for v in inventory.volumes.values()
                    if v['ref_count'] == 0 and v['driver'] == 'local'
-                   and (v['labels'] or {}).get(COMPOSE_PROJECT_LABEL) not in protection.projects]
+                   and (v['labels'] or {}).get(PROJECT_LABEL) not in protection.projects]
         return [dict(kind='volume', id=v['name'], name=v['name'], refs=[]) for v in sorted(volumes, key=lambda v: v['name'])]
     raise ValueError('unknown reclaim stage %r' % stage)
 

@@ -44,6 +44,11 @@ except ImportError:  # pragma: no cover - OpenAPI documents in JSON still work
     yaml = None
     HAS_YAML = False
 
+from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
+    ONEOFF_LABEL,
+    PROJECT_LABEL,
+    SERVICE_LABEL,
+)
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
     HAS_DOCKER,
     describe_engine_error,
@@ -58,9 +63,6 @@ MESSAGE_EXCERPT_CHARS = 120       # what a one-line error quotes of a body
 MIN_PROBE_TIMEOUT = 1.0           # the last round before the deadline still gets this long
 ABANDON_GRACE = 1.0               # a probe thread this late past its timeout is given up on
 HTTP_METHODS = ('get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace')
-PROJECT_LABEL = 'com.docker.compose.project'
-SERVICE_LABEL = 'com.docker.compose.service'
-ONEOFF_LABEL = 'com.docker.compose.oneoff'
 # Docker's own defaults when a HEALTHCHECK leaves a field at 0
 DOCKER_HEALTH_INTERVAL_NS = 30 * 10 ** 9
 DOCKER_HEALTH_RETRIES = 3

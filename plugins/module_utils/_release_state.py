@@ -33,6 +33,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file im
     remove_stale_temp_files,
     write_file_atomic,
 )
+from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import ImageRef, ImageRefError, pinned
 
 # Documented once in plugins/doc_fragments/_state.py.
 STATE_ARGUMENT_SPEC = dict(
@@ -663,6 +664,8 @@ def public_record(record):
     if record is None:
         return None
     record = copy.deepcopy(record)
+    for service in (record.get('services') or {}).values():
+        service['pinned'] = pinned_image(service)
     for holder in (record, record.get('attempt')):
         snapshot = (holder or {}).get('snapshot')
         if snapshot:
@@ -796,12 +799,27 @@ def list_projects(state_dir):
     return projects
 
 
-def _repository_of(image):
-    """`registry:5000/app/web:tag@sha256:..` -> `registry:5000/app/web` (what RepoDigests hold)."""
-    name = image.split('@', 1)[0]
-    slash = name.rfind('/')
-    colon = name.rfind(':')
-    return name[:colon] if colon > slash else name
+def _parsed(image):
+    try:
+        return ImageRef.parse(image)
+    except ImageRefError:
+        return None  # recorded by hand or by an old collection: left as written
+
+
+def _repositories_of(image):
+    """`registry:5000/app/web:tag@sha256:..` -> [`registry:5000/app/web`] (what RepoDigests hold); an image of
+    Docker Hub under both its spellings (`redis`, `docker.io/library/redis`)."""
+    ref = _parsed(image)
+    return sorted(set([ref.name, ref.canonical_name])) if ref is not None else [image.split('@', 1)[0]]
+
+
+def pinned_image(service):
+    """`repo:tag@<recorded digest>` of a recorded service: what to run it by. An image the compose file already
+    pinned by digest is recorded as repo:tag@sha256:..; the recorded digest replaces that one."""
+    ref = _parsed(service['image'])
+    if ref is None:
+        return '%s@%s' % (service['image'].split('@', 1)[0], service['digest'])
+    return pinned(ref.name, ref.tag, service['digest'])
 
 
 def protected_images(state_dir, project, keep_releases, missing_ok=False):
@@ -836,6 +854,6 @@ def protected_images(state_dir, project, keep_releases, missing_ok=False):
     refs = set()
     for record in releases:
         for service in record['services'].values():
-            refs.update([service['image'], service['digest'],
-                         '%s@%s' % (_repository_of(service['image']), service['digest'])])
+            refs.update([service['image'], service['digest']])
+            refs.update('%s@%s' % (name, service['digest']) for name in _repositories_of(service['image']))
     return sorted(refs)

@@ -369,10 +369,10 @@ import json
 import os
 import re
 import stat
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
     DEFAULT_CLI_CACHE, CommandRunner, ComposeError, ComposeProject, compose_hash, config_files, detect_compose,
     find_default_compose_files, find_interrupted_recreate_leftovers, services_of, with_images,
@@ -707,17 +707,9 @@ class ComposePin(object):
         directory = os.path.dirname(self.override_file)
         try:
             if before != text:
-                fd, temp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(self.override_file), dir=directory)
-                try:
-                    with os.fdopen(fd, 'wb') as handle:
-                        handle.write(text.encode('utf-8'))
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    self.module.atomic_move(temp, self.override_file)
-                finally:
-                    if os.path.exists(temp):
-                        os.unlink(temp)
-            os.chmod(self.override_file, OVERRIDE_MODE)
+                write_file_atomic(self.override_file, text.encode('utf-8'), OVERRIDE_MODE)
+            else:
+                os.chmod(self.override_file, OVERRIDE_MODE)
         except (IOError, OSError) as exc:
             self.fail('compose_pin: writing override file %s failed: %s: check permissions and free space in %s' % (
                 self.override_file, exc, directory), changed=False)

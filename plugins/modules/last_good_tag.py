@@ -256,10 +256,14 @@ last_good:
       returned: always
       sample: "2025-01-31T10:04:40.088312Z"
     services:
-      description: Map of service name to its C(image) and C(digest).
+      description:
+        - Map of service name to its C(image) (as recorded), C(digest) and C(pinned), the reference to run it by,
+          C(repository:tag@digest) with the recorded digest (an image the compose file pinned by digest keeps only
+          the recorded one).
       type: dict
       returned: always
-      sample: {web: {image: "registry.example.com/shop/web:9f2c1ab", digest: "sha256:6c3c..."}}
+      sample: {web: {image: "registry.example.com/shop/web:9f2c1ab", digest: "sha256:6c3c...",
+                     pinned: "registry.example.com/shop/web:9f2c1ab@sha256:6c3c..."}}
     compose_hash:
       description: Hash of the compose configuration given with O(action=record); null if none.
       type: str

@@ -252,7 +252,7 @@ def test_volumes_go_only_with_prune_volumes_and_never_a_protected_projects(small
     state_dir = tmp_path / 'state'
     write_ledger(state_dir, project, [('r1', big_refs[0], testbed_mod.registry_digest(big_refs[0]))])
     loose = small.volume('loose', 8, big_refs[0])
-    kept = small.volume('kept', 2, big_refs[0], labels={engine.COMPOSE_PROJECT_LABEL: project})
+    kept = small.volume('kept', 2, big_refs[0], labels={engine.PROJECT_LABEL: project})
     args = dict(docker_host=small.docker_host, force=True, target_percent=0, stages=['volumes'],
                 protect_releases=dict(state_dir=str(state_dir), projects=[project]))
 

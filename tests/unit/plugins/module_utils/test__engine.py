@@ -219,7 +219,7 @@ def fleet():
         ],
         build_cache=[dict(id='bc', type='regular', bytes=5 * MB, in_use=False, shared=False)],
         volumes=[volume('data', ref_count=0), volume('used', ref_count=1),
-                 volume('shopdb', labels={engine.COMPOSE_PROJECT_LABEL: 'shop'}), volume('nfs', driver='nfs')])
+                 volume('shopdb', labels={engine.PROJECT_LABEL: 'shop'}), volume('nfs', driver='nfs')])
 
 
 def test_containers_stage_takes_stopped_containers_oldest_first():

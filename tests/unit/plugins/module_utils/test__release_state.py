@@ -70,7 +70,8 @@ def test_record_promote_record_fail_query_gives_the_last_good(tmp_path):
     act(tmp_path, 'fail', release='r2', reason='gate failed: web returned 502')
     result = act(tmp_path)
     assert result['last_good']['id'] == 'r1'
-    assert result['last_good']['services']['web'] == {'image': '127.0.0.1:5000/shop/web:r1', 'digest': digest('a')}
+    assert result['last_good']['services']['web'] == {'image': '127.0.0.1:5000/shop/web:r1', 'digest': digest('a'),
+                                                      'pinned': '127.0.0.1:5000/shop/web:r1@' + digest('a')}
     assert result['last_good']['health'] == {'passed': True}
     assert result['current']['id'] == 'r1'
     assert statuses(result) == {'r1': 'good', 'r2': 'failed'}
@@ -119,7 +120,10 @@ def test_record_of_same_id_and_digests_changes_nothing(tmp_path):
     assert first['changed'] is True and again['changed'] is False
     assert again['serial'] == 1
     assert again['releases'][0]['source'] == {'commit': 'r1'}
-    assert 'pinned' not in again['releases'][0]['services']['worker']
+    # compose_pin's `pinned` is not stored; the ledger returns its own, from the recorded digest
+    stored = json.loads(ledger_file(tmp_path).read_text())['releases'][0]['services']['worker']
+    assert stored == {'image': 'docker.io/library/redis:7', 'digest': digest('f')}
+    assert again['releases'][0]['services']['worker']['pinned'] == 'redis:7@' + digest('f')
 
 
 def test_record_of_same_id_with_other_digests_fails_naming_the_service(tmp_path):

@@ -208,3 +208,15 @@ def test_a_query_answers_while_another_process_holds_the_ledger(tmp_path):
     with rs.exclusive_flock(lock, 'test'):
         result = apply_ledger_action(str(state), PROJECT, flock_timeout=0.1)
     assert statuses(result) == {'r1': 'candidate'}
+
+
+@pytest.mark.parametrize('image, expected', [
+    ('127.0.0.1:5000/shop/web:r1', '127.0.0.1:5000/shop/web:r1@sha256:' + 'a' * 64),
+    # pinned by digest in the compose file: the recorded digest replaces that one, never follows it
+    ('127.0.0.1:5000/shop/web:r1@sha256:' + 'b' * 64, '127.0.0.1:5000/shop/web:r1@sha256:' + 'a' * 64),
+    ('postgres@sha256:' + 'b' * 64, 'postgres@sha256:' + 'a' * 64),
+])
+def test_the_ledger_says_how_to_run_each_service_by_its_recorded_digest(tmp_path, image, expected):
+    state = tmp_path / 'state'
+    result = act(state, 'record', release='r1', services={'web': {'image': image, 'digest': 'sha256:' + 'a' * 64}})
+    assert result['releases'][0]['services']['web']['pinned'] == expected
