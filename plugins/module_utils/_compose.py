@@ -49,6 +49,7 @@ PROJECT_LABEL = 'com.docker.compose.project'
 SERVICE_LABEL = 'com.docker.compose.service'
 ONEOFF_LABEL = 'com.docker.compose.oneoff'
 VERSION_LABEL = 'com.docker.compose.version'
+CONFIG_HASH_LABEL = 'com.docker.compose.config-hash'
 LEFTOVER_NAME = re.compile(r'^[0-9a-f]{12}_')
 KILL_GRACE_SECONDS = 10
 DETECT_TIMEOUT = 30

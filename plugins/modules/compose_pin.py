@@ -158,15 +158,6 @@ options:
       - Costs one more registry request per image. Only with O(resolve=registry).
     type: bool
     default: false
-  report_leftovers:
-    description:
-      - Also list the containers of O(project_name) that a recreate interrupted half-way left behind (named
-        C(<12 hex>_<name>), found by the project label) and return them as RV(leftovers). Nothing is removed; the
-        caller removes them before its C(up), which they would otherwise block or be adopted by.
-      - One engine call, in the module run that pins anyway (the rollout role saves a round trip this way).
-        Uses the engine options O(docker_host) and O(engine_timeout).
-    type: bool
-    default: false
   compose_command:
     description:
       - Which Docker Compose CLI renders the configuration and appears in RV(compose_argv).
@@ -191,7 +182,7 @@ attributes:
       invocation indicates no change.
     support: full
 notes:
-  - The engine options O(docker_host) and O(engine_timeout) are used only with O(resolve=local) or O(report_leftovers=true).
+  - The engine options O(docker_host) and O(engine_timeout) are used only with O(resolve=local).
   - Needs a compose CLI on the host (C(docker compose) plugin or C(docker-compose)) to render the configuration.
 requirements:
   - requests (Python library) on the managed host
@@ -346,14 +337,6 @@ compose_hash:
   returned: always
   type: str
   sample: 0d6f2e3c1b8a4f5e9d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e
-leftovers:
-  description:
-    - With O(report_leftovers=true), the containers an interrupted recreate left behind in the project, each with
-      C(id), C(name) and C(status) (the engine's state, for example C(exited)). Empty otherwise, or when there are none.
-  returned: always
-  type: list
-  elements: dict
-  sample: [{id: 4f1c0e2a9b7d..., name: 4f1c0e2a9b7d_shop_web_1, status: exited}]
 diff:
   description: The override file's content before and after.
   returned: when diff mode is enabled
@@ -375,7 +358,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
     DEFAULT_CLI_CACHE, CommandRunner, ComposeError, ComposeProject, compose_hash, config_files, detect_compose,
-    find_default_compose_files, find_interrupted_recreate_leftovers, services_of, with_images,
+    find_default_compose_files, services_of, with_images,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
     ENGINE_ARGUMENT_SPEC, connect_engine, describe_engine_error, engine_address,
@@ -450,7 +433,6 @@ class ComposePin(object):
             missing=[],
             compose_hash=None,
             download_bytes=None,
-            leftovers=[],
         )
         if module._diff:
             self.result['diff'] = dict(before='', after='', before_header=self.override_file,
@@ -494,19 +476,9 @@ class ComposePin(object):
         text = render_override(self.result['release'], project.project_name, pins, built)
         self.result['compose_hash'] = compose_hash(with_images(config, pins))
         self.result['files'] = list(project.files) + [self.override_file]
-        if self.params['report_leftovers']:  # before the write: an engine that cannot answer leaves the file alone
-            self.result['leftovers'] = self.leftovers(project.project_name)
         self.write(text, pins)
         self.result['config_files'] = config_files(project, config, [self.override_file])  # the override written
         return self.result
-
-    def leftovers(self, project_name):
-        client = connect_engine(self.module, self.result)
-        try:
-            return find_interrupted_recreate_leftovers(client, project_name)
-        except Exception as exc:  # any engine failure: a message, not a traceback
-            self.fail(describe_engine_error(exc, engine_address(self.params),
-                                            'list the containers of project %s' % project_name))
 
     def compose_project(self):
         params = self.params
@@ -766,7 +738,6 @@ def main():
         timeout=dict(type='int', default=60),
         validate_certs=dict(type='bool', default=True),
         estimate_download=dict(type='bool', default=False),
-        report_leftovers=dict(type='bool', default=False),
         compose_command=dict(type='str', choices=['auto', 'v2', 'v1'], default='auto'),
     )
     argument_spec.update(ENGINE_ARGUMENT_SPEC)

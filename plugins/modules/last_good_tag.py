@@ -130,17 +130,6 @@ options:
       - Has no effect on a healthy ledger.
     type: bool
     default: false
-  release_lock:
-    description:
-      - After the action, release the stack lock of O(project) that this run id holds, in the same module run, as
-        M(safedeploy.compose.stack_lock) with C(state=absent) would. A rollout's last step under the lock, the
-        promotion, then needs no round trip of its own to unlock.
-      - A lease held by another run id is left alone with a warning and RV(lock_released=false), so the caller's
-        own unlock step still runs and reports it. Never a forced unlock.
-      - Released only when the action succeeded; after a failure the lease stays for the caller to release.
-      - Releasing the run's own lease is bookkeeping of the run, so it does not make the task C(changed); RV(lock_released)
-        tells.
-    type: str
 notes:
   - A read-modify-write waits at most 30 seconds for a concurrent one on the same project, then fails naming
     the process (pid, host, since) that holds the ledger.
@@ -170,14 +159,6 @@ EXAMPLES = r'''
     action: promote
     release: 9f2c1ab
     health: "{{ gate }}"
-
-- name: Promote it and release the stack lock of this run in the same step
-  safedeploy.compose.last_good_tag:
-    project: shop
-    action: promote
-    release: 9f2c1ab
-    health: "{{ gate }}"
-    release_lock: "{{ run_id }}"
 
 - name: Mark it failed when the gate did not pass
   safedeploy.compose.last_good_tag:
@@ -360,13 +341,6 @@ ledger_file:
   returned: always
   type: str
   sample: /var/lib/safedeploy/shop/releases.json
-lock_released:
-  description:
-    - Whether O(release_lock) released the stack lock (or, in check mode, would have). False when O(release_lock)
-      was not given, when no lease was held, or when another run id holds it.
-  returned: always
-  type: bool
-  sample: true
 diff:
   description: The current release and the status of every release, before and after.
   returned: when diff mode is enabled
@@ -383,10 +357,9 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._release_state 
     ReleaseStateError,
     apply_ledger_action,
 )
-from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import release_stack_lock
 
 EMPTY_RESULT = dict(changed=False, last_good=None, previous_good=None, current=None, releases=[], evicted=[],
-                    restored=[], serial=None, ledger_file=None, lock_released=False)
+                    restored=[], serial=None, ledger_file=None)
 
 
 def main():
@@ -403,7 +376,6 @@ def main():
         fail_status=dict(type='str', default='failed', choices=['failed', 'rolled_back']),
         history_limit=dict(type='int', default=20),
         recover_from_backup=dict(type='bool', default=False),
-        release_lock=dict(type='str'),
     )
     argument_spec.update(STATE_ARGUMENT_SPEC)
     module = AnsibleModule(
@@ -428,16 +400,6 @@ def main():
     except ReleaseStateError as exc:
         module.fail_json(msg='last_good_tag %s of project %s: %s' % (params['action'], params['project'], exc),
                          **EMPTY_RESULT)
-    result['lock_released'] = False
-    if params['release_lock']:
-        try:
-            released = release_stack_lock(params['state_dir'], params['project'], params['release_lock'],
-                                          check_mode=module.check_mode)
-        except ReleaseStateError as exc:  # StackLockError included: the ledger is written, so warn, never fail
-            result['warnings'].append('the %s is done but the stack lock was not released: %s' % (params['action'], exc))
-        else:
-            result['lock_released'] = bool(released['changed'])
-            result['warnings'].extend(released['warnings'])
     for warning in result.pop('warnings'):
         module.warn(warning)
     if not module._diff:

@@ -680,28 +680,3 @@ def test_find_interrupted_recreate_leftovers_by_project_label(testbed):
                 pass
 
 
-def test_report_leftovers_lists_them_and_removes_nothing(testbed, images, stack, run_module):
-    client = testbed.client()
-    ref, _digest = images.push('v1', 'sdt-pin/left-' + rand(), 'k1')
-    stack.write({'web': {'image': ref.rsplit(':', 1)[0] + ':old'}})
-    labels = {'com.docker.compose.project': stack.project, 'com.docker.compose.service': 'web'}
-    leftover = client.containers.create(testbed.images['v1']['ref'], name='%s_%s_web_1' % (rand() + 'ef', stack.project),
-                                        network_mode='none', labels=labels)
-    current = client.containers.create(testbed.images['v1']['ref'], name='%s_web_1' % stack.project,
-                                       network_mode='none', labels=labels)
-    try:
-        assert run_module(MODULE, stack.args(tag='k1'))['leftovers'] == [], 'only listed when asked'
-        for check in (True, False):
-            result = run_module(MODULE, stack.args(tag='k1', report_leftovers=True), check=check)
-            assert not result.failed, result.get('msg')
-            assert result['leftovers'] == [{'id': leftover.id, 'name': leftover.name, 'status': 'created'}]
-        remaining = {c.id for c in client.containers.list(all=True)}
-        assert leftover.id in remaining and current.id in remaining, 'the pin never removes a container'
-
-        nowhere = 'unix:///nonexistent/docker.sock'
-        unreachable = run_module(MODULE, stack.args(tag='k1', report_leftovers=True, docker_host=nowhere))
-        assert unreachable.failed and '/nonexistent/docker.sock' in unreachable['msg']
-        assert unreachable['compose_hash'] is not None, 'the result keys come with the failure'
-    finally:
-        for container in (leftover, current):
-            container.remove(force=True)

@@ -171,7 +171,7 @@ def test_disk_full_during_the_pull_aborts_and_the_next_run_reclaims(small, small
     assert failed.rc != 0
     text = ' '.join(failed.output.split())
     # The summary names the cause, not only "non-zero return code"; so does the ledger.
-    summary = re.search(r'Rollout of %s v4 failed at "Pull the pinned images[^"]*": (.*?) Nothing running was touched\.'
+    summary = re.search(r'Rollout of %s v4 failed at "Pull and bring up[^"]*": (.*?) Nothing running was touched;'
                         % stack.name, text)
     assert summary and 'no space left on device' in summary.group(1), text[-3000:]
     # The old stack still serves, the ledger says v1 is current and v4 failed.
@@ -179,7 +179,7 @@ def test_disk_full_during_the_pull_aborts_and_the_next_run_reclaims(small, small
     assert stack.health('web')['version'] == 'v1' and stack.health('worker')['version'] == 'v1'
     assert stack.statuses() == {'v1': 'good', 'v4': 'failed'}
     reason = [item for item in stack.ledger()['releases'] if item['id'] == 'v4'][0]['reason']
-    assert reason.startswith('Pull the pinned images') and 'no space left on device' in reason, reason
+    assert reason.startswith('Pull and bring up') and 'no space left on device' in reason, reason
     assert stack.ledger()['current']['id'] == 'v1'
     assert stack.report('v4')['result'] == 'failed'
     assert disk_usage(root)[2] > 95

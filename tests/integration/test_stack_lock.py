@@ -154,30 +154,3 @@ def test_python_libs_are_looked_up_in_the_modules_interpreter_without_failing(st
     assert stack_lock(run_id='run-1')['python']['missing'] == [], 'nothing asked, nothing missing'
     refused = stack_lock(project='bad/name', run_id='run-1', python_libs=['sdt_no_such_library'])
     assert refused.failed and refused['python']['missing'] == ['sdt_no_such_library'], 'a failure still reports it'
-
-
-def test_promote_with_release_lock_unlocks_in_the_same_run_and_never_anothers(stack_lock, run_module, tmp_path):
-    ledger = dict(project=PROJECT, state_dir=str(tmp_path))
-    services = {'web': {'image': '127.0.0.1:5000/shop/web:r1', 'digest': 'sha256:' + 'b' * 64}}
-    assert not run_module('last_good_tag', dict(ledger, action='record', release='r1', services=services)).failed
-
-    stack_lock(run_id='run-1')
-    checked = run_module('last_good_tag', dict(ledger, action='promote', release='r1', release_lock='run-1'), check=True)
-    assert checked['changed'] is True and checked['lock_released'] is True
-    assert checked['current']['id'] == 'r1', 'check mode predicts the promotion'
-    assert stack_lock.file.exists(), 'check mode leaves the lease'
-    assert run_module('last_good_tag', dict(ledger, action='query'))['current'] is None, 'and the ledger'
-
-    promoted = run_module('last_good_tag', dict(ledger, action='promote', release='r1', release_lock='run-1'))
-    assert promoted['changed'] is True and promoted['lock_released'] is True
-    assert promoted['current']['id'] == 'r1' and not stack_lock.file.exists()
-
-    again = run_module('last_good_tag', dict(ledger, action='promote', release='r1', release_lock='run-1'))
-    assert again['changed'] is False and again['lock_released'] is False, 'no lease, nothing released'
-
-    held = stack_lock(run_id='run-2')['lock']
-    other = run_module('last_good_tag', dict(ledger, action='promote', release='r1', release_lock='run-1'))
-    assert not other.failed and other['lock_released'] is False
-    assert any('not released' in text and 'run-2' in text for text in warnings_of(other)), other.get('warnings')
-    assert json.loads(stack_lock.file.read_text()) == held, "another run's lease is left alone"
-    assert run_module('last_good_tag', dict(ledger, action='query'))['lock_released'] is False

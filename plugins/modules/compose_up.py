@@ -1,0 +1,384 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: safedeploy.compose contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: compose_up
+short_description: Bring the containers of a compose project to its pinned release
+version_added: 0.3.0
+description:
+  - Converges the running containers of one compose project to the files given, usually the compose files and the
+    override that M(safedeploy.compose.compose_pin) wrote (its RV(safedeploy.compose.compose_pin#module:files)).
+  - With O(state=started), in one module run, it pulls the images (O(pull)), removes the containers an interrupted
+    recreate left behind (C(<12 hex>_<name>), which would block C(up) with a name conflict or be adopted by it), and
+    runs C(up --detach --remove-orphans).
+  - With O(state=pulled) it only pulls, and the running release keeps serving; use it when something (a migration
+    hook) must run between the pull and the C(up).
+  - Each compose command runs under a deadline (coreutils C(timeout), killed 10 seconds after it); the message of a
+    command that ran out of time says so, with its limit.
+  - RV(changed) comes from the engine, not from compose's output: the project's containers (id and compose config
+    hash) before and after.
+author:
+  - safedeploy.compose contributors (@safedeploy)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - safedeploy.compose._engine
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Check mode pulls, removes and starts nothing. It reads the configuration (C(compose config)) and the running
+        containers and reports C(changed) when a service would be created or recreated (no container, or one running
+        another image than the files pin), an orphan would be removed, or a leftover would be removed.
+  diff_mode:
+    support: none
+  idempotent:
+    description:
+      - A stack already running the pinned images changes nothing and reports C(changed=false).
+    support: full
+  platform:
+    support: full
+    platforms: posix
+options:
+  project_src:
+    description:
+      - Directory of the compose project (its C(--project-directory)). Relative O(files) and O(env_files) are taken from
+        here.
+    type: path
+    required: true
+  project_name:
+    description: Compose project name.
+    type: str
+    required: true
+  files:
+    description:
+      - The compose files, in order, ending with the pinned override, as M(safedeploy.compose.compose_pin) returns them.
+    type: list
+    elements: path
+    required: true
+  env_files:
+    description:
+      - Env files passed to compose with C(--env-file).
+    type: list
+    elements: path
+  state:
+    description:
+      - V(started) pulls (unless O(pull=false)), removes leftovers of an interrupted recreate and runs C(up).
+      - V(pulled) only pulls; nothing running is touched.
+    type: str
+    choices: [started, pulled]
+    default: started
+  pull:
+    description:
+      - Pull the images before C(up). Turn it off when they are on the host already (pulled by an earlier
+        O(state=pulled), or a rollback to images kept on the host while the registry is down).
+    type: bool
+    default: true
+  pull_timeout:
+    description: Seconds one C(compose pull) may take before it is stopped.
+    type: int
+    default: 600
+  pull_retries:
+    description:
+      - Further attempts when a pull fails (a registry hiccup). A pull stopped by O(pull_timeout) is not retried.
+    type: int
+    default: 3
+  up_timeout:
+    description: Seconds C(compose up) may take before it is stopped.
+    type: int
+    default: 300
+  compose_command:
+    description:
+      - Which Docker Compose CLI runs the project, as in M(safedeploy.compose.compose_pin). V(auto) takes the
+        C(docker compose) plugin when it answers, else C(docker-compose).
+    type: str
+    choices: [auto, v2, v1]
+    default: auto
+notes:
+  - The modules run in the host's Python, which needs the docker library (the engine is read for RV(changed) and the
+    leftovers).
+seealso:
+  - module: safedeploy.compose.compose_pin
+  - module: safedeploy.compose.health_gate
+'''
+
+EXAMPLES = r'''
+- name: Pin the release
+  safedeploy.compose.compose_pin:
+    project_src: /srv/shop
+    project_name: shop
+    tag: 9f2c1ab
+  register: pin
+
+- name: Pull it and bring it up
+  safedeploy.compose.compose_up:
+    project_src: /srv/shop
+    project_name: shop
+    files: "{{ pin.files }}"
+
+- name: Pull first, run a migration, then bring it up
+  block:
+    - name: Pull the release (the running one keeps serving)
+      safedeploy.compose.compose_up:
+        project_src: /srv/shop
+        project_name: shop
+        files: "{{ pin.files }}"
+        state: pulled
+
+    - name: Migrate
+      ansible.builtin.command:
+        argv: "{{ pin.compose_argv + ['run', '--rm', '--no-deps', '-T', 'web', 'alembic', 'upgrade', 'head'] }}"
+      changed_when: true
+
+    - name: Bring it up
+      safedeploy.compose.compose_up:
+        project_src: /srv/shop
+        project_name: shop
+        files: "{{ pin.files }}"
+        pull: false
+'''
+
+RETURN = r'''
+changed:
+  description: Whether a container of the project was created, recreated or removed (read from the engine).
+  returned: always
+  type: bool
+pulled:
+  description: Whether C(compose pull) ran and succeeded.
+  returned: always
+  type: bool
+  sample: true
+touched:
+  description:
+    - Whether running containers may have been touched. False when the module failed before removing a leftover or
+      running C(up) (a failed pull touches nothing), so a caller knows whether the old release still runs untouched.
+  returned: always
+  type: bool
+  sample: false
+leftovers:
+  description: The containers of an interrupted recreate found (and, unless in check mode, removed), each C({id, name, status}).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{id: 4f1c..., name: 4f1c2a9b8e7d_shop-web-1, status: exited}]
+containers:
+  description: The project's containers after the run, as C({service: [container name, ...]}).
+  returned: always
+  type: dict
+  sample: {web: [shop-web-1], worker: [shop-worker-1]}
+compose_argv:
+  description: The compose command line used, without its subcommand.
+  returned: always
+  type: list
+  elements: str
+  sample: [docker, compose, -p, shop, --project-directory, /srv/shop, -f, /srv/shop/compose.yaml, -f, /srv/shop/compose.release.yml]
+compose_version:
+  description: The version of the compose CLI that ran.
+  returned: always
+  type: str
+  sample: 2.40.3
+stderr_tail:
+  description: The last lines compose printed on a failed command.
+  returned: on failure of a compose command
+  type: str
+'''
+
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
+    CONFIG_HASH_LABEL,
+    DEFAULT_CLI_CACHE,
+    ONEOFF_LABEL,
+    PROJECT_LABEL,
+    SERVICE_LABEL,
+    CommandRunner,
+    ComposeError,
+    ComposeProject,
+    ComposeTimeout,
+    detect_compose,
+    find_interrupted_recreate_leftovers,
+    services_of,
+)
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
+    ENGINE_ARGUMENT_SPEC,
+    connect_engine,
+    describe_engine_error,
+    engine_address,
+)
+
+PULL_RETRY_DELAY = 2
+TAIL_LINES = 15
+
+
+def _tail(text):
+    lines = [line for line in (text or '').strip().splitlines() if line.strip()]
+    return '\n'.join(lines[-TAIL_LINES:])
+
+
+class ComposeUp(object):
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.result = dict(changed=False, pulled=False, touched=False, leftovers=[], containers={}, compose_argv=[],
+                           compose_version='')
+
+    def fail(self, msg, **extra):
+        self.result.update(extra)
+        self.module.fail_json(msg=msg, **self.result)
+
+    def project(self):
+        params = self.params
+        src = os.path.abspath(params['project_src'])
+        if not os.path.isdir(src):
+            self.fail('compose_up: project_src %s is not a directory' % src)
+        files = [path if os.path.isabs(path) else os.path.join(src, path) for path in params['files']]
+        env_files = [path if os.path.isabs(path) else os.path.join(src, path) for path in params['env_files'] or []]
+        absent = [path for path in files + env_files if not os.path.isfile(path)]
+        if absent:
+            self.fail('compose_up: %s not found: give the files compose_pin returned (files) and the env files'
+                      % ', '.join(absent))
+        environ = {'DOCKER_HOST': params['docker_host']} if params['docker_host'] else {}
+        runner = CommandRunner(self.module, environ_update=environ)
+        try:
+            cli = detect_compose(self.module, runner, choice=params['compose_command'], cache_path=DEFAULT_CLI_CACHE)
+            project = ComposeProject(runner, cli, src, params['project_name'], files, env_files)
+        except ComposeError as exc:
+            self.fail('compose_up: %s' % exc.message)
+        self.result['compose_argv'] = project.argv([])
+        self.result['compose_version'] = cli.version
+        return project
+
+    def containers(self, client):
+        """{container id: (service, config hash, state)} of the project's containers (one-off ones left out)."""
+        found = {}
+        name = self.params['project_name']
+        for entry in client.api.containers(all=True, filters={'label': '%s=%s' % (PROJECT_LABEL, name)}):
+            labels = entry.get('Labels') or {}
+            if labels.get(ONEOFF_LABEL, 'False') == 'True':
+                continue
+            found[entry['Id']] = (labels.get(SERVICE_LABEL), labels.get(CONFIG_HASH_LABEL), entry.get('State'),
+                                  (entry.get('Names') or ['?'])[0].lstrip('/'), entry.get('Image'))
+        return found
+
+    def engine_call(self, what, call):
+        try:
+            return call()
+        except Exception as exc:  # any engine failure: a message, not a traceback
+            self.fail(describe_engine_error(exc, engine_address(self.params), what))
+
+    def pull(self, project):
+        params = self.params
+        argv = project.pull_argv()
+        attempts = params['pull_retries'] + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                rc, out, err = project.runner.run(argv, timeout=params['pull_timeout'], cwd=project.project_dir)
+            except ComposeTimeout as exc:
+                self.fail('compose_up: pulling the images of %s did not finish within %ss and was stopped; nothing '
+                          'running was touched. Check the registry, or raise pull_timeout.'
+                          % (params['project_name'], params['pull_timeout']), stderr_tail=_tail(exc.stderr))
+            if rc == 0:
+                self.result['pulled'] = True
+                return
+            if attempt < attempts:
+                time.sleep(PULL_RETRY_DELAY)
+        tail = _tail(err or out)
+        self.fail('compose_up: pulling the images of %s failed after %d attempt(s) (rc=%s); nothing running was '
+                  'touched: %s' % (params['project_name'], attempts, rc, tail.splitlines()[-1] if tail else '(no output)'),
+                  stderr_tail=tail)
+
+    def up(self, project):
+        params = self.params
+        try:
+            rc, out, err = project.runner.run(project.up_argv(), timeout=params['up_timeout'], cwd=project.project_dir)
+        except ComposeTimeout as exc:
+            self.fail('compose_up: compose up of %s did not finish within %ss and was stopped; the stack may run a mix '
+                      'of releases' % (params['project_name'], params['up_timeout']), stderr_tail=_tail(exc.stderr))
+        if rc != 0:
+            tail = _tail(err or out)
+            self.fail('compose_up: compose up of %s failed (rc=%s): %s' % (
+                params['project_name'], rc, tail.splitlines()[-1] if tail else '(no output)'), stderr_tail=tail)
+
+    def predict(self, project, before):
+        """Check mode: would up create, recreate or remove a container?"""
+        try:
+            _text, config = project.load_config()
+        except ComposeError as exc:
+            self.fail('compose_up: the compose files of %s are not valid: %s' % (self.params['project_name'], exc.message))
+        wanted = dict((name, spec['image']) for name, spec in services_of(config).items())
+        running = {}
+        for service, _hash, _state, _name, image in before.values():
+            running.setdefault(service, set()).add(image)
+        orphans = set(running) - set(wanted)
+        stale = [name for name, image in wanted.items() if running.get(name) != set([image])]
+        return bool(orphans or stale)
+
+    def run(self):
+        params = self.params
+        project = self.project()
+        client = connect_engine(self.module, self.result)
+        before = self.engine_call('list the containers of project %s' % params['project_name'],
+                                  lambda: self.containers(client))
+        leftovers = self.engine_call('list the containers of project %s' % params['project_name'],
+                                     lambda: find_interrupted_recreate_leftovers(client, params['project_name']))
+        self.result['leftovers'] = leftovers
+        if self.module.check_mode:
+            self.result['changed'] = bool(leftovers) or (params['state'] == 'started' and self.predict(project, before))
+            self.result['containers'] = self.by_service(before)
+            return self.result
+        if params['pull']:
+            self.pull(project)
+        if params['state'] == 'pulled':
+            self.result['containers'] = self.by_service(before)
+            return self.result
+        self.result['touched'] = True
+        for leftover in leftovers:
+            self.engine_call('remove the leftover container %s' % leftover['name'],
+                             lambda leftover=leftover: client.api.remove_container(leftover['id'], force=True))
+        self.up(project)
+        after = self.engine_call('list the containers of project %s' % params['project_name'],
+                                 lambda: self.containers(client))
+        self.result['changed'] = bool(leftovers) or before != after
+        self.result['containers'] = self.by_service(after)
+        return self.result
+
+    @staticmethod
+    def by_service(containers):
+        grouped = {}
+        for service, _hash, _state, name, _image in sorted(containers.values(), key=lambda item: (item[0] or '', item[3])):
+            grouped.setdefault(service, []).append(name)
+        return grouped
+
+
+def main():
+    argument_spec = dict(
+        project_src=dict(type='path', required=True),
+        project_name=dict(type='str', required=True),
+        files=dict(type='list', elements='path', required=True),
+        env_files=dict(type='list', elements='path'),
+        state=dict(type='str', default='started', choices=['started', 'pulled']),
+        pull=dict(type='bool', default=True),
+        pull_timeout=dict(type='int', default=600),
+        pull_retries=dict(type='int', default=3),
+        up_timeout=dict(type='int', default=300),
+        compose_command=dict(type='str', default='auto', choices=['auto', 'v2', 'v1']),
+    )
+    argument_spec.update(ENGINE_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    for name in ('pull_timeout', 'up_timeout'):
+        if module.params[name] < 1:
+            module.fail_json(msg='compose_up: %s must be at least 1 second, got %s' % (name, module.params[name]))
+    if module.params['pull_retries'] < 0:
+        module.fail_json(msg='compose_up: pull_retries must be 0 or more, got %s' % module.params['pull_retries'])
+    module.exit_json(**ComposeUp(module).run())
+
+
+if __name__ == '__main__':
+    main()

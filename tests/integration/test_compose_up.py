@@ -1,0 +1,111 @@
+"""compose_up against the real engine, registry and the Compose under test: pull, leftovers, up, and `changed`
+read from the engine."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from testbed import testbed as testbed_mod
+
+MODULE = 'compose_up'
+pytestmark = pytest.mark.compose_cli  # the up and the leftover names depend on the CLI: also run on the v1 leg
+
+
+@pytest.fixture
+def project(testbed, tmp_path):
+    """A one-service project on the test bed's app image (v1, pushed to the local registry), without a network."""
+    name = 'sdt-up-%s' % uuid.uuid4().hex[:6]
+    src = tmp_path / name
+    src.mkdir()
+    client = testbed.client()
+
+    def write(tag):
+        (src / 'compose.yaml').write_text(
+            'services:\n  web:\n    image: %s\n    network_mode: none\n    restart: unless-stopped\n'
+            % testbed.images[tag]['ref'])
+
+    write('v1')
+
+    def args(**extra):
+        values = dict(project_src=str(src), project_name=name, files=[str(src / 'compose.yaml')],
+                      compose_command=testbed_mod.COMPOSE_UNDER_TEST, pull_timeout=120, up_timeout=120)
+        values.update(extra)
+        return values
+
+    def containers():
+        return client.containers.list(all=True, filters={'label': 'com.docker.compose.project=%s' % name})
+
+    project = type('Project', (), {})()
+    project.name, project.src, project.args, project.containers, project.write = name, src, args, containers, write
+    yield project
+    for container in containers():
+        container.remove(force=True)
+
+
+def test_up_creates_then_changes_nothing_and_check_mode_predicts(project, run_module):
+    predicted = run_module(MODULE, project.args(), check=True)
+    assert not predicted.failed, predicted.get('msg')
+    assert predicted['changed'] is True and project.containers() == [], 'check mode starts nothing'
+
+    up = run_module(MODULE, project.args())
+    assert not up.failed, up.get('msg')
+    assert up['changed'] is True and up['pulled'] is True and up['touched'] is True
+    assert up['containers'] == {'web': ['%s-web-1' % project.name]} or up['containers'] == {'web': ['%s_web_1' % project.name]}
+    assert [c.status for c in project.containers()] == ['running']
+
+    again = run_module(MODULE, project.args(pull=False))
+    assert not again.failed and again['changed'] is False and again['pulled'] is False
+    assert run_module(MODULE, project.args(), check=True)['changed'] is False
+
+
+def test_a_new_image_is_a_change_and_pulled_only_does_not_touch(project, run_module, testbed):
+    assert not run_module(MODULE, project.args()).failed
+    before = [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()]
+    project.write('v2')
+    pulled = run_module(MODULE, project.args(state='pulled'))
+    assert not pulled.failed and pulled['pulled'] is True and pulled['changed'] is False and pulled['touched'] is False
+    assert [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()] == before
+    assert run_module(MODULE, project.args(), check=True)['changed'] is True
+    up = run_module(MODULE, project.args(pull=False))
+    assert not up.failed and up['changed'] is True
+    assert [c.attrs['Config']['Image'] for c in project.containers()] == [testbed.images['v2']['ref']]
+
+
+def test_leftovers_of_an_interrupted_recreate_are_listed_in_check_mode_and_removed_before_up(project, run_module, testbed):
+    client = testbed.client()
+    assert not run_module(MODULE, project.args()).failed
+    labels = {'com.docker.compose.project': project.name, 'com.docker.compose.service': 'web'}
+    leftover = client.containers.create(testbed.images['v1']['ref'], name='%s_%s-web-1' % (uuid.uuid4().hex[:12], project.name),
+                                        network_mode='none', labels=labels)
+    listed = run_module(MODULE, project.args(), check=True)
+    assert listed['changed'] is True
+    assert listed['leftovers'] == [{'id': leftover.id, 'name': leftover.name, 'status': 'created'}]
+    assert leftover.id in [c.id for c in project.containers()], 'check mode removes nothing'
+    up = run_module(MODULE, project.args(pull=False))
+    assert not up.failed and up['changed'] is True and up['leftovers'][0]['id'] == leftover.id
+    assert leftover.id not in [c.id for c in project.containers()]
+
+
+def test_a_pull_that_fails_touches_nothing_and_says_so(project, run_module, testbed):
+    assert not run_module(MODULE, project.args()).failed
+    before = [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()]
+    (project.src / 'compose.yaml').write_text(
+        'services:\n  web:\n    image: %s/sdt-up/never-pushed:%s\n    network_mode: none\n'
+        % (testbed.registry, uuid.uuid4().hex[:8]))
+    failed = run_module(MODULE, project.args(pull_retries=1))
+    assert failed.failed and failed['touched'] is False
+    assert 'failed after 2 attempt(s)' in failed['msg'] and 'nothing running was touched' in failed['msg'], failed['msg']
+    assert failed['stderr_tail']
+    assert [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()] == before
+
+
+def test_bad_input_fails_naming_the_fix(project, run_module):
+    missing = run_module(MODULE, project.args(files=[str(project.src / 'nope.yaml')]))
+    assert missing.failed and 'nope.yaml not found' in missing['msg']
+    nowhere = run_module(MODULE, project.args(docker_host='unix:///nonexistent/docker.sock'))
+    assert nowhere.failed and '/nonexistent/docker.sock' in nowhere['msg']
+    assert project.containers() == []
+    zero = run_module(MODULE, project.args(up_timeout=0))
+    assert zero.failed and 'up_timeout must be at least 1' in zero['msg']
