@@ -19,8 +19,8 @@ description:
     hook) must run between the pull and the C(up).
   - Each compose command runs under a deadline (coreutils C(timeout), killed 10 seconds after it); the message of a
     command that ran out of time says so, with its limit.
-  - RV(changed) comes from the engine, not from compose's output: the project's containers (id and compose config
-    hash) before and after.
+  - RV(changed) comes from the engine, not from compose's output. It compares the project's containers (id and compose
+    config hash) before and after.
 author:
   - safedeploy.compose contributors (@safedeploy)
 extends_documentation_fragment:
@@ -159,13 +159,15 @@ touched:
   type: bool
   sample: false
 leftovers:
-  description: The containers of an interrupted recreate found (and, unless in check mode, removed), each C({id, name, status}).
+  description:
+    - The containers of an interrupted recreate found (and, unless in check mode, removed), each with C(id), C(name)
+      and C(status).
   returned: always
   type: list
   elements: dict
   sample: [{id: 4f1c..., name: 4f1c2a9b8e7d_shop-web-1, status: exited}]
 containers:
-  description: The project's containers after the run, as C({service: [container name, ...]}).
+  description: "The project's containers after the run, as a map of service name to the names of its containers."
   returned: always
   type: dict
   sample: {web: [shop-web-1], worker: [shop-worker-1]}

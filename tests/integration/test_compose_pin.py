@@ -678,5 +678,3 @@ def test_find_interrupted_recreate_leftovers_by_project_label(testbed):
                 container.remove(force=True)
             except Exception:
                 pass
-
-
