@@ -1,15 +1,14 @@
 """After v2 broke web's port through its configuration: v1 runs again with v1's files, not v1's images on
 v2's files, and the snapshot that made it possible is kept on the host, readable by root only."""
 
-import json
+import sys
+from pathlib import Path
 
-PROJECT = 'sd-mol-web'
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'shared'))
+
+from stack_checks import PROJECT, STATE, assert_runs, ledger, release  # noqa: E402  (needs sys.path above)
+
 SRC = '/var/lib/safedeploy-molecule/' + PROJECT
-STATE = '/var/lib/safedeploy-molecule/state/' + PROJECT
-
-
-def ledger(host):
-    return json.loads(host.file(STATE + '/releases.json').content_string)
 
 
 def test_the_compose_file_is_v1s_again(host):
@@ -31,21 +30,12 @@ def test_v1_is_current_and_v2_failed_with_its_reason(host):
 def test_the_snapshot_store_is_root_only(host):
     store = host.file(STATE + '/files')
     assert store.is_directory and store.mode == 0o700 and store.user == 'root'
-    v1 = next(r for r in ledger(host)['releases'] if r['id'] == 'v1')
-    for entry in v1['snapshot']['files']:
+    for entry in release(host, 'v1')['snapshot']['files']:
         blob = host.file('%s/files/%s' % (STATE, entry['sha256']))
         assert blob.is_file and blob.mode == 0o600
         assert blob.content_string == host.file(entry['path']).content_string
 
 
 def test_the_containers_run_v1_on_v1s_ports(host):
-    v1 = next(r for r in ledger(host)['releases'] if r['id'] == 'v1')
-    for service, spec in v1['services'].items():
-        ids = host.check_output('docker ps -q --filter label=com.docker.compose.project=%s '
-                                '--filter label=com.docker.compose.service=%s' % (PROJECT, service)).split()
-        assert len(ids) == 1
-        image_id = host.check_output("docker inspect --format '{{.Image}}' %s" % ids[0])
-        digests = json.loads(host.check_output("docker image inspect --format '{{json .RepoDigests}}' %s" % image_id))
-        assert any(d.endswith(spec['digest']) for d in digests), (service, digests)
-    assert '"version": "v1"' in host.check_output('curl -s http://127.0.0.1:18501/cgi-bin/health')
+    assert_runs(host, 'v1')
     assert host.run('curl -s --max-time 2 http://127.0.0.1:18509/cgi-bin/health').rc != 0
