@@ -556,6 +556,7 @@ class TestOneStack(object):
         before = chain.ledger()
         good = before['current']['id']
         snapshot, serving = chain.snapshot(client), chain.versions()
+        override = (chain.src / 'compose.release.yml').read_bytes()
         assert None not in serving.values()
         fake = StallingRegistry(take_port())
         try:
@@ -579,6 +580,8 @@ class TestOneStack(object):
         assert ledger['status'].pop('rstall') == 'failed' and ledger['status'] == before['status']
         assert ledger['current']['id'] == good
         assert 'Pull and bring up' in ledger['releases'][-1]['reason']
+        # the pin had written rstall into the override: it is put back, so a manual `compose up` starts the running release
+        assert (chain.src / 'compose.release.yml').read_bytes() == override
         assert not chain.lock_file.exists()
 
     @pytest.mark.compose_cli
