@@ -1079,6 +1079,9 @@ def test_a_failed_rollback_says_where_the_stack_is_in_the_message_and_the_report
     report = json.loads((stack.reports / 'rcrash' / ('localhost-%s.json' % stack.project)).read_text())
     assert report['result'] == 'rollback_failed' and 'web is v2' in report['rollback_error'], report
     assert report['running']['healthy'] is False and report['reason'], report
+    services = report['running']['services']  # what each service runs, as the rollback's gate saw it
+    assert set(services) == {'web', 'worker'} and all(':r1@sha256:' in text for text in services.values()), services
+    assert 'now: web: ' in message, message
     assert stack.ledger()['status'] == {'r1': 'good', 'rcrash': 'failed'}  # recorded after the rollback
 
 
