@@ -122,6 +122,8 @@ def phase_of(task):
     if filename == 'pin.yml':
         return 'gate' if action.endswith('health_gate') else 'pin'
     if filename == 'deploy.yml':
+        if ': Pull and bring up' in name:
+            return 'up'  # compose_up pulls and brings up in one module run: its time is pull and up together
         return 'pull' if (': Pull' in name or ': Log in' in name) else 'up'
     if filename == 'gate.yml':
         return 'gate'
@@ -310,7 +312,7 @@ class Bench(object):
             with Watcher(stack) as watcher:
                 run = self.gated({'localhost': [stack]}, release)
             gate = gate_result(run)
-            up_done = task_end(run, 'Bring up')
+            up_done = task_end(run, 'Pull and bring up')
             serving = watcher.first_serving(release, after=run.started)
             passed = iso_epoch(gate and gate['finished_at'])
             if None in (gate, up_done, serving, passed):
@@ -334,7 +336,7 @@ class Bench(object):
             with Watcher(gated_stack) as watcher:
                 run = self.gated({'localhost': [gated_stack]}, bad, expect_ok=False)
             gate = gate_result(run)
-            up_done = task_end(run, 'Bring up')
+            up_done = task_end(run, 'Pull and bring up')
             failed_at = iso_epoch(gate and gate['finished_at'])
             restored = watcher.first_serving(good, after=failed_at or run.ended)
             if gate is None or gate['passed'] or up_done is None:
