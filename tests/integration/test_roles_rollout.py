@@ -1102,7 +1102,9 @@ def test_a_rollback_from_a_private_registry_logs_in_like_the_rollout(make_stack,
         for release in ('r1', 'r2'):
             config = tmp_path / ('docker-config-' + release)
             config.mkdir()
-            assert_ok(stack.rollout(release, stack=stack_vars, env=dict(base_env, DOCKER_CONFIG=str(config))))
+            run = stack.rollout(release, stack=stack_vars, args=['-v'], env=dict(base_env, DOCKER_CONFIG=str(config)))
+            assert_ok(run)
+            assert password not in run.output, 'the registry password shows in the -v output of ' + release
         for service in ('web', 'worker'):
             remove_local_refs(client, '%s/%s' % (prefix, service))
         fresh = tmp_path / 'docker-config-rollback'
