@@ -113,11 +113,11 @@ def phase_of(task):
         return 'startup'
     if '/roles/' not in path:
         return None
-    if '/roles/rollback/' in path or filename == 'rollback.yml':
+    if ('/roles/rollback/' in path and filename != 'hook.yml') or filename == 'rollback.yml':
         return 'rollback'
     if action.endswith('last_good_tag') or 'candidate was recorded' in name:
         return 'ledger'
-    if filename in ('python.yml', 'lock.yml', 'prepare.yml', 'preflight.yml', 'disk.yml'):
+    if '/roles/host_python/' in path or filename in ('lock.yml', 'prepare.yml', 'preflight.yml', 'disk.yml'):
         return 'preflight'
     if filename == 'pin.yml':
         return 'gate' if action.endswith('health_gate') else 'pin'

@@ -118,7 +118,9 @@ class CommandRunner(object):
             self._warned = True
             self.module.warn('coreutils timeout is not installed on this host: compose commands run without a deadline')
         rc, out, err = self.module.run_command(full, cwd=cwd, data=data, environ_update=self.environ_update)
-        if timeout and self._timeout_bin and rc in (124, 137):
+        # 124: stopped by TERM; 137: by KILL after the grace; -9: timeout signals its whole process group, so at the
+        # KILL it goes down with the command (docker-compose v1 outlives TERM while it cleans up a one-off container)
+        if timeout and self._timeout_bin and rc in (124, 137, -9):
             raise ComposeTimeout('%s did not finish within %ss and was stopped' % (' '.join(argv), timeout),
                                  argv=argv, rc=rc, stdout=out, stderr=err)
         return rc, out, err
@@ -315,11 +317,13 @@ class ComposeProject(object):
             sub += ['--timeout', str(int(stop_timeout))]
         return self.argv(sub, extra_files)
 
-    def run_argv(self, service, command=(), extra_files=(), environment=None, no_deps=True):
+    def run_argv(self, service, command=(), extra_files=(), environment=None, no_deps=True, name=None):
         # -T: modules never have a terminal, and v1 would otherwise try to allocate one
         sub = ['run', '--rm', '-T']
         if no_deps:
             sub.append('--no-deps')
+        if name:
+            sub += ['--name', name]
         for key in sorted(environment or {}):
             sub += ['-e', '%s=%s' % (key, environment[key])]
         return self.argv(sub + [service] + list(command), extra_files)
@@ -460,6 +464,11 @@ def find_interrupted_recreate_leftovers(client, project):
     return found
 
 
+def tail_lines(text, lines=15):
+    """The last `lines` non-blank lines of a command's output ('' when it printed nothing)."""
+    kept = [line for line in (text or '').strip().splitlines() if line.strip()]
+    return '\n'.join(kept[-lines:])
+
+
 def _tail(text, lines=15):
-    text = (text or '').strip()
-    return '\n'.join(text.splitlines()[-lines:]) or '(no output)'
+    return tail_lines(text, lines) or '(no output)'

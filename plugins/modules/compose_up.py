@@ -77,6 +77,29 @@ options:
         O(state=pulled), or a rollback to images kept on the host while the registry is down).
     type: bool
     default: true
+  registry_auth:
+    description:
+      - Credentials to log in with before the pull, one entry per registry, as in
+        M(safedeploy.compose.compose_pin). Each login runs C(docker login --password-stdin): the password goes to the
+        CLI on its standard input, never on a command line, and is never returned nor logged.
+      - The login is kept in the Docker client configuration of the user the module runs as (C(~/.docker/config.json)),
+        where compose reads it, as a C(docker login) by hand would.
+      - Used only when the module pulls.
+    type: list
+    elements: dict
+    suboptions:
+      registry:
+        description: Registry host (and port), for example C(registry.example.com:5000).
+        type: str
+        required: true
+      username:
+        description: User name.
+        type: str
+        required: true
+      password:
+        description: Password or token.
+        type: str
+        required: true
   pull_timeout:
     description: Seconds one C(compose pull) may take before it is stopped.
     type: int
@@ -146,6 +169,12 @@ changed:
   description: Whether a container of the project was created, recreated or removed (read from the engine).
   returned: always
   type: bool
+logged_in:
+  description: The registries of O(registry_auth) logged in to before the pull.
+  returned: always
+  type: list
+  elements: str
+  sample: [registry.example.com:5000]
 pulled:
   description: Whether C(compose pull) ran and succeeded.
   returned: always
@@ -206,6 +235,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
     detect_compose,
     find_interrupted_recreate_leftovers,
     services_of,
+    tail_lines,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
     ENGINE_ARGUMENT_SPEC,
@@ -215,12 +245,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._engine import 
 )
 
 PULL_RETRY_DELAY = 2
-TAIL_LINES = 15
-
-
-def _tail(text):
-    lines = [line for line in (text or '').strip().splitlines() if line.strip()]
-    return '\n'.join(lines[-TAIL_LINES:])
+LOGIN_TIMEOUT = 60
 
 
 class ComposeUp(object):
@@ -228,8 +253,8 @@ class ComposeUp(object):
     def __init__(self, module):
         self.module = module
         self.params = module.params
-        self.result = dict(changed=False, pulled=False, touched=False, leftovers=[], containers={}, compose_argv=[],
-                           compose_version='')
+        self.result = dict(changed=False, logged_in=[], pulled=False, touched=False, leftovers=[], containers={},
+                           compose_argv=[], compose_version='')
 
     def fail(self, msg, **extra):
         self.result.update(extra)
@@ -275,8 +300,29 @@ class ComposeUp(object):
         except Exception as exc:  # any engine failure: a message, not a traceback
             self.fail(describe_engine_error(exc, engine_address(self.params), what))
 
+    def login(self, project):
+        """docker login to each registry of registry_auth, the password on stdin."""
+        docker = self.module.get_bin_path('docker')
+        if not docker:
+            self.fail('compose_up: registry_auth needs the docker CLI to log in, and it is not on this host\'s PATH; '
+                      'install it, or log in another way and leave registry_auth out')
+        for entry in self.params['registry_auth']:
+            argv = [docker, 'login', '--username', entry['username'], '--password-stdin', entry['registry']]
+            try:
+                rc, out, err = project.runner.run(argv, timeout=LOGIN_TIMEOUT, data=entry['password'])
+            except ComposeTimeout:
+                rc, out, err = 124, '', 'no answer within %ss' % LOGIN_TIMEOUT
+            if rc != 0:
+                last = (tail_lines(err) or tail_lines(out)).splitlines()
+                self.fail('compose_up: logging in to the registry %s as %s failed (rc=%s); nothing running was touched: '
+                          '%s. Check the credentials in registry_auth.' % (
+                              entry['registry'], entry['username'], rc, last[-1] if last else '(no output)'))
+            self.result['logged_in'].append(entry['registry'])
+
     def pull(self, project):
         params = self.params
+        if params['registry_auth']:
+            self.login(project)
         argv = project.pull_argv()
         attempts = params['pull_retries'] + 1
         for attempt in range(1, attempts + 1):
@@ -285,13 +331,13 @@ class ComposeUp(object):
             except ComposeTimeout as exc:
                 self.fail('compose_up: pulling the images of %s did not finish within %ss and was stopped; nothing '
                           'running was touched. Check the registry, or raise pull_timeout.'
-                          % (params['project_name'], params['pull_timeout']), stderr_tail=_tail(exc.stderr))
+                          % (params['project_name'], params['pull_timeout']), stderr_tail=tail_lines(exc.stderr))
             if rc == 0:
                 self.result['pulled'] = True
                 return
             if attempt < attempts:
                 time.sleep(PULL_RETRY_DELAY)
-        tail = _tail(err or out)
+        tail = tail_lines(err or out)
         self.fail('compose_up: pulling the images of %s failed after %d attempt(s) (rc=%s); nothing running was '
                   'touched: %s' % (params['project_name'], attempts, rc, tail.splitlines()[-1] if tail else '(no output)'),
                   stderr_tail=tail)
@@ -302,9 +348,9 @@ class ComposeUp(object):
             rc, out, err = project.runner.run(project.up_argv(), timeout=params['up_timeout'], cwd=project.project_dir)
         except ComposeTimeout as exc:
             self.fail('compose_up: compose up of %s did not finish within %ss and was stopped; the stack may run a mix '
-                      'of releases' % (params['project_name'], params['up_timeout']), stderr_tail=_tail(exc.stderr))
+                      'of releases' % (params['project_name'], params['up_timeout']), stderr_tail=tail_lines(exc.stderr))
         if rc != 0:
-            tail = _tail(err or out)
+            tail = tail_lines(err or out)
             self.fail('compose_up: compose up of %s failed (rc=%s): %s' % (
                 params['project_name'], rc, tail.splitlines()[-1] if tail else '(no output)'), stderr_tail=tail)
 
@@ -367,6 +413,11 @@ def main():
         env_files=dict(type='list', elements='path'),
         state=dict(type='str', default='started', choices=['started', 'pulled']),
         pull=dict(type='bool', default=True),
+        registry_auth=dict(type='list', elements='dict', options=dict(
+            registry=dict(type='str', required=True),
+            username=dict(type='str', required=True),
+            password=dict(type='str', required=True, no_log=True),
+        )),
         pull_timeout=dict(type='int', default=600),
         pull_retries=dict(type='int', default=3),
         up_timeout=dict(type='int', default=300),

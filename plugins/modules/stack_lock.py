@@ -81,26 +81,6 @@ options:
       - Seconds between two looks at a held lease while waiting.
     type: float
     default: 1.0
-  read_ledger:
-    description:
-      - With O(state=present), also read the release ledger of O(project) once the lease is held and return it as
-        RV(ledger), as C(safedeploy.compose.last_good_tag) with O(safedeploy.compose.last_good_tag#module:action=query)
-        would. A rollout needs both first thing; one module run instead of two saves a round trip to the host.
-      - When the ledger cannot be read (damaged, unreadable), a lease this task took is released again and the task
-        fails with the ledger's error; run C(last_good_tag) with O(safedeploy.compose.last_good_tag#module:recover_from_backup=true)
-        to restore it.
-    type: bool
-    default: false
-  python_libs:
-    description:
-      - Python packages to look up, without importing them, in the interpreter that runs this module;
-        RV(python) reports which are missing.
-      - The rollout role asks here for C(docker) and C(requests), which the collection's engine and registry
-        modules need, so that checking the host's Python costs no round trip of its own. The lookup never fails
-        the task.
-    type: list
-    elements: str
-    default: []
 notes:
   - The lease outlives the module process on purpose; the short flock that makes checking and changing it
     atomic is held only during the module run and is never inherited by child processes.
@@ -216,57 +196,11 @@ waited:
   returned: always
   type: float
   sample: 12.503
-ledger:
-  description:
-    - With O(read_ledger=true) and O(state=present), the release ledger as read under the lease, with the keys
-      C(safedeploy.compose.last_good_tag) returns for a query. Null otherwise.
-  returned: always
-  type: dict
-  sample:
-    current: {id: 9f2c1ab, status: good}
-    last_good: {id: 9f2c1ab, status: good}
-    previous_good: {id: 51be0d2, status: superseded}
-    releases: [{id: 51be0d2, status: superseded}, {id: 9f2c1ab, status: good}]
-    serial: 42
-    ledger_file: /var/lib/safedeploy/shop/releases.json
-  contains:
-    current:
-      description: The release last promoted; null before the first promotion.
-      type: dict
-      returned: always
-    last_good:
-      description: The newest release with status C(good); null when there is none.
-      type: dict
-      returned: always
-    previous_good:
-      description: The release that was good before RV(ledger.last_good); null when there is none.
-      type: dict
-      returned: always
-    releases:
-      description: All releases, oldest first.
-      type: list
-      elements: dict
-      returned: always
-    serial:
-      description: Serial of the ledger (0 when it does not exist yet).
-      type: int
-      returned: always
-    ledger_file:
-      description: Path of the ledger file.
-      type: str
-      returned: always
 lock_file:
   description: Path of the lease file.
   returned: always
   type: str
   sample: /var/lib/safedeploy/shop/lock.json
-python:
-  description:
-    - The interpreter that ran the module (C(executable), C(version)) and which of O(python_libs) it lacks
-      (C(missing), empty when none).
-  returned: always
-  type: dict
-  sample: {executable: /usr/bin/python3, version: 3.11.2, missing: [docker]}
 diff:
   description: The lease before and after (empty when there is none).
   returned: when diff mode is enabled
@@ -276,16 +210,11 @@ diff:
     after: {run_id: awx-job-1713, owner: deploy, host: web1, acquired_at: "2025-01-31T10:02:11Z", ttl: 1800}
 '''
 
-import importlib.util
-import platform
-import sys
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._release_state import (
     STATE_ARGUMENT_SPEC,
     ReleaseStateError,
-    apply_ledger_action,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import (
     DEFAULT_LOCK_WAIT,
@@ -305,19 +234,6 @@ def lock_file_or_none(params):
         return None
 
 
-def python_report(names):
-    """This interpreter and which of the packages `names` it lacks (looked up by find_spec: nothing is imported)."""
-    missing = []
-    for name in names:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # a broken parent package, or an empty name
-            found = False
-        if not found:
-            missing.append(name)
-    return dict(executable=sys.executable, version=platform.python_version(), missing=missing)
-
-
 def main():
     argument_spec = dict(
         state=dict(type='str', default='present', choices=['present', 'absent']),
@@ -327,13 +243,10 @@ def main():
         ttl=dict(type='int', default=DEFAULT_TTL),
         lock_wait=dict(type='int', default=DEFAULT_LOCK_WAIT),
         poll_interval=dict(type='float', default=DEFAULT_POLL_INTERVAL),
-        read_ledger=dict(type='bool', default=False),
-        python_libs=dict(type='list', elements='str', default=[]),
     )
     argument_spec.update(STATE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
-    python = python_report(params['python_libs'])
     try:
         if params['state'] == 'present':
             result = acquire_stack_lock(
@@ -347,39 +260,12 @@ def main():
         holder = exc.holder if isinstance(exc, StackLockError) else None
         waited = exc.waited if isinstance(exc, StackLockError) else 0.0
         module.fail_json(msg=str(exc), changed=False, lock=holder, previous_lock=None, acquired=False,
-                         took_over=False, waited=waited, ledger=None, lock_file=lock_file_or_none(params),
-                         python=python)
-    result.update(ledger=None, python=python)
-    if params['state'] == 'present' and params['read_ledger']:
-        result['ledger'] = read_ledger_under_lease(module, result)
+                         took_over=False, waited=waited, lock_file=lock_file_or_none(params))
     for warning in result.pop('warnings'):
         module.warn(warning)
     if not module._diff:
         result.pop('diff')
     module.exit_json(**result)
-
-
-def read_ledger_under_lease(module, result):
-    """The ledger as a last_good_tag query returns it; on failure give back a lease this task took, then fail."""
-    params = module.params
-    try:
-        ledger = apply_ledger_action(params['state_dir'], params['project'], action='query', check_mode=module.check_mode)
-    except ReleaseStateError as exc:
-        released = ''
-        if result.get('changed') and not module.check_mode:
-            try:
-                release_stack_lock(params['state_dir'], params['project'], params['run_id'])
-                released = ' The lease this task took was released again.'
-            except ReleaseStateError as release_exc:
-                released = ' Releasing the lease this task took failed too: %s' % release_exc
-        module.fail_json(msg='stack_lock of project %s: the lease is held but the release ledger cannot be read: %s.%s'
-                         % (params['project'], exc, released), changed=False, lock=None, previous_lock=None,
-                         acquired=False, took_over=False, waited=result.get('waited', 0.0), ledger=None,
-                         lock_file=lock_file_or_none(params), python=result['python'])
-    for warning in ledger.pop('warnings'):
-        module.warn(warning)
-    return dict((key, ledger[key]) for key in ('current', 'last_good', 'previous_good', 'releases', 'serial',
-                                               'ledger_file'))
 
 
 if __name__ == '__main__':

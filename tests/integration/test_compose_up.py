@@ -3,6 +3,7 @@ read from the engine."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -109,3 +110,33 @@ def test_bad_input_fails_naming_the_fix(project, run_module):
     assert project.containers() == []
     zero = run_module(MODULE, project.args(up_timeout=0))
     assert zero.failed and 'up_timeout must be at least 1' in zero['msg']
+
+
+def test_registry_auth_logs_in_before_the_pull_and_a_bad_password_touches_nothing(project, run_module, testbed,
+                                                                                    tmp_path):
+    config = tmp_path / 'docker-config'  # the login lands here, not in root's ~/.docker
+    config.mkdir()
+    env = {'DOCKER_CONFIG': str(config)}
+    login = {'registry': testbed.auth_registry, 'username': testbed.auth_user, 'password': testbed.auth_password}
+    assert not run_module(MODULE, project.args()).failed
+    before = [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()]
+
+    wrong = dict(login, password='not-%s' % testbed.auth_password)
+    refused = run_module(MODULE, project.args(registry_auth=[wrong]), env=env)
+    assert refused.failed and refused['touched'] is False and refused['pulled'] is False
+    assert 'logging in to the registry %s as %s failed' % (testbed.auth_registry, testbed.auth_user) in refused['msg']
+    assert 'nothing running was touched' in refused['msg'], refused['msg']
+    assert wrong['password'] not in refused.stdout + refused.stderr
+    assert [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()] == before
+
+    checked = run_module(MODULE, project.args(registry_auth=[login]), env=env, check=True)
+    assert not checked.failed and checked['logged_in'] == [], 'check mode logs in nowhere'
+    assert not (config / 'config.json').exists()
+
+    done = run_module(MODULE, project.args(registry_auth=[login]), env=env)
+    assert not done.failed, done.get('msg')
+    assert done['logged_in'] == [testbed.auth_registry] and done['pulled'] is True and done['changed'] is False
+    assert testbed.auth_registry in json.loads((config / 'config.json').read_text())['auths']
+    assert testbed.auth_password not in done.stdout + done.stderr
+    skipped = run_module(MODULE, project.args(registry_auth=[wrong], pull=False), env=env)
+    assert not skipped.failed and skipped['logged_in'] == [], 'no pull, no login'

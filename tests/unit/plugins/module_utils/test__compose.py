@@ -17,6 +17,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.safedeploy.compose.plugins.module_utils import _compose
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
     CommandRunner, ComposeCli, ComposeError, ComposeNotFound, ComposeProject, ComposeTimeout, compose_hash,
     detect_compose, find_default_compose_files, parse_config, services_of, with_images,
@@ -141,6 +142,8 @@ def test_argv_always_names_project_directory_files_and_env_files(module):
     assert v1.down_argv(stop_timeout=5) == common + ['down', '--remove-orphans', '--timeout', '5']
     assert v1.run_argv('migrate', ['./manage', 'migrate'], environment={'B': '2', 'A': '1'}) == \
         common + ['run', '--rm', '-T', '--no-deps', '-e', 'A=1', '-e', 'B=2', 'migrate', './manage', 'migrate']
+    assert v1.run_argv('web', ['true'], name='shop-web-run-1') == \
+        common + ['run', '--rm', '-T', '--no-deps', '--name', 'shop-web-run-1', 'web', 'true']
     v2 = ComposeProject(CommandRunner(module), ComposeCli(['/usr/bin/docker', 'compose'], '2.24.6'), '/srv/shop', 'shop',
                         ['/srv/shop/compose.yaml'], ['/srv/shop/a.env', '/srv/shop/b.env'])
     assert v2.config_argv()[-3:] == ['config', '--format', 'json']
@@ -163,6 +166,20 @@ def test_runner_enforces_the_timeout(module, fake_bin):
     assert time.monotonic() - started < 10
     assert 'within 1s' in str(info.value)
     assert runner.run(['/bin/sh', '-c', 'echo ok'])[0:2] == (0, 'ok\n')
+
+
+def test_runner_reports_a_command_that_outlives_term_as_stopped_too(module, fake_bin, monkeypatch):
+    """docker-compose v1 ignores TERM while it cleans up: at the KILL, timeout takes its own process group down with
+    the command (rc -9 here, not 137). That is still a command stopped at its deadline, not a failure of its own."""
+    monkeypatch.setattr(_compose, 'KILL_GRACE_SECONDS', 1)
+    stubborn = fake_exe(fake_bin, 'stubborn', "trap '' TERM\nwhile :; do %s 0.1; done\n"
+                        % shutil.which('sleep', path='/usr/bin:/bin'))
+    runner = CommandRunner(module, timeout=1)
+    started = time.monotonic()
+    with pytest.raises(ComposeTimeout) as info:
+        runner.run([stubborn])
+    assert time.monotonic() - started < 10
+    assert info.value.rc in (124, 137, -9) and 'within 1s' in str(info.value)
 
 
 def test_runner_without_coreutils_timeout_warns(module, monkeypatch):
