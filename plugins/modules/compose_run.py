@@ -18,7 +18,7 @@ description:
   - The command runs under a deadline (coreutils C(timeout), killed 10 seconds after it). A command that fails or runs
     out of time fails the task with its exit code, or its limit, and the last lines it printed.
   - The one-off container gets a name of its own (RV(container_name)). Stopping the compose CLI at the deadline does
-    not stop the container, so the module then removes it (C(docker rm --force)): a stalled hook leaves nothing
+    not stop the container, so the module then removes it (C(docker rm --force)); a stalled hook leaves nothing
     running.
 author:
   - safedeploy.compose contributors (@safedeploy)

@@ -80,7 +80,7 @@ options:
   registry_auth:
     description:
       - Credentials to log in with before the pull, one entry per registry, as in
-        M(safedeploy.compose.compose_pin). Each login runs C(docker login --password-stdin): the password goes to the
+        M(safedeploy.compose.compose_pin). Each login runs C(docker login --password-stdin); the password goes to the
         CLI on its standard input, never on a command line, and is never returned nor logged.
       - The login is kept in the Docker client configuration of the user the module runs as (C(~/.docker/config.json)),
         where compose reads it, as a C(docker login) by hand would.

@@ -112,8 +112,7 @@ def test_bad_input_fails_naming_the_fix(project, run_module):
     assert zero.failed and 'up_timeout must be at least 1' in zero['msg']
 
 
-def test_registry_auth_logs_in_before_the_pull_and_a_bad_password_touches_nothing(project, run_module, testbed,
-                                                                                    tmp_path):
+def test_registry_auth_logs_in_before_the_pull_and_a_bad_login_touches_nothing(project, run_module, testbed, tmp_path):
     config = tmp_path / 'docker-config'  # the login lands here, not in root's ~/.docker
     config.mkdir()
     env = {'DOCKER_CONFIG': str(config)}
