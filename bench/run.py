@@ -124,7 +124,7 @@ def phase_of(task):
     if filename == 'deploy.yml':
         if ': Pull and bring up' in name:
             return 'up'  # compose_up pulls and brings up in one module run: its time is pull and up together
-        return 'pull' if (': Pull' in name or ': Log in' in name) else 'up'
+        return 'pull' if ': Pull' in name else 'up'
     if filename == 'gate.yml':
         return 'gate'
     return 'finish'

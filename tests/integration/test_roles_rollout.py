@@ -982,7 +982,7 @@ def test_registry_credentials_reach_docker_login_on_stdin_and_never_show(make_st
         assert testbed.auth_registry in json.loads((docker_config / 'config.json').read_text())['auths']
         # compose_up logs in before it pulls (registry_auth), the password a no_log option
         up_task = run.stdout.split('Pull and bring up with the pinned override', 1)[1].split('TASK [', 1)[0]
-        assert re.search(r'"logged_in": \[\s*"%s"' % re.escape(testbed.auth_registry), up_task), up_task[-3000:]
+        assert re.search(r'logged_in:\s*- %s\n' % re.escape(testbed.auth_registry), up_task), up_task[-3000:]
         assert 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER' in up_task, 'the password option is no_log'
         for path in file_tree(stack.root):
             assert password.encode() not in Path(path).read_bytes(), path
