@@ -351,6 +351,41 @@ class ComposeProject(object):
         return services_of(config)
 
 
+# The arguments of a module that runs commands of one compose project (doc fragment _compose_project).
+COMPOSE_PROJECT_ARGUMENT_SPEC = dict(
+    project_src=dict(type='path', required=True),
+    project_name=dict(type='str', required=True),
+    files=dict(type='list', elements='path', required=True),
+    env_files=dict(type='list', elements='path'),
+    compose_command=dict(type='str', default='auto', choices=['auto', 'v2', 'v1']),
+)
+
+
+def open_project(module, who, result):
+    """The ComposeProject of a module's COMPOSE_PROJECT_ARGUMENT_SPEC arguments (and its docker_host), on the compose
+    CLI found on this host; or fail the module (named `who` in messages) saying what is missing, with `result`'s
+    keys. Sets result's compose_argv and compose_version."""
+    params = module.params
+    src = os.path.abspath(params['project_src'])
+    if not os.path.isdir(src):
+        module.fail_json(msg='%s: project_src %s is not a directory' % (who, src), **result)
+    files = [path if os.path.isabs(path) else os.path.join(src, path) for path in params['files']]
+    env_files = [path if os.path.isabs(path) else os.path.join(src, path) for path in params['env_files'] or []]
+    absent = [path for path in files + env_files if not os.path.isfile(path)]
+    if absent:
+        module.fail_json(msg='%s: %s not found: give the files compose_pin returned (files) and the env files'
+                         % (who, ', '.join(absent)), **result)
+    environ = {'DOCKER_HOST': params['docker_host']} if params.get('docker_host') else {}
+    runner = CommandRunner(module, environ_update=environ)
+    try:
+        cli = detect_compose(module, runner, choice=params['compose_command'], cache_path=DEFAULT_CLI_CACHE)
+        project = ComposeProject(runner, cli, src, params['project_name'], files, env_files)
+    except ComposeError as exc:
+        module.fail_json(msg='%s: %s' % (who, exc.message), **result)
+    result.update(compose_argv=project.argv([]), compose_version=cli.version)
+    return project
+
+
 def parse_config(text, cli):
     if not cli.is_v1:
         try:

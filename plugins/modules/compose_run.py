@@ -24,6 +24,7 @@ author:
   - safedeploy.compose contributors (@safedeploy)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - safedeploy.compose._compose_project
 attributes:
   check_mode:
     support: full
@@ -40,27 +41,6 @@ attributes:
     support: full
     platforms: posix
 options:
-  project_src:
-    description:
-      - Directory of the compose project (its C(--project-directory)). Relative O(files) and O(env_files) are taken from
-        here.
-    type: path
-    required: true
-  project_name:
-    description: Compose project name.
-    type: str
-    required: true
-  files:
-    description:
-      - The compose files, in order, ending with the pinned override, as M(safedeploy.compose.compose_pin) returns them.
-    type: list
-    elements: path
-    required: true
-  env_files:
-    description:
-      - Env files passed to compose with C(--env-file).
-    type: list
-    elements: path
   service:
     description: The service whose image and configuration the one-off container gets.
     type: str
@@ -75,13 +55,6 @@ options:
     description: Seconds the command may take before it is stopped.
     type: int
     default: 300
-  compose_command:
-    description:
-      - Which Docker Compose CLI runs the project, as in M(safedeploy.compose.compose_pin). V(auto) takes the
-        C(docker compose) plugin when it answers, else C(docker-compose).
-    type: str
-    choices: [auto, v2, v1]
-    default: auto
   docker_host:
     description:
       - Address of the Docker engine the compose CLI talks to (its E(DOCKER_HOST)), for example
@@ -98,13 +71,7 @@ seealso:
 '''
 
 EXAMPLES = r'''
-- name: Pin the release
-  safedeploy.compose.compose_pin:
-    project_src: /srv/shop
-    project_name: shop
-    tag: 9f2c1ab
-  register: pin
-
+# pin: the registered result of safedeploy.compose.compose_pin for the release
 - name: Pull it (the running release keeps serving)
   safedeploy.compose.compose_up:
     project_src: /srv/shop
@@ -156,41 +123,16 @@ compose_version:
   sample: 2.40.3
 '''
 
-import os
 import uuid
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
-    DEFAULT_CLI_CACHE,
-    CommandRunner,
-    ComposeError,
-    ComposeProject,
+    COMPOSE_PROJECT_ARGUMENT_SPEC,
     ComposeTimeout,
-    detect_compose,
+    open_project,
     tail_lines,
 )
-
-
-def project_of(module, result):
-    """The ComposeProject of the module's arguments, or fail naming what is missing."""
-    params = module.params
-    src = os.path.abspath(params['project_src'])
-    if not os.path.isdir(src):
-        module.fail_json(msg='compose_run: project_src %s is not a directory' % src, **result)
-    files = [path if os.path.isabs(path) else os.path.join(src, path) for path in params['files']]
-    env_files = [path if os.path.isabs(path) else os.path.join(src, path) for path in params['env_files'] or []]
-    absent = [path for path in files + env_files if not os.path.isfile(path)]
-    if absent:
-        module.fail_json(msg='compose_run: %s not found: give the files compose_pin returned (files) and the env files'
-                         % ', '.join(absent), **result)
-    environ = {'DOCKER_HOST': params['docker_host']} if params['docker_host'] else {}
-    runner = CommandRunner(module, environ_update=environ)
-    try:
-        cli = detect_compose(module, runner, choice=params['compose_command'], cache_path=DEFAULT_CLI_CACHE)
-        return ComposeProject(runner, cli, src, params['project_name'], files, env_files)
-    except ComposeError as exc:
-        module.fail_json(msg='compose_run: %s' % exc.message, **result)
 
 
 def remove_container(module, project, name):
@@ -209,30 +151,24 @@ def remove_container(module, project, name):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            project_src=dict(type='path', required=True),
-            project_name=dict(type='str', required=True),
-            files=dict(type='list', elements='path', required=True),
-            env_files=dict(type='list', elements='path'),
-            service=dict(type='str', required=True),
-            command=dict(type='list', elements='str', default=[]),
-            timeout=dict(type='int', default=300),
-            compose_command=dict(type='str', default='auto', choices=['auto', 'v2', 'v1']),
-            docker_host=dict(type='str'),
-        ),
-        supports_check_mode=True,
+    argument_spec = dict(
+        service=dict(type='str', required=True),
+        command=dict(type='list', elements='str', default=[]),
+        timeout=dict(type='int', default=300),
+        docker_host=dict(type='str'),
     )
+    argument_spec.update(COMPOSE_PROJECT_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
     result = dict(changed=False, compose_argv=[], compose_version='', container_name='')
     if params['timeout'] < 1:
         module.fail_json(msg='compose_run: timeout must be at least 1 second, got %s' % params['timeout'], **result)
     if not params['service'].strip():
         module.fail_json(msg='compose_run: service must name a service of the project', **result)
-    project = project_of(module, result)
+    project = open_project(module, 'compose_run', result)
     name = '%s-%s-run-%s' % (params['project_name'], params['service'], uuid.uuid4().hex[:8])
     argv = project.run_argv(params['service'], params['command'], name=name)
-    result.update(compose_argv=argv, compose_version=project.cli.version, container_name=name)
+    result.update(compose_argv=argv, container_name=name)
     what = '%s in a one-off container of service %s of project %s' % (
         ' '.join(params['command']) or 'the default command', params['service'], params['project_name'])
     if module.check_mode:

@@ -25,6 +25,7 @@ author:
   - safedeploy.compose contributors (@safedeploy)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - safedeploy.compose._compose_project
   - safedeploy.compose._engine
 attributes:
   check_mode:
@@ -43,27 +44,6 @@ attributes:
     support: full
     platforms: posix
 options:
-  project_src:
-    description:
-      - Directory of the compose project (its C(--project-directory)). Relative O(files) and O(env_files) are taken from
-        here.
-    type: path
-    required: true
-  project_name:
-    description: Compose project name.
-    type: str
-    required: true
-  files:
-    description:
-      - The compose files, in order, ending with the pinned override, as M(safedeploy.compose.compose_pin) returns them.
-    type: list
-    elements: path
-    required: true
-  env_files:
-    description:
-      - Env files passed to compose with C(--env-file).
-    type: list
-    elements: path
   state:
     description:
       - V(started) pulls (unless O(pull=false)), removes leftovers of an interrupted recreate and runs C(up).
@@ -113,18 +93,12 @@ options:
     description: Seconds C(compose up) may take before it is stopped.
     type: int
     default: 300
-  compose_command:
-    description:
-      - Which Docker Compose CLI runs the project, as in M(safedeploy.compose.compose_pin). V(auto) takes the
-        C(docker compose) plugin when it answers, else C(docker-compose).
-    type: str
-    choices: [auto, v2, v1]
-    default: auto
 notes:
   - The modules run in the host's Python, which needs the docker library (the engine is read for RV(changed) and the
     leftovers).
 seealso:
   - module: safedeploy.compose.compose_pin
+  - module: safedeploy.compose.compose_run
   - module: safedeploy.compose.health_gate
 '''
 
@@ -151,10 +125,14 @@ EXAMPLES = r'''
         files: "{{ pin.files }}"
         state: pulled
 
-    - name: Migrate
-      ansible.builtin.command:
-        argv: "{{ pin.compose_argv + ['run', '--rm', '--no-deps', '-T', 'web', 'alembic', 'upgrade', 'head'] }}"
-      changed_when: true
+    - name: Migrate, in a one-off container of the pulled release (see safedeploy.compose.compose_run)
+      safedeploy.compose.compose_run:
+        project_src: /srv/shop
+        project_name: shop
+        files: "{{ pin.files }}"
+        service: api
+        command: [./manage.py, migrate, --noinput]
+        timeout: 600
 
     - name: Bring it up
       safedeploy.compose.compose_up:
@@ -217,23 +195,20 @@ stderr_tail:
   type: str
 '''
 
-import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
+    COMPOSE_PROJECT_ARGUMENT_SPEC,
     CONFIG_HASH_LABEL,
-    DEFAULT_CLI_CACHE,
     ONEOFF_LABEL,
     PROJECT_LABEL,
     SERVICE_LABEL,
-    CommandRunner,
     ComposeError,
-    ComposeProject,
     ComposeTimeout,
-    detect_compose,
     find_interrupted_recreate_leftovers,
+    open_project,
     services_of,
     tail_lines,
 )
@@ -261,26 +236,7 @@ class ComposeUp(object):
         self.module.fail_json(msg=msg, **self.result)
 
     def project(self):
-        params = self.params
-        src = os.path.abspath(params['project_src'])
-        if not os.path.isdir(src):
-            self.fail('compose_up: project_src %s is not a directory' % src)
-        files = [path if os.path.isabs(path) else os.path.join(src, path) for path in params['files']]
-        env_files = [path if os.path.isabs(path) else os.path.join(src, path) for path in params['env_files'] or []]
-        absent = [path for path in files + env_files if not os.path.isfile(path)]
-        if absent:
-            self.fail('compose_up: %s not found: give the files compose_pin returned (files) and the env files'
-                      % ', '.join(absent))
-        environ = {'DOCKER_HOST': params['docker_host']} if params['docker_host'] else {}
-        runner = CommandRunner(self.module, environ_update=environ)
-        try:
-            cli = detect_compose(self.module, runner, choice=params['compose_command'], cache_path=DEFAULT_CLI_CACHE)
-            project = ComposeProject(runner, cli, src, params['project_name'], files, env_files)
-        except ComposeError as exc:
-            self.fail('compose_up: %s' % exc.message)
-        self.result['compose_argv'] = project.argv([])
-        self.result['compose_version'] = cli.version
-        return project
+        return open_project(self.module, 'compose_up', self.result)
 
     def containers(self, client):
         """{container id: (service, config hash, state)} of the project's containers (one-off ones left out)."""
@@ -407,10 +363,6 @@ class ComposeUp(object):
 
 def main():
     argument_spec = dict(
-        project_src=dict(type='path', required=True),
-        project_name=dict(type='str', required=True),
-        files=dict(type='list', elements='path', required=True),
-        env_files=dict(type='list', elements='path'),
         state=dict(type='str', default='started', choices=['started', 'pulled']),
         pull=dict(type='bool', default=True),
         registry_auth=dict(type='list', elements='dict', options=dict(
@@ -421,8 +373,8 @@ def main():
         pull_timeout=dict(type='int', default=600),
         pull_retries=dict(type='int', default=3),
         up_timeout=dict(type='int', default=300),
-        compose_command=dict(type='str', default='auto', choices=['auto', 'v2', 'v1']),
     )
+    argument_spec.update(COMPOSE_PROJECT_ARGUMENT_SPEC)
     argument_spec.update(ENGINE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     for name in ('pull_timeout', 'up_timeout'):
