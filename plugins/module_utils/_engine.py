@@ -94,7 +94,7 @@ STOPPED_CONTAINER_STATES = ('exited', 'created', 'dead')
 _CONFIG_ONLY_INSTRUCTIONS = frozenset(['ARG', 'CMD', 'ENTRYPOINT', 'ENV', 'EXPOSE', 'HEALTHCHECK', 'LABEL',
                                        'MAINTAINER', 'ONBUILD', 'SHELL', 'STOPSIGNAL', 'USER', 'VOLUME',
                                        'WORKDIR'])
-_HEX_ID_RE = re.compile(r'^(sha256:)?([0-9a-f]{12,64})$')
+_HEX_ID_RE = re.compile(r'(sha256:)?([0-9a-f]{12,64})\Z')
 _NO_REFERENCE = ('<none>:<none>', '<none>@<none>')
 
 

@@ -22,13 +22,16 @@ DOCKER_HUB_ALIASES = frozenset(['docker.io', 'index.docker.io', 'registry-1.dock
 OFFICIAL_NAMESPACE = 'library'
 MUTABLE_TAGS = frozenset(['latest'])
 
-_PATH_COMPONENT = re.compile(r'^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$')
+# Every pattern is matched against the whole string (`\Z`, not `$`, which also matches before a trailing newline),
+# and character classes are spelled out in ASCII: Python's `\w` matches any Unicode letter or digit, the
+# distribution spec's tag grammar only [A-Za-z0-9_].
+_PATH_COMPONENT = re.compile(r'[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z')
 _DOMAIN = re.compile(
-    r'^(?:\[[0-9a-fA-F:.]+\]|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*)'
-    r'(?::[0-9]+)?$')
-_TAG = re.compile(r'^[\w][\w.-]{0,127}$')
-_DIGEST = re.compile(r'^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}$')
-_SHA256 = re.compile(r'^sha256:[0-9a-f]{64}$')
+    r'(?:\[[0-9a-fA-F:.]+\]|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*)'
+    r'(?::[0-9]+)?\Z')
+_TAG = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z')
+_DIGEST = re.compile(r'[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}\Z')
+_SHA256 = re.compile(r'sha256:[0-9a-f]{64}\Z')
 _MAX_NAME_LENGTH = 255
 
 
@@ -37,8 +40,10 @@ class ImageRefError(ValueError):
 
 
 def normalize_registry(host):
-    """Fold the Docker Hub aliases into 'docker.io'; other hosts are returned as written."""
-    if host.lower() in DOCKER_HUB_ALIASES:
+    """Fold the Docker Hub aliases into 'docker.io'; other hosts in lower case (host names are case-insensitive, and
+    one spelling per registry keeps the ledger, the pins and the engine's own names comparable)."""
+    host = host.lower()
+    if host in DOCKER_HUB_ALIASES:
         return DOCKER_HUB
     return host
 
@@ -73,7 +78,8 @@ class ImageRef(namedtuple('ImageRef', 'registry repository tag digest')):
         if not isinstance(text, str) or not text.strip():
             raise ImageRefError('image reference %r is empty' % (text,))
         original = text
-        text = text.strip()
+        if any(char.isspace() for char in text):
+            raise ImageRefError('image reference %r contains white space' % (text,))
         digest = None
         if '@' in text:
             text, digest = text.split('@', 1)

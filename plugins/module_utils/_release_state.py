@@ -60,18 +60,18 @@ FAILED_ATTEMPTS_KEPT = 5
 # A release's snapshot: the files that make its configuration, kept by content under <project>/files/<sha256>.
 SNAPSHOT_DIR_NAME = 'files'
 SNAPSHOT_MAX_FILE_BYTES = 8 * 1024 * 1024
-SHA256_HEX_RE = re.compile(r'^[0-9a-f]{64}$')
+SHA256_HEX_RE = re.compile(r'[0-9a-f]{64}\Z')
 
 # A ledger update takes milliseconds; waiting longer than this means the holder is stuck.
 FLOCK_TIMEOUT = 30.0
 FLOCK_POLL_INTERVAL = 0.05
 
 # Compose project names (lower case is what Compose itself produces; upper case is accepted).
-PROJECT_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$')
+PROJECT_NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z')
 # A release id is the image tag to roll back to, so it follows the Docker tag grammar.
-RELEASE_ID_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')
+RELEASE_ID_RE = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z')
 # OCI digest grammar: algorithm ":" encoded.
-DIGEST_RE = re.compile(r'^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]+$')
+DIGEST_RE = re.compile(r'[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]+\Z')
 
 
 class ReleaseStateError(Exception):

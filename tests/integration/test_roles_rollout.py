@@ -685,6 +685,18 @@ def test_a_failing_stack_takes_the_stacks_moved_before_it_on_its_host_back(make_
     assert second.ledger()['status'] == {'r1': 'good', 'r2': 'failed'}
 
 
+@pytest.mark.parametrize('release', ['../../escaped', 'v1\n', 'v1/../../x'])
+def test_a_release_id_that_is_no_tag_stops_before_any_path_is_made_of_it(make_stack, release):
+    stack = make_stack('badid')
+    run = assert_failed(stack.rollout(release))
+    message = ' '.join(failure_message(run).split())
+    assert 'Invalid release id' in message and 'Nothing was done' in message, message
+    made = [str(path) for path in stack.root.parent.rglob('*') if 'escaped' in path.name or path.name == 'x']
+    assert made == [], 'a path was made of the release id: %s' % made
+    assert not stack.ledger_file.exists() and not stack.lock_file.exists()
+    assert not stack.reports.exists() or list(stack.reports.iterdir()) == []
+
+
 def test_a_python_without_the_libraries_stops_before_anything_with_what_to_do(make_stack, images, tmp_path):
     bare = tmp_path / 'bare-venv'
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(bare)], check=True, timeout=120)

@@ -75,9 +75,9 @@ def test_parse_rejects(text, fragment):
     assert fragment in str(info.value)
 
 
-def test_uppercase_first_component_is_a_registry():
+def test_uppercase_first_component_is_a_registry_written_in_lower_case():
     ref = ImageRef.parse('MyRegistry/app:v1')
-    assert ref.registry == 'MyRegistry' and ref.repository == 'app'
+    assert ref.registry == 'myregistry' and ref.repository == 'app'
 
 
 def test_reference_prefers_digest_then_tag_then_latest():
