@@ -16,7 +16,12 @@
 #   Docker client's config.json. Passwords and tokens never enter an exception message.
 # - Loopback registries and those listed as insecure are spoken to over http, all others https.
 # - 429, 5xx and connection errors are retried with exponential backoff, all within one deadline
-#   per call, so an unreachable registry fails in bounded time.
+#   per call, so an unreachable registry fails in bounded time. The deadline holds for the whole
+#   exchange, not each read (a registry that trickles its answer byte by byte is cut off), and an
+#   answer larger than MAX_RESPONSE_BYTES is refused.
+# - Credentials go only where they belong: a token realm must be https (http only on loopback or a
+#   host listed as insecure), the token's scope is built from the repository (never taken from the
+#   challenge), and ~/.netrc is never consulted.
 
 from __future__ import annotations
 
@@ -26,9 +31,15 @@ import ipaddress
 import json
 import os
 import re
+import threading
 import time
 import traceback
 from collections import namedtuple
+
+try:
+    from urllib.parse import urlsplit
+except ImportError:  # pragma: no cover - Python 2 is not supported; keeps the import sanity test quiet
+    from urlparse import urlsplit
 
 try:
     import requests
@@ -53,6 +64,8 @@ MANIFEST_ACCEPT = ', '.join(MANIFEST_MEDIA_TYPES)
 
 RETRY_STATUSES = frozenset([429, 500, 502, 503, 504])
 DEFAULT_TIMEOUT = 60
+# Manifests and token answers are small; the distribution project itself refuses manifests over 4 MiB.
+MAX_RESPONSE_BYTES = 4 << 20
 USER_AGENT = 'safedeploy.compose-registry-client'
 
 ResolvedManifest = namedtuple('ResolvedManifest', 'digest media_type size')
@@ -199,6 +212,22 @@ def parse_www_authenticate(value):
     return scheme.lower(), params
 
 
+# ------------------------------------------------------------------ one HTTP exchange
+
+# What the client keeps of an HTTP answer: the body is read whole (and capped) before the deadline.
+_Answer = namedtuple('_Answer', 'status_code headers content method')
+
+
+def _no_netrc(request):
+    """An `auth` that leaves the request alone: with auth=None, requests would look for credentials in ~/.netrc and
+    send them to whatever host the URL names."""
+    return request
+
+
+class _TooLarge(Exception):
+    pass
+
+
 # ------------------------------------------------------------------ the client
 
 class RegistryClient(object):
@@ -243,12 +272,12 @@ class RegistryClient(object):
             response = self._request('GET', ref, url, deadline)
         self._raise_for_status(response, ref)
         digest = response.headers.get('Docker-Content-Digest', '').strip()
-        if response.request.method == 'HEAD' and not is_valid_digest(digest):
+        if response.method == 'HEAD' and not is_valid_digest(digest):
             response = self._request('GET', ref, url, deadline)
             self._raise_for_status(response, ref)
             digest = response.headers.get('Docker-Content-Digest', '').strip()
         media_type = response.headers.get('Content-Type', '').split(';')[0].strip() or None
-        if response.request.method == 'GET':
+        if response.method == 'GET':
             size = len(response.content)
             if not is_valid_digest(digest):
                 digest = 'sha256:' + hashlib.sha256(response.content).hexdigest()
@@ -273,6 +302,10 @@ class RegistryClient(object):
             raise RegistryError('registry %s returned a manifest for %s:%s that is not JSON'
                                 % (ref.registry, ref.repository, reference), ref.registry, ref.repository, reference,
                                 response.status_code)
+        if not isinstance(document, dict):
+            raise RegistryError('registry %s returned a manifest for %s:%s that is JSON but not an object (%s)'
+                                % (ref.registry, ref.repository, reference, type(document).__name__), ref.registry,
+                                ref.repository, reference, response.status_code)
         media_type = document.get('mediaType') or response.headers.get('Content-Type', '').split(';')[0].strip()
         return media_type, document, 'sha256:' + hashlib.sha256(response.content).hexdigest()
 
@@ -286,7 +319,7 @@ class RegistryClient(object):
         deadline = self._clock() + self.timeout
         media_type, document, _digest = self.manifest(ref, deadline=deadline)
         if media_type in INDEX_MEDIA_TYPES or ('manifests' in document and 'layers' not in document):
-            entries = document.get('manifests') or []
+            entries = [entry for entry in document.get('manifests') or [] if isinstance(entry, dict) and entry.get('digest')]
             if not entries:
                 raise RegistryError('registry %s: the index of %s:%s lists no manifests' % (
                     ref.registry, ref.repository, ref.reference), ref.registry, ref.repository, ref.reference)
@@ -329,29 +362,40 @@ class RegistryClient(object):
         while True:
             remaining = deadline - self._clock()
             if remaining <= 0:
+                if getattr(last_problem, 'status', None) == 429:
+                    advice = ('it is limiting the rate of requests (HTTP 429 Too Many Requests): wait and retry, '
+                              'or authenticate (anonymous clients get lower limits)')
+                else:
+                    advice = '%s: check that it is up and reachable from this host, or raise timeout' % (
+                        last_problem or 'no attempt fitted')
                 error = RegistryUnreachableError(
-                    'registry %s did not answer usefully within %ss (%s): check that it is up and reachable from this '
-                    'host, or raise timeout' % (registry, _seconds(self.timeout), last_problem or 'no attempt fitted'),
+                    'registry %s did not answer usefully within %ss; %s' % (registry, _seconds(self.timeout), advice),
                     registry, repository, reference, getattr(last_problem, 'status', None))
                 self._unreachable[registry] = error
                 raise error
             retry_after = None
             try:
-                response = self.session.request(
-                    method, url, headers=headers, auth=auth, params=params, timeout=max(remaining, 0.1),
-                    verify=self.validate_certs, allow_redirects=True, proxies=self._proxies(url))
+                response = self._exchange(method, url, headers, remaining, auth, params)
             except requests.exceptions.SSLError as exc:
                 raise RegistryUnreachableError(
                     'TLS handshake with registry %s failed (%s): fix its certificate, set validate_certs: false, or '
                     'list it in insecure_registries if it serves plain http' % (registry, _short(exc)),
                     registry, repository, reference)
+            except _TooLarge:
+                raise RegistryError('registry %s sent an answer larger than %d bytes for %s %s: refused (manifests and '
+                                    'tokens are far smaller; check what answers at that address)'
+                                    % (registry, MAX_RESPONSE_BYTES, method, url.split('?', 1)[0]),
+                                    registry, repository, reference)
             except requests.exceptions.RequestException as exc:
                 last_problem = _Problem('%s: %s' % (type(exc).__name__, _short(exc)))
             else:
-                if response.status_code not in RETRY_STATUSES:
+                if response is None:
+                    last_problem = _Problem('no complete answer within the deadline')
+                elif response.status_code not in RETRY_STATUSES:
                     return response
-                last_problem = _Problem('last answer HTTP %d' % response.status_code, response.status_code)
-                retry_after = _int_or_none(response.headers.get('Retry-After'))
+                else:
+                    last_problem = _Problem('last answer HTTP %d' % response.status_code, response.status_code)
+                    retry_after = _int_or_none(response.headers.get('Retry-After'))
             delay = min(self.backoff * (2 ** attempt), self.max_backoff)
             if retry_after is not None:
                 delay = max(delay, retry_after)
@@ -359,6 +403,43 @@ class RegistryClient(object):
             attempt += 1
             if delay > 0:
                 self._sleep(delay)
+
+    def _exchange(self, method, url, headers, remaining, auth, params):
+        """One HTTP exchange, answer read whole, within `remaining` seconds in all; None when it did not finish.
+
+        requests' timeout bounds each read, not the exchange: a registry trickling its answer would hold the call for
+        as long as it likes. The exchange runs in a daemon thread, waited for until the deadline; a thread left
+        behind ends with the module's process. Exceptions of the exchange are raised here."""
+        outcome = {}
+
+        def run():
+            try:
+                outcome['answer'] = self._fetch(method, url, headers, remaining, auth, params)
+            except Exception as exc:  # handed to the caller, which sorts them
+                outcome['error'] = exc
+        worker = threading.Thread(target=run, name='registry-exchange')
+        worker.daemon = True
+        worker.start()
+        worker.join(max(remaining, 0.1))
+        if 'error' in outcome:
+            raise outcome['error']
+        return outcome.get('answer')
+
+    def _fetch(self, method, url, headers, remaining, auth, params):
+        response = self.session.request(
+            method, url, headers=headers, auth=auth or _no_netrc, params=params, timeout=max(remaining, 0.1),
+            verify=self.validate_certs, allow_redirects=True, proxies=self._proxies(url), stream=True)
+        try:
+            chunks, size = [], 0
+            if method != 'HEAD':
+                for chunk in response.iter_content(16384):
+                    size += len(chunk)
+                    if size > MAX_RESPONSE_BYTES:
+                        raise _TooLarge()
+                    chunks.append(chunk)
+            return _Answer(response.status_code, response.headers, b''.join(chunks), method)
+        finally:
+            response.close()
 
     def _request(self, method, ref, url, deadline):
         """A call to the registry API with the authentication dance done the way the Docker client does it."""
@@ -405,7 +486,8 @@ class RegistryClient(object):
             token = base64.b64encode(('%s:%s' % credentials).encode('utf-8')).decode('ascii')
             return 'Basic ' + token
         if scheme == 'bearer' and params.get('realm'):
-            query = {'scope': params.get('scope') or scope}
+            self._check_realm(params['realm'], ref)
+            query = {'scope': scope}  # built from the repository: a challenge does not choose what we ask a token for
             if params.get('service'):
                 query['service'] = params['service']
             auth = credentials if credentials else None
@@ -431,6 +513,19 @@ class RegistryClient(object):
                                     ref.registry, ref.repository, ref.reference, response.status_code)
             return 'Bearer ' + token
         return None
+
+    def _check_realm(self, realm, ref):
+        """A token realm gets our credentials: https only, or http on loopback or a host listed as insecure."""
+        parts = urlsplit(realm)
+        netloc = parts.netloc.rpartition('@')[2]
+        if parts.scheme == 'https' and netloc:
+            return
+        if parts.scheme == 'http' and netloc and (is_loopback(netloc) or normalize_registry_key(netloc) in self.insecure):
+            return
+        raise RegistryAuthError(
+            'registry %s names %r as its token service: refused, credentials and tokens go only to an https realm '
+            '(or http on a loopback host or one listed in insecure_registries)' % (ref.registry, realm),
+            ref.registry, ref.repository, ref.reference, 401)
 
     def _auth_error(self, ref, what, credentials, status=401):
         if credentials:

@@ -53,6 +53,10 @@ class FakeRegistry(object):
         self.manifests = {}
         self.fail_statuses = []  # statuses answered (in order) before the real answer
         self.head_digest = True
+        self.realm = None  # the token service a bearer challenge names (default: this fake's /token)
+        self.challenge_scope = None  # the scope a bearer challenge names (default: the repository's pull scope)
+        self.drip = None  # seconds between the bytes of a GET answer, to trickle it
+        self.stop = threading.Event()
         self.requests = []
         self.token_requests = []
         self.server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
@@ -67,6 +71,7 @@ class FakeRegistry(object):
         return sha(body)
 
     def close(self):
+        self.stop.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -89,7 +94,16 @@ class FakeRegistry(object):
                     self.send_header(key, value)
                 self.send_header('Content-Length', str(len(body)))
                 self.end_headers()
-                if send_body and body:
+                if send_body and body and fake.drip:
+                    try:
+                        for index in range(len(body)):
+                            if fake.stop.wait(fake.drip):
+                                return
+                            self.wfile.write(body[index:index + 1])
+                            self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+                elif send_body and body:
                     self.wfile.write(body)
 
             def _serve(self, body):
@@ -121,9 +135,10 @@ class FakeRegistry(object):
                         return False
                 elif fake.auth == 'bearer':
                     if given != 'Bearer ' + TOKEN:
-                        scope = 'repository:%s:pull' % self.path.split('/manifests/')[0][len('/v2/'):]
-                        self._reply(401, {'WWW-Authenticate': 'Bearer realm="http://%s/token",service="fake.test",'
-                                                              'scope="%s"' % (fake.host, scope)},
+                        scope = fake.challenge_scope or 'repository:%s:pull' % self.path.split('/manifests/')[0][len('/v2/'):]
+                        realm = fake.realm or 'http://%s/token' % fake.host
+                        self._reply(401, {'WWW-Authenticate': 'Bearer realm="%s",service="fake.test",'
+                                                              'scope="%s"' % (realm, scope)},
                                     send_body=self.command == 'GET')
                         return False
                 return True
@@ -421,3 +436,84 @@ def test_errors_are_registry_errors():
     assert issubclass(RegistryUnreachableError, RegistryError)
     assert _registry.HAS_REQUESTS
     assert os.path.basename(_registry.default_docker_config_path({'DOCKER_CONFIG': '/x'})) == 'config.json'
+
+
+# ------------------------------------------------------------------ hardening (issue 12, item 5)
+
+@pytest.mark.parametrize('realm', ['http://registry.example.invalid/token', 'ftp://127.0.0.1/token', '/token',
+                                   'https:///token'])
+def test_credentials_go_to_no_token_realm_but_https_or_a_loopback_or_insecure_http_one(fake, realm):
+    fake.add('team/web', 'v1', manifest_body())
+    fake.auth, fake.realm = 'bearer', realm
+    client = client_for(credentials=[{'registry': fake.host, 'username': USER, 'password': PASSWORD}])
+    with pytest.raises(RegistryAuthError) as info:
+        client.resolve('%s/team/web:v1' % fake.host)
+    assert 'token service' in str(info.value) and 'https' in str(info.value), str(info.value)
+    assert fake.token_requests == [], 'the credentials went to the realm'
+    assert_no_secret(info.value)
+
+
+def test_the_token_scope_is_the_repositorys_not_the_challenges(fake):
+    digest = fake.add('team/web', 'v1', manifest_body())
+    fake.auth, fake.challenge_scope = 'bearer', 'repository:team/other:push,pull'
+    client = client_for(credentials=[{'registry': fake.host, 'username': USER, 'password': PASSWORD}])
+    assert client.resolve('%s/team/web:v1' % fake.host).digest == digest
+    assert [query['scope'] for query, _given in fake.token_requests] == [['repository:team/web:pull']]
+
+
+def test_netrc_is_never_read(fake, tmp_path, monkeypatch):
+    netrc = tmp_path / '.netrc'
+    netrc.write_text('machine 127.0.0.1\nlogin netrc-user\npassword netrc-Secret-99\n')
+    netrc.chmod(0o600)
+    monkeypatch.setenv('NETRC', str(netrc))
+    monkeypatch.setenv('HOME', str(tmp_path))
+    digest = fake.add('team/web', 'v1', manifest_body())
+    assert client_for().resolve('%s/team/web:v1' % fake.host).digest == digest
+    fake.auth, fake.public = 'bearer', {'team/web'}
+    assert client_for().resolve('%s/team/web:v1' % fake.host).digest == digest
+    sent = [headers.get('Authorization', '') for _method, _path, headers in fake.requests]
+    sent += [given for _query, given in fake.token_requests]
+    assert not any(value.startswith('Basic') for value in sent), sent
+    assert fake.token_requests and fake.token_requests[0][1] == '', 'an anonymous token request carried credentials'
+
+
+def test_an_answer_larger_than_the_cap_is_refused(fake, monkeypatch):
+    monkeypatch.setattr(_registry, 'MAX_RESPONSE_BYTES', 2000)
+    fake.add('team/big', 'v1', manifest_body(layers=range(200)))
+    fake.add('team/small', 'v1', manifest_body())
+    client = client_for()
+    assert client.manifest('%s/team/small:v1' % fake.host)[1]['layers']
+    with pytest.raises(RegistryError) as info:
+        client.manifest('%s/team/big:v1' % fake.host)
+    assert 'larger than 2000 bytes' in str(info.value), str(info.value)
+
+
+def test_a_trickling_answer_is_cut_off_at_the_deadline(fake):
+    fake.add('team/slow', 'v1', manifest_body(layers=range(20)))
+    fake.drip = 0.05  # about 2 KB: 100 s if each byte's read counted on its own
+    started = time.monotonic()
+    with pytest.raises(RegistryUnreachableError) as info:
+        client_for(timeout=1).manifest('%s/team/slow:v1' % fake.host)
+    assert time.monotonic() - started < 5, 'the deadline bounds each read, not the exchange'
+    assert 'within 1s' in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize('body', [b'[1, 2]', b'"manifest"', b'null'])
+def test_a_manifest_that_is_json_but_no_object_fails_with_a_message(fake, body):
+    fake.add('team/odd', 'v1', body)
+    client = client_for()
+    for call in (client.manifest, client.manifest_size):
+        with pytest.raises(RegistryError) as info:
+            call('%s/team/odd:v1' % fake.host)
+        assert 'not an object' in str(info.value), str(info.value)
+
+
+def test_rate_limiting_is_named_as_such(fake):
+    fake.add('team/web', 'v1', manifest_body())
+    fake.fail_statuses = [429] * 100
+    clock = Clock()
+    with pytest.raises(RegistryUnreachableError) as info:
+        client_for(clock=clock, sleep=clock.sleep, timeout=5).resolve('%s/team/web:v1' % fake.host)
+    message = str(info.value)
+    assert 'HTTP 429' in message and 'limiting the rate' in message, message
+    assert 'check that it is up' not in message
