@@ -1093,8 +1093,11 @@ def test_a_failed_rollback_says_where_the_stack_is_in_the_message_and_the_report
     message = ' '.join(failure_message(run).split())
     assert 'The rollback to r1 FAILED' in message and 'web is v2' in message, message
     assert 'Rolled back to' not in message and 'Nothing running was touched' not in message, message
-    report = json.loads((stack.reports / 'rcrash' / ('localhost-%s.json' % stack.project)).read_text())
+    report_file = stack.reports / 'rcrash' / ('localhost-%s.json' % stack.project)
+    report = json.loads(report_file.read_text())
     assert report['result'] == 'rollback_failed' and 'web is v2' in report['rollback_error'], report
+    # it quotes the failing containers' logs: private, in a private directory
+    assert (report_file.stat().st_mode & 0o777, report_file.parent.stat().st_mode & 0o777) == (0o600, 0o700)
     assert report['running']['healthy'] is False and report['reason'], report
     services = report['running']['services']  # what each service runs, as the rollback's gate saw it
     assert set(services) == {'web', 'worker'} and all(':r1@sha256:' in text for text in services.values()), services

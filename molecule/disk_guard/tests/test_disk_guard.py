@@ -16,6 +16,12 @@ def test_report_measures_the_engine_disk(host):
     assert report['threshold_percent'] in (85, '85')
 
 
+def test_the_report_is_private_and_the_textfile_readable_by_node_exporter(host):
+    assert host.file(REPORTS).mode == 0o700, 'the report directory the role made is not private'
+    assert host.file(REPORTS + '/disk_guard.json').mode == 0o600
+    assert host.file(REPORTS + '/safedeploy_disk.prom').mode == 0o644
+
+
 def test_textfile_is_prometheus_format(host):
     text = host.file(REPORTS + '/safedeploy_disk.prom').content_string
     samples = [line for line in text.splitlines() if line and not line.startswith('#')]

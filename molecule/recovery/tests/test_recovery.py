@@ -64,7 +64,9 @@ def reports():
     assert len(names) >= 2, 'expected the reports of the converge and of the idempotence run, found %s' % names
     loaded = []
     for name in names:
-        with open(os.path.join(ROOT, name)) as handle:
+        path = os.path.join(ROOT, name)
+        assert os.stat(path).st_mode & 0o777 == 0o600, '%s is not private' % path
+        with open(path) as handle:
             loaded.append(json.load(handle))
     return loaded
 
