@@ -492,7 +492,7 @@ class ContainersProbe:
     kind = 'containers'
 
     def __init__(self, name, project, services=None, replicas=None, digests=None, docker_host=None, engine_timeout=60,
-                 gate_timeout=None, timeout=DEFAULT_CHECK_TIMEOUT):
+                 gate_timeout=None, timeout=DEFAULT_CHECK_TIMEOUT, unhealthy_is_final=True):
         if not HAS_DOCKER:
             raise ValueError('the Python library docker is needed for containers checks')
         self.name = name
@@ -500,6 +500,7 @@ class ContainersProbe:
         self.replicas = dict((str(key), int(value)) for key, value in (replicas or {}).items())
         self.digests = dict((str(key), pinned_digest(value)) for key, value in (digests or {}).items())
         self.services = list(services or [])
+        self.unhealthy_is_final = unhealthy_is_final
         for service in list(self.replicas) + list(self.digests):
             if service not in self.services and self.services:
                 self.services.append(service)
@@ -653,6 +654,10 @@ class ContainersProbe:
             detail = ' (last healthcheck exit code %s%s)' % (last_log.get('ExitCode'), (': ' + output) if output else '')
         if health.get('Status') == 'starting':
             return row, '%s health is still starting%s' % (where, detail if last_log.get('End') else ''), False, warning
+        if health.get('Status') == 'unhealthy' and self.unhealthy_is_final:
+            # Docker's own verdict: its HEALTHCHECK failed `retries` times in a row after the start period
+            return row, ('%s is unhealthy by its own HEALTHCHECK%s, failing streak %s%s'
+                         % (where, detail, health.get('FailingStreak'), self._last_line(api, cid))), True, warning
         return row, '%s is %s%s, failing streak %s' % (where, health.get('Status'), detail, health.get('FailingStreak')), \
             False, warning
 
@@ -782,7 +787,7 @@ def build_probe(spec, name, docker_host=None, engine_timeout=60, gate_timeout=No
     if kind == 'containers':
         return ContainersProbe(name, spec['project'], services=spec.get('services'), replicas=spec.get('replicas'),
                                digests=spec.get('digests'), docker_host=docker_host, engine_timeout=engine_timeout, gate_timeout=gate_timeout,
-                               timeout=timeout)
+                               timeout=timeout, unhealthy_is_final=spec.get('unhealthy_is_final', True))
     if kind == 'openapi':
         return OpenApiProbe(name, spec['url'], spec.get('paths') or [], headers=spec.get('headers'),
                             bearer_token=spec.get('bearer_token'), validate_certs=spec.get('validate_certs', True),

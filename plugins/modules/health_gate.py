@@ -166,6 +166,15 @@ options:
           - A value may also be a reference pinned to a digest (C(repo:tag@sha256:...)) or a ledger entry C({image, digest}),
             so the C(services) returned by M(safedeploy.compose.last_good_tag) fit as they are.
         type: dict
+      unhealthy_is_final:
+        description:
+          - In a V(containers) check, fail the gate at once when Docker reports a container C(unhealthy), that is when
+            its HEALTHCHECK failed C(retries) times in a row after its C(start_period) (Docker's own verdict, which a
+            release with the wrong port or a broken dependency reaches in seconds), instead of waiting out O(timeout).
+          - Set V(false) for a service whose health is known to recover by itself within the gate's timeout.
+          - Has no effect on containers without a HEALTHCHECK, nor while Docker still says C(starting).
+        type: bool
+        default: true
       paths:
         description:
           - Operations an V(openapi) document must list, as C(METHOD /path) (for example C(GET /api/v1/boards)) or a bare
@@ -446,6 +455,7 @@ CHECK_OPTIONS = dict(
     services=dict(type='list', elements='str'),
     replicas=dict(type='dict'),
     digests=dict(type='dict'),
+    unhealthy_is_final=dict(type='bool', default=True),
     paths=dict(type='list', elements='str'),
 )
 
@@ -454,7 +464,7 @@ OPTIONS_OF_TYPE = {
     'http': ('url', 'method', 'status', 'body_contains', 'body_regex', 'json', 'headers', 'bearer_token',
              'validate_certs', 'follow_redirects'),
     'tcp': ('host', 'port'),
-    'containers': ('project', 'services', 'replicas', 'digests'),
+    'containers': ('project', 'services', 'replicas', 'digests', 'unhealthy_is_final'),
     'openapi': ('url', 'paths', 'headers', 'bearer_token', 'validate_certs', 'follow_redirects'),
 }
 

@@ -320,6 +320,33 @@ def test_stuck_in_docker_starting_fails_at_the_deadline_with_a_warning(stack, ru
 # ---------------------------------------------------------------- Docker HEALTHCHECK in the image
 
 
+def test_docker_saying_unhealthy_fails_the_gate_at_once_unless_told_to_wait(stack, run_module):
+    """The wrong-port release with an image HEALTHCHECK: Docker calls it unhealthy after its start period and two
+    failed probes, about 3 s. The gate fails then, not after its 60 s timeout; told that health may come back, it
+    waits to its deadline."""
+    project = stack('hcwrong', '''\
+        app:
+          image: %s:hc-wrongport
+          network_mode: bridge
+        ''' % APP)
+    started = time.monotonic()
+    result = run_module('health_gate', {
+        'timeout': 60, 'interval': 0.5, 'checks': [{'type': 'containers', 'project': project}]})
+    took = time.monotonic() - started
+    assert result.failed and not result['passed']
+    assert took < 10 and result['elapsed'] < 10, (took, result['elapsed'])
+    assert result['msg'].startswith('health gate failed fast'), result['msg']
+    assert 'is unhealthy by its own HEALTHCHECK' in result['msg'], result['msg']
+    row = by_name(result, 'containers %s' % project)['evidence']['containers'][0]
+    assert row['health'] == 'unhealthy'
+
+    patient = run_module('health_gate', {
+        'timeout': 6, 'interval': 0.5,
+        'checks': [{'type': 'containers', 'project': project, 'unhealthy_is_final': False}]})
+    assert patient.failed and patient['elapsed'] >= 5.5, patient['elapsed']
+    assert not patient['msg'].startswith('health gate failed fast'), patient['msg']
+
+
 def test_image_healthcheck_passes_only_once_docker_says_healthy(stack, run_module, testbed):
     # hc-* probe 127.0.0.1:8080 inside their own network namespace: bridge network, nothing published
     project = stack('hc', '''\

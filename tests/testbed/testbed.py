@@ -78,6 +78,7 @@ APP_IMAGES = {
     'flap': ('flap', 'flap', False),
     'hc-v1': ('hc-v1', 'healthy', True),
     'hc-slow': ('hc-slow', 'slow', True),
+    'hc-wrongport': ('hc-wrongport', 'wrongport', True),  # its HEALTHCHECK asks 8080, the app listens elsewhere
 }
 
 
