@@ -629,16 +629,25 @@ def test_containers_running_without_health_pass():
     assert [row['name'] for row in result.evidence['containers']] == ['shop_web_a', 'shop_worker_b']
 
 
-def test_containers_health_must_be_healthy():
+def test_containers_health_must_be_healthy_and_unhealthy_can_be_waited_out_when_asked():
     api = FakeApi([container('a', 'web', health='starting')], [container('a', 'web', health='unhealthy')],
                   [container('a', 'web', health='healthy')])
-    probe = containers_probe(api)
+    probe = containers_probe(api, unhealthy_is_final=False)
     first = probe.probe(2)
     assert not first.passed and not first.fatal and 'health is still starting' in first.error
     second = probe.probe(2)
     assert not second.passed and not second.fatal and 'unhealthy' in second.error and 'wget: refused' in second.error
     assert second.unhealthy == ['a' * 8]
     assert probe.probe(2).passed
+
+
+def test_docker_saying_unhealthy_is_final_by_default():
+    api = FakeApi([container('a', 'web', health='starting')], [container('a', 'web', health='unhealthy')])
+    probe = containers_probe(api)
+    assert not probe.probe(2).fatal, 'starting is not a verdict'
+    verdict = probe.probe(2)
+    assert verdict.fatal and not verdict.passed
+    assert 'unhealthy by its own HEALTHCHECK' in verdict.error and 'wget: refused' in verdict.error, verdict.error
 
 
 def test_containers_restart_count_rising_is_a_crash_loop():
