@@ -59,11 +59,14 @@ options:
     default: true
   registry_auth:
     description:
-      - Credentials to log in with before the pull, one entry per registry, as in
-        M(safedeploy.compose.compose_pin). Each login runs C(docker login --password-stdin); the password goes to the
-        CLI on its standard input, never on a command line, and is never returned nor logged.
-      - The login is kept in the Docker client configuration of the user the module runs as (C(~/.docker/config.json)),
-        where compose reads it, as a C(docker login) by hand would.
+      - Credentials for the pull, one entry per registry, as in M(safedeploy.compose.compose_pin).
+      - Compose pulls with a Docker client configuration made for this pull only (E(DOCKER_CONFIG)), a copy of the
+        user's own (C(~/.docker/config.json), so other registries keep their logins) with these credentials added. It
+        is written 0600 in the module's private temporary directory and removed as soon as the pull is over. Nothing
+        is logged in for good, no C(docker login) runs, and the password is never on a command line, returned or
+        logged.
+      - A global C(credsStore) of the user's configuration is left out of the copy (it would answer for these
+        registries too); registries kept in it are pulled anonymously by this module.
       - Used only when the module pulls.
     type: list
     elements: dict
@@ -147,8 +150,8 @@ changed:
   description: Whether a container of the project was created, recreated or removed (read from the engine).
   returned: always
   type: bool
-logged_in:
-  description: The registries of O(registry_auth) logged in to before the pull.
+authenticated:
+  description: The registries of O(registry_auth) whose credentials the pull used.
   returned: always
   type: list
   elements: str
@@ -195,6 +198,12 @@ stderr_tail:
   type: str
 '''
 
+import base64
+import contextlib
+import json
+import os
+import shutil
+import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -212,6 +221,8 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
     services_of,
     tail_lines,
 )
+from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
+from ansible_collections.safedeploy.compose.plugins.module_utils._registry import default_docker_config_path
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
     ENGINE_ARGUMENT_SPEC,
     connect_engine,
@@ -220,7 +231,6 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._engine import 
 )
 
 PULL_RETRY_DELAY = 2
-LOGIN_TIMEOUT = 60
 
 
 class ComposeUp(object):
@@ -228,7 +238,7 @@ class ComposeUp(object):
     def __init__(self, module):
         self.module = module
         self.params = module.params
-        self.result = dict(changed=False, logged_in=[], pulled=False, touched=False, leftovers=[], containers={},
+        self.result = dict(changed=False, authenticated=[], pulled=False, touched=False, leftovers=[], containers={},
                            compose_argv=[], compose_version='')
 
     def fail(self, msg, **extra):
@@ -256,29 +266,52 @@ class ComposeUp(object):
         except Exception as exc:  # any engine failure: a message, not a traceback
             self.fail(describe_engine_error(exc, engine_address(self.params), what))
 
-    def login(self, project):
-        """docker login to each registry of registry_auth, the password on stdin."""
-        docker = self.module.get_bin_path('docker')
-        if not docker:
-            self.fail('compose_up: registry_auth needs the docker CLI to log in, and it is not on this host\'s PATH; '
-                      'install it, or log in another way and leave registry_auth out')
-        for entry in self.params['registry_auth']:
-            argv = [docker, 'login', '--username', entry['username'], '--password-stdin', entry['registry']]
-            try:
-                rc, out, err = project.runner.run(argv, timeout=LOGIN_TIMEOUT, data=entry['password'])
-            except ComposeTimeout:
-                rc, out, err = 124, '', 'no answer within %ss' % LOGIN_TIMEOUT
-            if rc != 0:
-                last = (tail_lines(err) or tail_lines(out)).splitlines()
-                self.fail('compose_up: logging in to the registry %s as %s failed (rc=%s); nothing running was touched: '
-                          '%s. Check the credentials in registry_auth.' % (
-                              entry['registry'], entry['username'], rc, last[-1] if last else '(no output)'))
-            self.result['logged_in'].append(entry['registry'])
+    @contextlib.contextmanager
+    def pull_credentials(self, project):
+        """The compose CLI pulls with a Docker client config made for this pull: the user's own (other registries keep
+        working), plus the credentials of registry_auth. It lives in the module's private temporary directory and is
+        removed when the pull is over; nothing is logged in for good."""
+        entries = self.params['registry_auth'] or []
+        if not entries:
+            yield
+            return
+        user_file = default_docker_config_path()
+        config = {}
+        try:
+            with open(user_file) as handle:
+                loaded = json.load(handle)
+            config = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            pass  # no config, or one the CLI could not read either: ours alone
+        auths = config.get('auths') if isinstance(config.get('auths'), dict) else {}
+        helpers = config.get('credHelpers') if isinstance(config.get('credHelpers'), dict) else {}
+        config.pop('credsStore', None)  # a store would answer for every registry, ours included
+        for entry in entries:
+            secret = base64.b64encode(('%s:%s' % (entry['username'], entry['password'])).encode('utf-8'))
+            auths[entry['registry']] = {'auth': secret.decode('ascii')}
+            helpers.pop(entry['registry'], None)
+        config['auths'] = auths
+        if helpers:
+            config['credHelpers'] = helpers
+        directory = tempfile.mkdtemp(prefix='docker-config-', dir=self.module.tmpdir)  # 0700
+        try:
+            write_file_atomic(os.path.join(directory, 'config.json'), json.dumps(config).encode('utf-8'), mode=0o600)
+            plugins = os.path.join(os.path.dirname(user_file), 'cli-plugins')
+            if os.path.isdir(plugins):  # the docker CLI looks for `docker compose` there too
+                os.symlink(plugins, os.path.join(directory, 'cli-plugins'))
+            project.runner.environ_update['DOCKER_CONFIG'] = directory
+            self.result['authenticated'] = [entry['registry'] for entry in entries]
+            yield
+        finally:
+            project.runner.environ_update.pop('DOCKER_CONFIG', None)
+            shutil.rmtree(directory, ignore_errors=True)
 
     def pull(self, project):
+        with self.pull_credentials(project):
+            self._pull(project)
+
+    def _pull(self, project):
         params = self.params
-        if params['registry_auth']:
-            self.login(project)
         argv = project.pull_argv()
         attempts = params['pull_retries'] + 1
         for attempt in range(1, attempts + 1):

@@ -112,30 +112,53 @@ def test_bad_input_fails_naming_the_fix(project, run_module):
     assert zero.failed and 'up_timeout must be at least 1' in zero['msg']
 
 
-def test_registry_auth_logs_in_before_the_pull_and_a_bad_login_touches_nothing(project, run_module, testbed, tmp_path):
-    config = tmp_path / 'docker-config'  # the login lands here, not in root's ~/.docker
+def test_registry_auth_is_used_for_the_pull_only_and_a_bad_password_touches_nothing(project, run_module, testbed,
+                                                                                   tmp_path):
+    """The pull runs with a Docker config made for it (the user's, plus registry_auth), removed afterwards: nothing is
+    logged in for good, and the user's own config is left as it was."""
+    config = tmp_path / 'docker-config'  # the user's Docker config: it must come out unchanged
     config.mkdir()
+    (config / 'config.json').write_text('{"auths": {"other.example:5000": {"auth": "b3RoZXI6b3RoZXI="}}}')
+    before = (config / 'config.json').read_bytes()
+    module_tmp = tmp_path / 'module-tmp'
+    module_tmp.mkdir()
     env = {'DOCKER_CONFIG': str(config)}
     login = {'registry': testbed.auth_registry, 'username': testbed.auth_user, 'password': testbed.auth_password}
-    assert not run_module(MODULE, project.args()).failed
-    before = [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()]
+    private = '%s/sdt-up/private' % testbed.auth_registry
+    client = testbed.client()
+    source = client.images.get(testbed.images['v1']['ref'])
+    source.tag(private, 'v1')
+    try:
+        client.images.push(private, 'v1', auth_config={'username': login['username'], 'password': login['password']})
+        client.images.remove('%s:v1' % private)
+        (project.src / 'compose.yaml').write_text(
+            'services:\n  web:\n    image: %s:v1\n    network_mode: none\n' % private)
 
-    wrong = dict(login, password='not-%s' % testbed.auth_password)
-    refused = run_module(MODULE, project.args(registry_auth=[wrong]), env=env)
-    assert refused.failed and refused['touched'] is False and refused['pulled'] is False
-    assert 'logging in to the registry %s as %s failed' % (testbed.auth_registry, testbed.auth_user) in refused['msg']
-    assert 'nothing running was touched' in refused['msg'], refused['msg']
-    assert wrong['password'] not in refused.stdout + refused.stderr
-    assert [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()] == before
+        wrong = dict(login, password='not-%s' % testbed.auth_password)
+        refused = run_module(MODULE, project.args(registry_auth=[wrong], _ansible_tmpdir=str(module_tmp)), env=env)
+        assert refused.failed and refused['touched'] is False and refused['pulled'] is False
+        assert 'nothing running was touched' in refused['msg'], refused['msg']
+        assert wrong['password'] not in refused.stdout + refused.stderr
 
-    checked = run_module(MODULE, project.args(registry_auth=[login]), env=env, check=True)
-    assert not checked.failed and checked['logged_in'] == [], 'check mode logs in nowhere'
-    assert not (config / 'config.json').exists()
+        checked = run_module(MODULE, project.args(registry_auth=[login]), env=env, check=True)
+        assert not checked.failed and checked['authenticated'] == [], 'check mode pulls nothing'
 
-    done = run_module(MODULE, project.args(registry_auth=[login]), env=env)
-    assert not done.failed, done.get('msg')
-    assert done['logged_in'] == [testbed.auth_registry] and done['pulled'] is True and done['changed'] is False
-    assert testbed.auth_registry in json.loads((config / 'config.json').read_text())['auths']
-    assert testbed.auth_password not in done.stdout + done.stderr
-    skipped = run_module(MODULE, project.args(registry_auth=[wrong], pull=False), env=env)
-    assert not skipped.failed and skipped['logged_in'] == [], 'no pull, no login'
+        done = run_module(MODULE, project.args(registry_auth=[login], _ansible_tmpdir=str(module_tmp)), env=env)
+        assert not done.failed, done.get('msg')
+        assert done['authenticated'] == [testbed.auth_registry] and done['pulled'] is True
+        assert testbed.auth_password not in done.stdout + done.stderr
+        assert [c.attrs['Config']['Image'] for c in project.containers()] == ['%s:v1' % private]
+        assert (config / 'config.json').read_bytes() == before, "the user's Docker config changed"
+        left = [str(path) for path in module_tmp.rglob('*')]
+        assert left == [], 'the pull config outlived the pull: %s' % left
+        # nothing was logged in for good: without registry_auth, the same pull is refused by the registry
+        anonymous = run_module(MODULE, project.args(pull_retries=0), env=env)
+        assert anonymous.failed and anonymous['pulled'] is False, anonymous.get('msg')
+    finally:
+        for container in project.containers():
+            container.remove(force=True)
+        for ref in ('%s:v1' % private,):
+            try:
+                client.images.remove(ref, force=True)
+            except Exception:  # pylint: disable=broad-except
+                pass
