@@ -337,7 +337,10 @@ def reclaim_candidates(stage, inventory, protection):
     is protected. Volumes: unused ones only, never one of a protected compose project.
     """
     if stage == 'containers':
-        stopped = [c for c in inventory.containers.values() if c['state'] in STOPPED_CONTAINER_STATES]
+        # A stopped container of a managed compose project (one with a release ledger) is kept: compose carries its
+        # anonymous volumes over to the container that replaces it, and a rollback may start it again.
+        stopped = [c for c in inventory.containers.values() if c['state'] in STOPPED_CONTAINER_STATES
+                   and (c.get('labels') or {}).get(PROJECT_LABEL) not in protection.projects]
         return [dict(kind='container', id=c['id'], name=c['name'], refs=[])
                 for c in sorted(stopped, key=lambda c: (c['created'], c['id']))]
     if stage in ('dangling_images', 'unused_images'):
@@ -488,7 +491,8 @@ def read_engine_inventory(client, layer_cache=None, sizes=True):
         if sizes and state in STOPPED_CONTAINER_STATES:
             size += _container_log_bytes(client, entry['Id'])
         containers.append(dict(id=entry['Id'], name=names[0] if names else entry['Id'][:12], state=state,
-                               image_id=entry.get('ImageID') or '', created=int(entry.get('Created') or 0), bytes=size))
+                               image_id=entry.get('ImageID') or '', created=int(entry.get('Created') or 0), bytes=size,
+                               labels=entry.get('Labels') or {}))
     build_cache = [dict(id=entry.get('ID') or '', type=entry.get('Type') or '', bytes=int(entry.get('Size') or 0),
                         in_use=bool(entry.get('InUse')), shared=bool(entry.get('Shared')))
                    for entry in usage.get('BuildCache') or []]

@@ -823,8 +823,9 @@ def pinned_image(service):
 
 
 def protected_images(state_dir, project, keep_releases, missing_ok=False):
-    """Image references a prune must keep for `project`: the current release and the last
-    `keep_releases` releases that were good (good or superseded), newest first.
+    """Image references a prune must keep for `project`: the current release, the last
+    `keep_releases` releases that were good (good or superseded), newest first, and every candidate
+    (a release some run recorded and may be pulling or bringing up right now).
 
     Returns a sorted list of strings: each service's image as recorded (`repo:tag`), its
     digest (`sha256:...`) and `repo@sha256:...` (the form of an image's RepoDigests).
@@ -851,6 +852,7 @@ def protected_images(state_dir, project, keep_releases, missing_ok=False):
     current = find_release(ledger, ledger['current']) if ledger['current'] else None
     if current is not None:
         releases.append(current)
+    releases.extend(record for record in ledger['releases'] if record['status'] == 'candidate')
     refs = set()
     for record in releases:
         for service in record['services'].values():

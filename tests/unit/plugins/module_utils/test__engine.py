@@ -25,9 +25,9 @@ def image(image_id, layers, tags=(), digests=(), created=0):
                 size=sum(size for _chain, size in layers), layers=list(layers))
 
 
-def container(container_id, image_id, state='running', created=0, size=0):
+def container(container_id, image_id, state='running', created=0, size=0, project=None):
     return dict(id=container_id, name='c-' + container_id, state=state, image_id='sha256:' + image_id,
-                created=created, bytes=size)
+                created=created, bytes=size, labels={engine.PROJECT_LABEL: project} if project else {})
 
 
 def volume(name, ref_count=0, size=MB, labels=None, driver='local'):
@@ -224,6 +224,15 @@ def fleet():
 
 def test_containers_stage_takes_stopped_containers_oldest_first():
     assert names(engine.reclaim_candidates('containers', fleet(), protection())) == ['c-dead', 'c-new', 'c-stop']
+
+
+def test_containers_stage_keeps_the_stopped_containers_of_managed_projects():
+    inventory = fleet()
+    inventory.containers['shopdb'] = container('shopdb', 'b' * 64, 'exited', created=0, project='shop')
+    inventory.containers['other'] = container('other', 'b' * 64, 'exited', created=0, project='scratch')
+    taken = names(engine.reclaim_candidates('containers', inventory, protection(projects=['shop'])))
+    assert 'c-shopdb' not in taken, 'a stopped container of a project with a ledger was taken'
+    assert taken == ['c-other', 'c-dead', 'c-new', 'c-stop'], 'other projects are not protected'
 
 
 def test_image_stages_never_take_used_or_protected_images():

@@ -518,6 +518,16 @@ def test_protected_images_are_current_and_last_good_releases(tmp_path):
     assert '127.0.0.1:5000/shop/web:r3' in only_current and digest('b') not in only_current
 
 
+def test_protected_images_include_a_candidate_another_run_may_be_bringing_up(tmp_path):
+    record(tmp_path, 'r1', 'a')
+    act(tmp_path, 'promote', release='r1')
+    record(tmp_path, 'r2', 'b')  # recorded, pulled, not up yet: a reclaim now would pull the rug
+    refs = protected_images(str(tmp_path), PROJECT, 0)
+    assert '127.0.0.1:5000/shop/web:r2' in refs and digest('b') in refs
+    act(tmp_path, 'fail', release='r2', reason='gate')
+    assert digest('b') not in protected_images(str(tmp_path), PROJECT, 0), 'a failed candidate is not protected'
+
+
 def test_protected_images_refuse_an_unreadable_or_missing_ledger(tmp_path):
     record(tmp_path, 'r1')
     ledger_file(tmp_path).write_bytes(b'{')
