@@ -116,8 +116,9 @@ options:
         type: dict
       headers:
         description:
-          - Extra request headers for V(http) and V(openapi) checks. Put tokens in O(checks[].bearer_token), not here -
-            only that option is kept out of logs and results.
+          - Extra request headers for V(http) and V(openapi) checks, for example an C(X-Api-Key).
+          - The option is C(no_log): its values are kept out of the invocation, results and logs at any verbosity (a
+            header value that also appears in an answer is masked there too).
         type: dict
       bearer_token:
         description:
@@ -445,7 +446,7 @@ CHECK_OPTIONS = dict(
     body_contains=dict(type='str'),
     body_regex=dict(type='str'),
     json=dict(type='dict'),
-    headers=dict(type='dict'),
+    headers=dict(type='dict', no_log=True),  # Authorization, X-Api-Key...: secrets as often as not
     bearer_token=dict(type='str', no_log=True),
     validate_certs=dict(type='bool', default=True),
     follow_redirects=dict(type='bool', default=False),

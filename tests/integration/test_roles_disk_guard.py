@@ -29,6 +29,7 @@ from role_stack import PLAYBOOKS, disk_usage, holding_small_engine
 pytestmark = [pytest.mark.xdist_group('small_engine')]
 
 WEBHOOK_PORT = 18790
+WEBHOOK_TOKEN = 'hook-Secret-7731'  # in the webhook URL, as Slack and Teams put theirs
 BIG_COUNT, BIG_MB = 7, 40  # the same big images test_disk_reclaim.py uses (other sizes would rebuild them)
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / 'ansible-playbook')
 
@@ -53,7 +54,7 @@ def webhook():
     server = http.server.ThreadingHTTPServer(('127.0.0.1', WEBHOOK_PORT), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield 'http://127.0.0.1:%d/hooks/disk' % WEBHOOK_PORT, calls
+    yield 'http://127.0.0.1:%d/hooks/disk?token=%s' % (WEBHOOK_PORT, WEBHOOK_TOKEN), calls
     server.shutdown()
     server.server_close()
 
@@ -102,8 +103,10 @@ def test_reclaim_reports_measured_numbers_and_alerts_while_critical(testbed, sma
         inventory = guard_inventory(tmp_path, disk_guard_threshold_percent=threshold, disk_guard_target_percent=target,
                                     disk_guard_critical_percent=1, disk_guard_webhook_url=url)
 
-        run = run_playbook(PLAYBOOKS / 'disk_guard.yml', inventory, env={'DOCKER_HOST': small_engine.docker_host})
+        run = run_playbook(PLAYBOOKS / 'disk_guard.yml', inventory, env={'DOCKER_HOST': small_engine.docker_host},
+                           args=['-vvv'])
         assert run.rc == 0, run.output[-4000:]
+        assert WEBHOOK_TOKEN not in run.output, "the webhook's token shows in the -vvv output"
         used_after, _free, percent_after = disk_usage(root)
         left = [ref for ref in refs[:3] if any(ref in image.tags for image in client.images.list())]
 
@@ -132,7 +135,7 @@ def test_reclaim_reports_measured_numbers_and_alerts_while_critical(testbed, sma
     # Still at or above critical after reclaiming: exactly one alert, carrying the report.
     assert len(calls) == 1, calls
     call = calls[0]
-    assert call['path'] == '/hooks/disk' and call['content_type'].startswith('application/json')
+    assert call['path'] == '/hooks/disk?token=' + WEBHOOK_TOKEN and call['content_type'].startswith('application/json')
     assert call['body']['report']['usage_after'] == report['usage_after']
     assert '%s%%' % report['usage_after']['percent'] in call['body']['text'] and 'critical at 1%' in call['body']['text']
 
