@@ -25,7 +25,7 @@ description:
     recorded and may be bringing up) of every project in O(protect_releases). An image with several tags or digests
     is removed only when none of them is protected.
   - Never removed either is a stopped container of a project in O(protect_releases) (found by its compose project
-    label): compose carries its anonymous volumes over to the container that replaces it.
+    label), because compose carries its anonymous volumes over to the container that replaces it.
   - Images are removed by id without force, so the engine itself still refuses to delete an image a container started
     using meanwhile; such refusals are reported as skipped, not as failures.
   - Usage is computed as C(df) computes it, so RV(reclaimed_bytes) is the drop of C(df)'s C(Used) column; see RV(usage_before).

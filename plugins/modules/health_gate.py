@@ -117,7 +117,7 @@ options:
       headers:
         description:
           - Extra request headers for V(http) and V(openapi) checks, for example an C(X-Api-Key).
-          - The option is C(no_log): its values are kept out of the invocation, results and logs at any verbosity (a
+          - The option is C(no_log); its values are kept out of the invocation, results and logs at any verbosity (a
             header value that also appears in an answer is masked there too).
         type: dict
       bearer_token:

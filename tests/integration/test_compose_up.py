@@ -3,7 +3,6 @@ read from the engine."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
