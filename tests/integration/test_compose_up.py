@@ -111,8 +111,7 @@ def test_bad_input_fails_naming_the_fix(project, run_module):
     assert zero.failed and 'up_timeout must be at least 1' in zero['msg']
 
 
-def test_registry_auth_is_used_for_the_pull_only_and_a_bad_password_touches_nothing(project, run_module, testbed,
-                                                                                   tmp_path):
+def test_registry_auth_is_used_for_the_pull_only_and_a_bad_password_touches_nothing(project, run_module, testbed, tmp_path):
     """The pull runs with a Docker config made for it (the user's, plus registry_auth), removed afterwards: nothing is
     logged in for good, and the user's own config is left as it was."""
     config = tmp_path / 'docker-config'  # the user's Docker config: it must come out unchanged
