@@ -25,6 +25,7 @@ author:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - safedeploy.compose._compose_project
+  - safedeploy.compose._stack_lock_hold
 attributes:
   check_mode:
     support: full
@@ -116,6 +117,13 @@ container_name:
   returned: always
   type: str
   sample: shop-web-run-3f9c2a1b
+lease_lost:
+  description:
+    - Whether the module stopped before the command because the run of O(stack_lock.run_id) no longer holds the stack
+      lock.
+  returned: always
+  type: bool
+  sample: false
 compose_version:
   description: The version of the compose CLI that ran.
   returned: always
@@ -132,6 +140,11 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
     ComposeTimeout,
     open_project,
     tail_lines,
+)
+from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import (
+    STACK_LOCK_HOLD_SPEC,
+    LeaseLost,
+    hold_stack_lock,
 )
 
 
@@ -158,9 +171,10 @@ def main():
         docker_host=dict(type='str'),
     )
     argument_spec.update(COMPOSE_PROJECT_ARGUMENT_SPEC)
+    argument_spec.update(STACK_LOCK_HOLD_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
-    result = dict(changed=False, compose_argv=[], compose_version='', container_name='')
+    result = dict(changed=False, compose_argv=[], compose_version='', container_name='', lease_lost=False)
     if params['timeout'] < 1:
         module.fail_json(msg='compose_run: timeout must be at least 1 second, got %s' % params['timeout'], **result)
     if not params['service'].strip():
@@ -174,6 +188,19 @@ def main():
     if module.check_mode:
         result['changed'] = True
         module.exit_json(**result)
+    if params['stack_lock']:
+        result['lease_lost'] = True  # until the check below says otherwise
+        try:
+            _lease, warning = hold_stack_lock(params['stack_lock']['state_dir'], params['project_name'],
+                                              params['stack_lock']['run_id'], 'running ' + what)
+        except LeaseLost as exc:
+            module.fail_json(msg='compose_run: %s' % exc, **result)
+        except Exception as exc:  # a lock that cannot be read is not known to be held
+            module.fail_json(msg='compose_run: cannot check the stack lock before running %s: %s' % (what, exc),
+                             **result)
+        result['lease_lost'] = False
+        if warning:
+            module.warn(warning)
     try:
         rc, out, err = project.runner.run(argv, timeout=params['timeout'], cwd=project.project_dir)
     except ComposeTimeout as exc:

@@ -21,11 +21,14 @@ description:
     command that ran out of time says so, with its limit.
   - RV(changed) comes from the engine, not from compose's output. It compares the project's containers (id and compose
     config hash) before and after.
+  - With O(stack_lock), it renews the run's stack lock before each pull attempt and before it touches a container, and
+    stops there when the run no longer holds it.
 author:
   - safedeploy.compose contributors (@safedeploy)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - safedeploy.compose._compose_project
+  - safedeploy.compose._stack_lock_hold
   - safedeploy.compose._engine
 attributes:
   check_mode:
@@ -168,6 +171,13 @@ touched:
   returned: always
   type: bool
   sample: false
+lease_lost:
+  description:
+    - Whether the module stopped because the run of O(stack_lock.run_id) no longer holds the stack lock (it then
+      touched nothing more).
+  returned: always
+  type: bool
+  sample: false
 leftovers:
   description:
     - The containers of an interrupted recreate found (and, unless in check mode, removed), each with C(id), C(name)
@@ -223,6 +233,11 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
 from ansible_collections.safedeploy.compose.plugins.module_utils._registry import default_docker_config_path
+from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import (
+    STACK_LOCK_HOLD_SPEC,
+    LeaseLost,
+    hold_stack_lock,
+)
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
     ENGINE_ARGUMENT_SPEC,
     connect_engine,
@@ -239,7 +254,7 @@ class ComposeUp(object):
         self.module = module
         self.params = module.params
         self.result = dict(changed=False, authenticated=[], pulled=False, touched=False, leftovers=[], containers={},
-                           compose_argv=[], compose_version='')
+                           compose_argv=[], compose_version='', lease_lost=False)
 
     def fail(self, msg, **extra):
         self.result.update(extra)
@@ -247,6 +262,20 @@ class ComposeUp(object):
 
     def project(self):
         return open_project(self.module, 'compose_up', self.result)
+
+    def hold_lock(self, before):
+        """With stack_lock: still this run's lock? Renew it, or stop before `before`, touching nothing more."""
+        lock = self.params['stack_lock']
+        if not lock or self.module.check_mode:
+            return
+        try:
+            _lease, warning = hold_stack_lock(lock['state_dir'], self.params['project_name'], lock['run_id'], before)
+        except LeaseLost as exc:
+            self.fail('compose_up: %s' % exc, lease_lost=True)
+        except Exception as exc:  # the lock cannot be read: as good as lost, since nothing says this run holds it
+            self.fail('compose_up: cannot check the stack lock before %s: %s' % (before, exc), lease_lost=True)
+        if warning:
+            self.module.warn(warning)
 
     def containers(self, client):
         """{container id: (service, config hash, state)} of the project's containers (one-off ones left out)."""
@@ -315,6 +344,7 @@ class ComposeUp(object):
         argv = project.pull_argv()
         attempts = params['pull_retries'] + 1
         for attempt in range(1, attempts + 1):
+            self.hold_lock('pulling the images of %s (attempt %d)' % (params['project_name'], attempt))
             try:
                 rc, out, err = project.runner.run(argv, timeout=params['pull_timeout'], cwd=project.project_dir)
             except ComposeTimeout as exc:
@@ -375,6 +405,7 @@ class ComposeUp(object):
         if params['state'] == 'pulled':
             self.result['containers'] = self.by_service(before)
             return self.result
+        self.hold_lock('bringing up %s' % params['project_name'])
         self.result['touched'] = True
         for leftover in leftovers:
             self.engine_call('remove the leftover container %s' % leftover['name'],
@@ -408,6 +439,7 @@ def main():
         up_timeout=dict(type='int', default=300),
     )
     argument_spec.update(COMPOSE_PROJECT_ARGUMENT_SPEC)
+    argument_spec.update(STACK_LOCK_HOLD_SPEC)
     argument_spec.update(ENGINE_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     for name in ('pull_timeout', 'up_timeout'):

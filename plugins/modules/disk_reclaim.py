@@ -26,6 +26,11 @@ description:
     is removed only when none of them is protected.
   - Never removed either is a stopped container of a project in O(protect_releases) (found by its compose project
     label), because compose carries its anonymous volumes over to the container that replaces it.
+  - A reclaim never runs inside another run's rollout, rollback or recovery, between its pull and its C(up)
+    (it could remove what that run pulled). Before it removes anything it looks for a live stack lock (see
+    M(safedeploy.compose.stack_lock)) of another run in O(protect_releases.state_dir); while there is one it waits up
+    to O(protect_releases.lock_wait) seconds, then removes nothing and says so (RV(blocked_by)). While it removes, it
+    holds C(.reclaim.lock) in that directory, and no run can take a new stack lock until it is done.
   - Images are removed by id without force, so the engine itself still refuses to delete an image a container started
     using meanwhile; such refusals are reported as skipped, not as failures.
   - Usage is computed as C(df) computes it, so RV(reclaimed_bytes) is the drop of C(df)'s C(Used) column; see RV(usage_before).
@@ -122,6 +127,17 @@ options:
           - The default, V(2), keeps the current release and the good release before it, the target of a rollback.
         type: int
         default: 2
+      run_id:
+        description:
+          - The run this reclaim is part of (the run id its rollout took the stack lock with); that run's own lock
+            does not hold the reclaim back.
+        type: str
+      lock_wait:
+        description:
+          - Seconds to wait for the stack locks of other runs to be released before giving up without removing
+            anything. V(0) gives up at once (a scheduled guard runs again soon).
+        type: int
+        default: 0
 notes:
   - Sizes of images come from the engine's layer sizes (the sum of the files in each layer). On a filesystem with many
     small files the real space freed can be larger than the estimate; RV(reclaimed_bytes) is always measured.
@@ -169,6 +185,27 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+blocked_by:
+  description:
+    - What kept the reclaim from removing anything, after waiting O(protect_releases.lock_wait) seconds; empty when
+      nothing did. Each entry is a stack lock of another run (C(kind=stack_lock), with its C(project), C(run_id),
+      C(release), C(owner) and C(since)) or another reclaim (C(kind=reclaim)), with a C(description).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - kind: stack_lock
+      project: shop
+      run_id: awx-job-1713
+      release: 9f2c1ab
+      owner: deploy
+      since: "2025-01-31T10:02:11Z"
+      description: owner deploy on host web1 (pid 48113), run id awx-job-1713, release 9f2c1ab, acquired ...
+waited:
+  description: Seconds spent waiting for the stack locks of other runs (or another reclaim) to be released.
+  returned: always
+  type: float
+  sample: 0.0
 msg:
   description: One line saying what was done (or would be done in check mode) and the usage before and after.
   returned: always
@@ -263,6 +300,8 @@ protected:
       image_ids: [sha256:77aa0c3c1f5e5b3e1d1c0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d]
 '''
 
+import contextlib
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
@@ -279,6 +318,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._engine import 
     remove_reclaim_candidate,
     usage_after_freeing,
 )
+from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import reclaim_interlock
 from ansible_collections.safedeploy.compose.plugins.module_utils._release_state import (
     ReleaseStateError,
     list_projects,
@@ -308,7 +348,8 @@ class DiskReclaim:
         self.layer_cache = {}
         # No top-level `path` key: AnsibleModule would add that path's file attributes to the result.
         self.result = dict(changed=False, msg='', usage_before={}, usage_after={},
-                           reclaimed_bytes=0, estimated_reclaim_bytes=0, target_reached=False, stages=[], protected=[])
+                           reclaimed_bytes=0, estimated_reclaim_bytes=0, target_reached=False, stages=[], protected=[],
+                           blocked_by=[], waited=0.0)
 
     def fail(self, msg, **extra):
         self.result.update(extra)
@@ -405,6 +446,27 @@ class DiskReclaim:
                       'Repair the ledger (safedeploy.compose.last_good_tag with recover_from_backup: true), or leave the '
                       'project out of protect_releases.projects' % (path, '; '.join(ledger_errors)))
 
+        releases = self.params['protect_releases']
+        with contextlib.ExitStack() as held:
+            try:
+                status = held.enter_context(reclaim_interlock(releases['state_dir'], releases['run_id'],
+                                                              releases['lock_wait'], check_mode=self.module.check_mode))
+            except ReleaseStateError as exc:
+                self.fail('disk_reclaim: %s' % exc)
+            self.result.update(status)
+            if status['blocked_by']:
+                self.result['target_reached'] = usage['percent'] <= target
+                self.result['msg'] = (
+                    '%s nothing on %s (%.1f%% used) while another run is in progress, since a reclaim could remove '
+                    'what it is bringing up: %s; %s'
+                    % ('would remove' if self.module.check_mode else 'removed', path, usage['percent'],
+                       '; '.join(entry['description'] for entry in status['blocked_by']),
+                       'the next reclaim runs once it is done' if releases['lock_wait'] <= 0 else
+                       'gave up after waiting %ss (protect_releases.lock_wait)' % int(status['waited'])))
+                self.module.exit_json(**self.result)
+            self.reclaim(path, usage, target, stages, protection, inventory)
+
+    def reclaim(self, path, usage, target, stages, protection, inventory):
         check_mode = self.module.check_mode
         reclaimer = Reclaimer(self.read_inventory, protection, target,
                               measure=None if check_mode else (lambda: self.measure(path)),
@@ -463,6 +525,8 @@ def main():
             state_dir=dict(type='path', default='/var/lib/safedeploy'),
             projects=dict(type='list', elements='str'),
             keep_releases=dict(type='int', default=2),
+            run_id=dict(type='str'),
+            lock_wait=dict(type='int', default=0),
         )),
     )
     argument_spec.update(ENGINE_ARGUMENT_SPEC)

@@ -130,6 +130,14 @@ options:
       - Has no effect on a healthy ledger.
     type: bool
     default: false
+  run_id:
+    description:
+      - The run that holds the stack lock of O(project) (taken with M(safedeploy.compose.stack_lock) in O(state_dir)).
+      - When given, every action but V(query) first checks that this run still holds the lock and renews its lease for
+        another ttl; a run whose lease was taken over, released or broken fails with RV(lease_lost=true), naming the
+        holder, and the ledger is not written.
+      - Not checked in check mode, where the lock is never written.
+    type: str
 notes:
   - A read-modify-write waits at most 30 seconds for a concurrent one on the same project, then fails naming
     the process (pid, host, since) that holds the ledger.
@@ -190,6 +198,11 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+lease_lost:
+  description: Whether the action was refused because the run of O(run_id) no longer holds the stack lock.
+  returned: always
+  type: bool
+  sample: false
 last_good:
   description:
     - The release that passed its health gate most recently and was not failed since; null when there is none.
@@ -357,9 +370,13 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._release_state 
     ReleaseStateError,
     apply_ledger_action,
 )
+from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import (
+    LeaseLost,
+    hold_stack_lock,
+)
 
 EMPTY_RESULT = dict(changed=False, last_good=None, previous_good=None, current=None, releases=[], evicted=[],
-                    restored=[], serial=None, ledger_file=None)
+                    restored=[], serial=None, ledger_file=None, lease_lost=False)
 
 
 def main():
@@ -376,6 +393,7 @@ def main():
         fail_status=dict(type='str', default='failed', choices=['failed', 'rolled_back']),
         history_limit=dict(type='int', default=20),
         recover_from_backup=dict(type='bool', default=False),
+        run_id=dict(type='str'),
     )
     argument_spec.update(STATE_ARGUMENT_SPEC)
     module = AnsibleModule(
@@ -389,6 +407,18 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    if params['run_id'] and params['action'] != 'query' and not module.check_mode:
+        try:
+            _lease, warning = hold_stack_lock(params['state_dir'], params['project'], params['run_id'],
+                                              'the ledger action %s' % params['action'])
+        except LeaseLost as exc:
+            module.fail_json(msg='last_good_tag %s of project %s: %s' % (params['action'], params['project'], exc),
+                             **dict(EMPTY_RESULT, lease_lost=True))
+        except ReleaseStateError as exc:  # a lock that cannot be read is not known to be held
+            module.fail_json(msg='last_good_tag %s of project %s: cannot check the stack lock: %s'
+                             % (params['action'], params['project'], exc), **dict(EMPTY_RESULT, lease_lost=True))
+        if warning:
+            module.warn(warning)
     try:
         result = apply_ledger_action(
             params['state_dir'], params['project'], action=params['action'], release=params['release'],
@@ -404,7 +434,7 @@ def main():
         module.warn(warning)
     if not module._diff:
         result.pop('diff')
-    module.exit_json(**result)
+    module.exit_json(lease_lost=False, **result)
 
 
 if __name__ == '__main__':
