@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import subprocess
+import time
 import uuid
 
 import docker
@@ -18,6 +19,7 @@ import pytest
 
 from ansible_collections.safedeploy.compose.plugins.module_utils import _engine as engine
 from ansible_collections.safedeploy.compose.plugins.module_utils._release_state import apply_ledger_action
+from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import acquire_stack_lock, release_stack_lock
 from testbed import testbed as testbed_mod
 
 pytestmark = [pytest.mark.xdist_group('small_engine')]
@@ -339,3 +341,34 @@ def test_bad_options_fail_before_the_engine_is_touched(run_module, tmp_path, arg
     host = 'unix://%s' % (tmp_path / 'sdt-reclaim-no-engine.sock')
     result = run_module('disk_reclaim', dict(args, docker_host=host))
     assert result.failed and words in result['msg'], result['msg']
+
+
+def test_a_reclaim_never_runs_inside_another_runs_rollout(small, big_refs, run_module, tmp_path):
+    """Another run holds the stack lock of a project (between its pull and its up): the reclaim waits, then removes
+    nothing and names it; the run's own reclaim (its run id) and a reclaim once the lock is released do remove."""
+    small.pull(big_refs[0])
+    stopped = small.container(big_refs[0], 'stopped', ['/bin/true'], detach=False)
+    state_dir = tmp_path / 'state'
+    acquire_stack_lock(str(state_dir), 'sdt-reclaim-busy', 'sdt-run-busy', owner='ci', release='r7', lock_wait=0)
+    before = small.state()
+    args = dict(docker_host=small.docker_host, force=True, target_percent=0, stages=['containers'],
+                protect_releases=dict(state_dir=str(state_dir), projects=[], lock_wait=1))
+
+    started = time.monotonic()
+    blocked = run_module('disk_reclaim', args)
+    assert not blocked.failed, blocked['msg']
+    assert time.monotonic() - started >= 1 and blocked['waited'] >= 1
+    assert blocked['changed'] is False and blocked['stages'] == [] and blocked['reclaimed_bytes'] == 0
+    assert [(entry['kind'], entry['project'], entry['run_id'], entry['release']) for entry in blocked['blocked_by']] == [
+        ('stack_lock', 'sdt-reclaim-busy', 'sdt-run-busy', 'r7')]
+    assert 'removed nothing' in blocked['msg'] and 'while another run is in progress' in blocked['msg']
+    assert small.state() == before
+
+    inside = run_module('disk_reclaim', dict(args, protect_releases=dict(args['protect_releases'], run_id='sdt-run-busy')),
+                        check=True)
+    assert not inside.failed and inside['blocked_by'] == [] and inside['changed'] is True
+
+    release_stack_lock(str(state_dir), 'sdt-reclaim-busy', 'sdt-run-busy')
+    done = run_module('disk_reclaim', args)
+    assert not done.failed and done['blocked_by'] == [] and done['changed'] is True
+    assert stopped.id in removed_ids(done)

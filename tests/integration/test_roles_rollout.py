@@ -594,7 +594,9 @@ class TestOneStack(object):
         killed = threading.Event()
         events = client.events(decode=True, filters={'event': ['rename', 'create'],
                                                      'label': 'com.docker.compose.project=%s' % chain.project})
-        run = Background('rollout.yml', chain.inventory(rollout_run_id='sdt-roll-run-killed', rollout_lock_ttl=5), {'release': 'r4'})
+        # a ttl the timeouts fit in (the role checks that), short enough to test; the lease is aged below, not waited for
+        short = dict(rollout_lock_ttl=40, rollout_pull_timeout=30, rollout_up_timeout=20, rollout_health_timeout=15)
+        run = Background('rollout.yml', chain.inventory(rollout_run_id='sdt-roll-run-killed', **short), {'release': 'r4'})
 
         def kill_at_first_rename():
             for event in events:
@@ -622,9 +624,12 @@ class TestOneStack(object):
         leftovers = [c.name for c in chain.containers(client) if LEFTOVER.match(c.name)]
         assert leftovers, [c.name for c in chain.containers(client)]
         assert_made_by_compose_under_test(chain, client, testbed)  # the background run's CLI made the leftover too
-        wait_until(lambda: lease_expired(lease, time.time()), 30, 'the lease expiring')
+        assert not lease_expired(lease, time.time())
+        # 40 s pass: the lease's boot-clock deadline is what expiry reads (the wall clock may step)
+        lease['expires_boot_clock'] = time.clock_gettime(time.CLOCK_BOOTTIME) - 1
+        chain.lock_file.write_text(json.dumps(lease))
 
-        again = chain.rollout('r4', rollout_run_id='sdt-roll-run-next', rollout_lock_ttl=5)
+        again = chain.rollout('r4', rollout_run_id='sdt-roll-run-next', **short)
         assert_ok(again)
         flat = ' '.join(again.output.split())
         assert 'took over the expired stack lock' in flat and 'run id sdt-roll-run-killed' in flat, again.output[-5000:]
@@ -780,6 +785,45 @@ def test_hooks_run_in_order_under_the_lock_and_a_failing_one_leaves_the_old_rele
         assert ledger['status'] == {'r1': 'good', 'r2': 'failed'} and ledger['current']['id'] == 'r1'
     finally:
         recorder.stop()
+
+
+def test_a_run_that_lost_its_stack_lock_stops_and_touches_nothing_more(make_stack, images, testbed, tmp_path):
+    """Someone breaks the run's stack lock and another run takes it (as after an expiry, or by hand) while the run
+    works: before `up` the run stops with the old release untouched; after `up`, promote refuses and no rollback
+    runs. Neither writes the ledger nor releases the other run's lock."""
+    client = testbed.client()
+    stack = make_stack('leaselost')
+    take_over = tmp_path / 'take-over.yml'
+    take_over.write_text(yaml.safe_dump([
+        {'name': 'Break this run\'s stack lock', 'safedeploy.compose.stack_lock': {
+            'project': '{{ rollout_project }}', 'state_dir': '{{ rollout_state_dir }}', 'state': 'absent',
+            'run_id': '{{ _rollout_run_id }}'}},
+        {'name': 'Another run takes it', 'safedeploy.compose.stack_lock': {
+            'project': '{{ rollout_project }}', 'state_dir': '{{ rollout_state_dir }}', 'run_id': 'sdt-intruder',
+            'owner': 'intruder', 'lock_wait': 0}},
+    ], sort_keys=False))
+    hook = {'name': 'take-over', 'tasks': str(take_over)}
+    assert_ok(stack.rollout('r1'))
+    before = stack.snapshot(client)
+
+    run = assert_failed(stack.rollout('r2', stack=stack.stack_vars(hooks={'before_up': [hook]})))
+    message = ' '.join(failure_message(run).split())
+    assert 'no longer holds the stack lock of project %s' % stack.project in message, message
+    assert 'run id sdt-intruder' in message and 'This run lost its stack lock and stopped' in message, message
+    assert 'Nothing running was touched' in message, message
+    assert stack.snapshot(client) == before
+    assert json.loads(stack.lock_file.read_text())['run_id'] == 'sdt-intruder'  # not released by the run that lost it
+    assert stack.ledger()['status'] == {'r1': 'good', 'r2': 'candidate'}  # not written after the loss
+
+    stack.lock_file.unlink()  # the intruder is gone
+    run = assert_failed(stack.rollout('r3', stack=stack.stack_vars(hooks={'after_gate': [hook]})))
+    message = ' '.join(failure_message(run).split())
+    assert 'the ledger action promote' in message and 'r3 was brought up and may run, unpromoted' in message, message
+    assert stack.running_digests(client) == images['r3']  # no rollback by a run that lost the lock
+    ledger = stack.ledger()
+    assert ledger['status']['r3'] == 'candidate' and ledger['current']['id'] == 'r1'
+    assert json.loads(stack.lock_file.read_text())['run_id'] == 'sdt-intruder'
+    stack.lock_file.unlink()
 
 
 @pytest.mark.compose_cli
