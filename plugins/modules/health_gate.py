@@ -199,8 +199,11 @@ options:
   success_threshold:
     description:
       - Passes in a row each check needs to count as green.
+      - The default, V(2), keeps the gate from passing on a single sample - a container that is C(running) once, in the
+        middle of a crash loop, is not yet green; it must pass again one O(interval) later, and a restart in between is
+        seen as a crash loop. It costs one O(interval) of gate time. V(1) passes on the first good sample.
     type: int
-    default: 1
+    default: 2
   stable_for:
     description:
       - Seconds every check must stay green, measured from the round in which the last one turned green, before the gate
@@ -478,7 +481,7 @@ ARGUMENT_SPEC = dict(
     ]),
     timeout=dict(type='float', default=120.0),
     interval=dict(type='float', default=2.0),
-    success_threshold=dict(type='int', default=1),
+    success_threshold=dict(type='int', default=2),
     stable_for=dict(type='float', default=0.0),
     count_unreachable_as_failure=dict(type='bool', default=True),
     log_lines=dict(type='int', default=20),
@@ -557,9 +560,9 @@ def gather_logs(outcome, lines):
     return logs
 
 
-def unguarded_containers(outcome, stable_for):
-    """Containers only judged by "running": no HEALTHCHECK, no other check type, no stable_for."""
-    if stable_for > 0 or any(state.probe.kind != 'containers' for state in outcome.states):
+def unguarded_containers(outcome, stable_for, success_threshold):
+    """Containers judged by one "running" sample: no HEALTHCHECK, no other check type, one pass, no stable_for."""
+    if stable_for > 0 or success_threshold > 1 or any(state.probe.kind != 'containers' for state in outcome.states):
         return []
     return sorted(set(row['name'] for state in outcome.states if state.last is not None
                       for row in state.last.evidence.get('containers', []) if row.get('health') is None))
@@ -576,11 +579,11 @@ def main():
     outcome = gate.wait_until_healthy()
     for warning in outcome.warnings:
         module.warn(warning)
-    bare = unguarded_containers(outcome, params['stable_for'])
+    bare = unguarded_containers(outcome, params['stable_for'], params['success_threshold'])
     if bare:
         module.warn('container(s) %s have no Docker HEALTHCHECK and no http, tcp or openapi check watches them, so they count as '
-                    'up as soon as they run (a crash loop between two rounds can pass); set stable_for to a few intervals or '
-                    'add an http or tcp check' % ', '.join(bare))
+                    'up on one sample of them running (success_threshold 1; a crash loop between two rounds can pass); keep '
+                    'success_threshold at 2 or more, set stable_for to a few intervals, or add an http or tcp check' % ', '.join(bare))
     result.update(
         passed=outcome.passed,
         elapsed=outcome.elapsed,

@@ -8,6 +8,7 @@ live on 127.0.0.1 in the same port range. Every project is taken down by its fix
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -203,7 +204,7 @@ def local_server():
 def test_healthy_stack_passes_within_one_interval(stack, run_module, testbed):
     project = stack('healthy', app_service('app', 'v1', PORT_HEALTHY))
     result = run_module('health_gate', {
-        'timeout': 30, 'interval': 1,
+        'timeout': 30, 'interval': 1, 'success_threshold': 1,
         'checks': [
             {'type': 'containers', 'project': project},
             {'name': 'app health', 'type': 'http', 'url': health_url(PORT_HEALTHY), 'json': {'status': 'ok', 'checks.db': 'ok'}},
@@ -221,10 +222,25 @@ def test_healthy_stack_passes_within_one_interval(stack, run_module, testbed):
     assert result['logs'] == {}
 
 
+def test_the_default_never_passes_on_one_sample(stack, run_module):
+    """Only a containers check, on containers without a HEALTHCHECK: one "running" sample is not enough."""
+    project = stack('twosamples', app_service('app', 'v1', PORT_HEALTHY))
+    result = run_module('health_gate', {'timeout': 30, 'interval': 1, 'checks': [{'type': 'containers', 'project': project}]})
+    assert result['passed'], result['msg']
+    check = by_name(result, 'containers %s' % project)
+    assert check['passes'] == 2 and result['rounds'] >= 2, (check, result['rounds'])
+    assert result['elapsed'] >= 1.0
+    assert 'one sample' not in json.dumps(result.get('warnings'))
+    once = run_module('health_gate', {'timeout': 30, 'interval': 1, 'success_threshold': 1,
+                                      'checks': [{'type': 'containers', 'project': project}]})
+    assert once['passed'] and once['rounds'] == 1, once['msg']
+    assert 'up on one sample of them running' in json.dumps(once.get('warnings'))
+
+
 def test_slow_stack_passes_when_it_gets_there(stack, run_module, testbed):
     project = stack('slow', app_service('app', 'slow', PORT_SLOW, env={'APP_DELAY': '4'}))
     result = run_module('health_gate', {
-        'timeout': 30, 'interval': 1,
+        'timeout': 30, 'interval': 1, 'success_threshold': 1,
         'checks': [{'type': 'containers', 'project': project}, {'name': 'slow health', 'type': 'http', 'url': health_url(PORT_SLOW)}],
     })
     assert result['passed'], result['msg']
