@@ -16,7 +16,16 @@ description:
     (owner, host, pid, run id, release), when it was acquired and its time to live.
   - Take it first with O(state=present) and release it with O(state=absent) in an C(always) block.
   - A second run waits up to O(lock_wait) seconds for the holder, then fails naming it and the age of its lease.
-  - A lease older than its O(ttl) is taken over with a warning (its run died without releasing it).
+  - A lease not renewed for O(ttl) seconds is taken over with a warning (its run died without releasing it).
+  - The modules that change the stack (M(safedeploy.compose.compose_up), M(safedeploy.compose.compose_run),
+    M(safedeploy.compose.last_good_tag)) renew the lease through their C(stack_lock)/O(run_id) options before
+    every step and stop, touching nothing more, when it has been taken over. The TTL therefore only has to be
+    longer than the longest single step (a pull, an up plus the gate, a hook), not the whole run.
+  - Expiry is measured on the host's boot clock (C(CLOCK_BOOTTIME)), so a wall-clock step (NTP, a manual
+    C(date)) neither expires a live lease nor keeps a dead one; a lease written before the host's last boot
+    is expired.
+  - While a M(safedeploy.compose.disk_reclaim) that protects releases runs on the host, taking a lease waits
+    for it (within O(lock_wait)); a reclaim in turn never starts while any lease is live.
   - Only the run id that holds the lease can release it. To break a stale lease by hand, quote the
     holder's run id (it is in the failure message and in RV(lock)).
 author:
@@ -67,8 +76,10 @@ options:
     type: str
   ttl:
     description:
-      - Seconds the lease is valid after it was acquired. Once they have passed, another run takes it over.
-      - Choose it longer than the longest rollout.
+      - Seconds the lease is valid after it was acquired or last renewed. Once they have passed, another run
+        takes it over.
+      - Choose it longer than the longest single step between two renewals (the rollout role checks it against
+        its pull, up, gate and hook timeouts).
     type: int
     default: 1800
   lock_wait:
@@ -132,8 +143,11 @@ lock:
     run_id: awx-job-1713
     release: 9f2c1ab
     acquired_at: "2025-01-31T10:02:11Z"
+    renewed_at: "2025-01-31T10:02:11Z"
     ttl: 1800
     expires_at: "2025-01-31T10:32:11Z"
+    boot_id: 0f5b3d1e-9a42-4c0e-8b57-3c2f1d6a7e90
+    expires_boot_clock: 5012.42
   contains:
     owner:
       description: Who took the lease.
@@ -165,16 +179,31 @@ lock:
       type: str
       returned: always
       sample: "2025-01-31T10:02:11Z"
+    renewed_at:
+      description: When the lease was last taken or renewed (UTC, ISO 8601).
+      type: str
+      returned: always
+      sample: "2025-01-31T10:02:11Z"
     ttl:
-      description: Seconds the lease is valid after RV(lock.acquired_at).
+      description: Seconds the lease is valid after RV(lock.renewed_at).
       type: int
       returned: always
       sample: 1800
     expires_at:
-      description: When the lease expires (UTC, ISO 8601).
+      description: When the lease expires on the wall clock (UTC, ISO 8601), for people; the expiry check uses the boot clock.
       type: str
       returned: always
       sample: "2025-01-31T10:32:11Z"
+    boot_id:
+      description: The host's boot id when the lease was last renewed; a lease from another boot is expired.
+      type: str
+      returned: when the kernel tells it (Linux)
+      sample: 0f5b3d1e-9a42-4c0e-8b57-3c2f1d6a7e90
+    expires_boot_clock:
+      description: Seconds on the host's boot clock (C(CLOCK_BOOTTIME)) at which the lease expires.
+      type: float
+      returned: when the kernel tells it (Linux)
+      sample: 5012.42
 previous_lock:
   description:
     - The lease this task released or took over, with the keys of RV(lock); null otherwise.
