@@ -29,4 +29,3 @@ options:
         type: path
         default: /var/lib/safedeploy
 '''
-

@@ -408,15 +408,17 @@ def main():
     )
     params = module.params
     if params['run_id'] and params['action'] != 'query' and not module.check_mode:
+        lost = dict(EMPTY_RESULT)
+        lost['lease_lost'] = True
         try:
             _lease, warning = hold_stack_lock(params['state_dir'], params['project'], params['run_id'],
                                               'the ledger action %s' % params['action'])
         except LeaseLost as exc:
             module.fail_json(msg='last_good_tag %s of project %s: %s' % (params['action'], params['project'], exc),
-                             **dict(EMPTY_RESULT, lease_lost=True))
+                             **lost)
         except ReleaseStateError as exc:  # a lock that cannot be read is not known to be held
             module.fail_json(msg='last_good_tag %s of project %s: cannot check the stack lock: %s'
-                             % (params['action'], params['project'], exc), **dict(EMPTY_RESULT, lease_lost=True))
+                             % (params['action'], params['project'], exc), **lost)
         if warning:
             module.warn(warning)
     try:
