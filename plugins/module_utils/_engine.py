@@ -364,7 +364,8 @@ def reclaim_candidates(stage, inventory, protection):
 
 
 class Reclaimer:
-    """Run reclaim stages in order until usage is at or below `target_percent`.
+    """Run reclaim stages in order until usage is at or below `target_percent` and at least
+    `min_free_bytes` are free.
 
     read_inventory() returns a fresh EngineInventory; measure() the current disk usage;
     remove(candidate) removes one candidate from the engine and returns None, or the reason
@@ -373,17 +374,18 @@ class Reclaimer:
     half way can still report what was already removed.
     """
 
-    def __init__(self, read_inventory, protection, target_percent, measure=None, remove=None):
+    def __init__(self, read_inventory, protection, target_percent, measure=None, remove=None, min_free_bytes=0):
         self.read_inventory = read_inventory
         self.protection = protection
         self.target_percent = target_percent
+        self.min_free_bytes = min_free_bytes
         self.measure = measure
         self.remove = remove
         self.stages = []
         self.estimated_bytes = 0
 
     def reached(self, usage):
-        return usage['percent'] <= self.target_percent
+        return usage['percent'] <= self.target_percent and usage['free'] >= self.min_free_bytes
 
     def run(self, stages, usage, inventory=None):
         """Return the usage at the end (measured, or estimated in check mode)."""

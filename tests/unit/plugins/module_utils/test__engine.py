@@ -312,6 +312,27 @@ def test_plan_that_cannot_reach_target_removes_all_it_may_and_no_more():
     assert end['percent'] > 10
 
 
+def test_plan_with_min_free_bytes_stops_once_that_much_is_free_even_below_the_target():
+    # 700 MB used of 1000, under a 95% target: 300 MB free, 350 MB asked. The container (1 MB), the dangling image
+    # (50 MB): 351 MB free, and the plan stops there.
+    reclaimer = engine.Reclaimer(fleet, protection(), 95, min_free_bytes=350 * MB)
+    end = reclaimer.run(engine.RECLAIM_STAGES, usage_of(700 * MB))
+    assert [stage['name'] for stage in reclaimer.stages] == ['containers', 'dangling_images']
+    assert names(reclaimer.stages[1]['removed']) == ['sha256:eeeeeeeeeeee']
+    assert end['free'] == 351 * MB and reclaimer.reached(end)
+
+
+def test_plan_with_min_free_bytes_and_a_target_meets_both():
+    # 900 MB used: 100 MB free meets 50 MB asked, but the 89% target still needs 10 MB: the container, then the
+    # dangling image.
+    reclaimer = engine.Reclaimer(fleet, protection(), 89, min_free_bytes=50 * MB)
+    end = reclaimer.run(engine.RECLAIM_STAGES, usage_of(900 * MB))
+    assert end['used'] == 849 * MB and reclaimer.reached(end)
+    # Met already: nothing to do.
+    idle = engine.Reclaimer(fleet, protection(), 95, min_free_bytes=100 * MB)
+    assert idle.run(engine.RECLAIM_STAGES, usage_of(900 * MB))['used'] == 900 * MB and idle.stages == []
+
+
 class FakeDisk:
     """A disk whose usage drops by what the fake engine frees, plus a few bytes of metadata."""
 
