@@ -429,6 +429,47 @@ class Reclaimer:
         return usage
 
 
+# --- what a pull would download
+
+def layers_to_pull(diff_ids, layers, held_chains):
+    """The layers (compressed digest, size) of an image that a pull must download, base first.
+
+    `diff_ids` are the image's uncompressed layer digests (its config's rootfs.diff_ids), `layers`
+    the manifest's (compressed digest, size) in the same order, `held_chains` the chain ids of the
+    layers the engine holds. The engine skips a layer whose chain id it holds: the same content on
+    another parent is another layer. Each entry is keyed by the chain id it would create, so layers
+    shared by several images of a release can be counted once. Without usable diff ids (None, or not
+    one per layer) every layer is counted, keyed by its compressed digest.
+    """
+    if not diff_ids or len(diff_ids) != len(layers):
+        return [(digest, size) for digest, size in layers]
+    return [(chain, size) for chain, (_digest, size) in zip(chain_ids(diff_ids), layers) if chain not in held_chains]
+
+
+def read_held_digests(client):
+    """The ids and repository digests of the engine's images (one call): an image whose manifest or config
+    digest is among them is already here, and a pull of it downloads nothing."""
+    held = set()
+    for entry in client.api.images():
+        held.add(entry.get('Id'))
+        for repo_digest in _clean_refs(entry.get('RepoDigests')):
+            held.add(repo_digest.rpartition('@')[2])
+    held.discard(None)
+    return held
+
+
+def read_held_chains(client):
+    """The chain ids of every layer of the engine's images (one inspect an image)."""
+    chains = set()
+    for entry in client.api.images():
+        try:
+            diff_ids = (client.api.inspect_image(entry['Id']).get('RootFS') or {}).get('Layers') or []
+        except docker_errors.NotFound:
+            continue  # removed while we looked
+        chains.update(chain_ids(diff_ids))
+    return chains
+
+
 # --- reading the engine and removing from it
 
 def _read_image_layers(client, image_id, fallback_bytes):

@@ -141,6 +141,24 @@ def test_chain_ids_follow_the_oci_definition():
     assert engine.chain_ids([]) == []
 
 
+def test_layers_to_pull_are_those_whose_chain_the_engine_lacks():
+    base, middle, top = ('sha256:' + c * 64 for c in 'abc')
+    layers = [('sha256:' + '1' * 64, 100), ('sha256:' + '2' * 64, 20), ('sha256:' + '3' * 64, 3)]
+    chains = engine.chain_ids([base, middle, top])
+    # The host holds the base and the middle layer (another release of the same image): only the top is pulled.
+    assert engine.layers_to_pull([base, middle, top], layers, set(chains[:2])) == [(chains[2], 3)]
+    assert engine.layers_to_pull([base, middle, top], layers, set(chains)) == []
+    # The same content on another parent is another layer: the engine pulls it again.
+    assert engine.layers_to_pull([base, middle, top], layers, {middle, top}) == list(zip(chains, (100, 20, 3)))
+
+
+def test_layers_to_pull_count_every_layer_without_diff_ids_to_match():
+    layers = [('sha256:' + '1' * 64, 100), ('sha256:' + '2' * 64, 20)]
+    held = set(engine.chain_ids(['sha256:' + 'a' * 64]))
+    assert engine.layers_to_pull(None, layers, held) == layers
+    assert engine.layers_to_pull(['sha256:' + 'a' * 64], layers, held) == layers  # not one diff id a layer
+
+
 def history(*steps):
     """Engine history (newest first) from (created_by, size) steps given oldest first."""
     return [dict(CreatedBy=created_by, Size=size) for created_by, size in reversed(steps)]
