@@ -442,7 +442,7 @@ def layers_to_pull(diff_ids, layers, held_chains):
     one per layer) every layer is counted, keyed by its compressed digest.
     """
     if not diff_ids or len(diff_ids) != len(layers):
-        return [(digest, size) for digest, size in layers]
+        return list(layers)
     return [(chain, size) for chain, (_digest, size) in zip(chain_ids(diff_ids), layers) if chain not in held_chains]
 
 
