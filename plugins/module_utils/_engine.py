@@ -364,7 +364,8 @@ def reclaim_candidates(stage, inventory, protection):
 
 
 class Reclaimer:
-    """Run reclaim stages in order until usage is at or below `target_percent`.
+    """Run reclaim stages in order until usage is at or below `target_percent` and at least
+    `min_free_bytes` are free.
 
     read_inventory() returns a fresh EngineInventory; measure() the current disk usage;
     remove(candidate) removes one candidate from the engine and returns None, or the reason
@@ -373,17 +374,18 @@ class Reclaimer:
     half way can still report what was already removed.
     """
 
-    def __init__(self, read_inventory, protection, target_percent, measure=None, remove=None):
+    def __init__(self, read_inventory, protection, target_percent, measure=None, remove=None, min_free_bytes=0):
         self.read_inventory = read_inventory
         self.protection = protection
         self.target_percent = target_percent
+        self.min_free_bytes = min_free_bytes
         self.measure = measure
         self.remove = remove
         self.stages = []
         self.estimated_bytes = 0
 
     def reached(self, usage):
-        return usage['percent'] <= self.target_percent
+        return usage['percent'] <= self.target_percent and usage['free'] >= self.min_free_bytes
 
     def run(self, stages, usage, inventory=None):
         """Return the usage at the end (measured, or estimated in check mode)."""
@@ -425,6 +427,47 @@ class Reclaimer:
             if not simulate:
                 result['bytes'] = used_at_start - usage['used']
         return usage
+
+
+# --- what a pull would download
+
+def layers_to_pull(diff_ids, layers, held_chains):
+    """The layers (compressed digest, size) of an image that a pull must download, base first.
+
+    `diff_ids` are the image's uncompressed layer digests (its config's rootfs.diff_ids), `layers`
+    the manifest's (compressed digest, size) in the same order, `held_chains` the chain ids of the
+    layers the engine holds. The engine skips a layer whose chain id it holds: the same content on
+    another parent is another layer. Each entry is keyed by the chain id it would create, so layers
+    shared by several images of a release can be counted once. Without usable diff ids (None, or not
+    one per layer) every layer is counted, keyed by its compressed digest.
+    """
+    if not diff_ids or len(diff_ids) != len(layers):
+        return list(layers)
+    return [(chain, size) for chain, (_digest, size) in zip(chain_ids(diff_ids), layers) if chain not in held_chains]
+
+
+def read_held_digests(client):
+    """The ids and repository digests of the engine's images (one call): an image whose manifest or config
+    digest is among them is already here, and a pull of it downloads nothing."""
+    held = set()
+    for entry in client.api.images():
+        held.add(entry.get('Id'))
+        for repo_digest in _clean_refs(entry.get('RepoDigests')):
+            held.add(repo_digest.rpartition('@')[2])
+    held.discard(None)
+    return held
+
+
+def read_held_chains(client):
+    """The chain ids of every layer of the engine's images (one inspect an image)."""
+    chains = set()
+    for entry in client.api.images():
+        try:
+            diff_ids = (client.api.inspect_image(entry['Id']).get('RootFS') or {}).get('Layers') or []
+        except docker_errors.NotFound:
+            continue  # removed while we looked
+        chains.update(chain_ids(diff_ids))
+    return chains
 
 
 # --- reading the engine and removing from it

@@ -19,6 +19,8 @@
 #   per call, so an unreachable registry fails in bounded time. The deadline holds for the whole
 #   exchange, not each read (a registry that trickles its answer byte by byte is cut off), and an
 #   answer larger than MAX_RESPONSE_BYTES is refused.
+# - For a download estimate, GET of the platform's manifest and of its image config blob (a few KB,
+#   under the same cap): the config's rootfs.diff_ids name the layers the way the engine knows them.
 # - Credentials go only where they belong: a token realm must be https (http only on loopback or a
 #   host listed as insecure), the token's scope is built from the repository (never taken from the
 #   challenge), and ~/.netrc is never consulted.
@@ -64,11 +66,13 @@ MANIFEST_ACCEPT = ', '.join(MANIFEST_MEDIA_TYPES)
 
 RETRY_STATUSES = frozenset([429, 500, 502, 503, 504])
 DEFAULT_TIMEOUT = 60
-# Manifests and token answers are small; the distribution project itself refuses manifests over 4 MiB.
+# Manifests, image configs and token answers are small; the distribution project itself refuses manifests over 4 MiB.
 MAX_RESPONSE_BYTES = 4 << 20
 USER_AGENT = 'safedeploy.compose-registry-client'
 
 ResolvedManifest = namedtuple('ResolvedManifest', 'digest media_type size')
+# One platform's manifest: its digest, its config blob's digest and size, its layers as (digest, compressed size).
+ImageManifest = namedtuple('ImageManifest', 'digest config_digest config_size layers')
 
 
 class RegistryError(Exception):
@@ -309,15 +313,16 @@ class RegistryClient(object):
         media_type = document.get('mediaType') or response.headers.get('Content-Type', '').split(';')[0].strip()
         return media_type, document, 'sha256:' + hashlib.sha256(response.content).hexdigest()
 
-    def manifest_size(self, ref, os_name='linux', architecture='amd64'):
-        """Approximate download size in bytes (config + compressed layers) of the image `ref` names.
+    def platform_manifest(self, ref, os_name='linux', architecture='amd64', deadline=None):
+        """The single-platform manifest of the image `ref` names, as an ImageManifest.
 
-        For an index or manifest list, the entry for os_name/architecture is measured, or the first
-        entry when there is none for that platform. Uncompressed size on disk is larger.
+        For an index or manifest list, the entry for os_name/architecture is read, or the first
+        entry when there is none for that platform (one more request). Layers are listed base first,
+        each as (compressed digest, compressed size), as the manifest lists them.
         """
         ref = ImageRef.parse(ref) if isinstance(ref, str) else ref
-        deadline = self._clock() + self.timeout
-        media_type, document, _digest = self.manifest(ref, deadline=deadline)
+        deadline = deadline or (self._clock() + self.timeout)
+        media_type, document, digest = self.manifest(ref, deadline=deadline)
         if media_type in INDEX_MEDIA_TYPES or ('manifests' in document and 'layers' not in document):
             entries = [entry for entry in document.get('manifests') or [] if isinstance(entry, dict) and entry.get('digest')]
             if not entries:
@@ -329,11 +334,42 @@ class RegistryClient(object):
                 if platform.get('os') == os_name and platform.get('architecture') == architecture:
                     chosen = entry
                     break
-            media_type, document, _digest = self.manifest(ref, chosen['digest'], deadline)
-        total = int((document.get('config') or {}).get('size') or 0)
-        for layer in document.get('layers') or []:
-            total += int(layer.get('size') or 0)
-        return total
+            media_type, document, digest = self.manifest(ref, chosen['digest'], deadline)
+        config = document.get('config') if isinstance(document.get('config'), dict) else {}
+        layers = [(layer.get('digest'), _int_or_none(layer.get('size')) or 0)
+                  for layer in document.get('layers') or [] if isinstance(layer, dict)]
+        return ImageManifest(digest, config.get('digest'), _int_or_none(config.get('size')) or 0, layers)
+
+    def image_diff_ids(self, ref, config_digest, deadline=None):
+        """The uncompressed layer digests (rootfs.diff_ids, base first) from the image config blob `config_digest`.
+
+        The engine knows the layers it holds by these, not by the compressed digests of the manifest.
+        None when the blob is no image config listing them (an artifact, a foreign format); registry
+        failures raise as for manifests. The blob is checked against its digest.
+        """
+        ref = ImageRef.parse(ref) if isinstance(ref, str) else ref
+        deadline = deadline or (self._clock() + self.timeout)
+        url = '%s%s/blobs/%s' % (self.base_url(ref.registry), ref.repository, config_digest)
+        response = self._request('GET', ref, url, deadline)
+        if response.status_code == 404:
+            raise ManifestNotFoundError('registry %s has no config blob %s for %s, which its manifest names: push the '
+                                        'image again' % (ref.registry, config_digest, ref.name),
+                                        ref.registry, ref.repository, ref.reference, 404)
+        self._raise_for_status(response, ref)
+        if config_digest.startswith('sha256:') and 'sha256:' + hashlib.sha256(response.content).hexdigest() != config_digest:
+            raise RegistryError('registry %s returned content for the config blob %s of %s that does not match that '
+                                'digest: the registry or a proxy in between is not serving the requested content'
+                                % (ref.registry, config_digest, ref.name), ref.registry, ref.repository, ref.reference,
+                                response.status_code)
+        try:
+            document = json.loads(response.content.decode('utf-8'))
+        except ValueError:
+            return None
+        rootfs = document.get('rootfs') if isinstance(document, dict) else None
+        diff_ids = rootfs.get('diff_ids') if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list) or not all(is_valid_digest(item) for item in diff_ids):
+            return None
+        return diff_ids
 
     # -------------------------------------------------------------- HTTP
 

@@ -153,9 +153,16 @@ options:
     default: true
   estimate_download:
     description:
-      - Also read each resolved image's manifest and return RV(download_bytes), the compressed size of its config and
-        layers (the linux/amd64 entry of a multi-platform image), so a rollout can refuse a pull that cannot fit.
-      - Costs one more registry request per image. Only with O(resolve=registry).
+      - Also return RV(download_bytes), what pulling the release would download onto the Docker host (O(docker_host)),
+        so a rollout can make room for the pull, or refuse one that cannot fit, before anything is touched.
+      - An image the host already holds (by its manifest or config digest) counts nothing and costs no registry
+        request. For any other image the module reads its manifest (the linux/amd64 entry of a multi-platform image)
+        and its image config, and counts the config and each compressed layer the host lacks. The host knows its
+        layers by their uncompressed digests (the config's C(rootfs.diff_ids)), and the engine skips a layer only when
+        it holds the same layer on the same parent layers, so that is what is compared.
+      - Costs up to three registry requests per image not on the host, all within O(timeout), one engine call, and
+        one engine call per local image when some image is not on the host. Needs the C(docker) Python library.
+        Only with O(resolve=registry).
     type: bool
     default: false
   compose_command:
@@ -182,7 +189,8 @@ attributes:
       invocation indicates no change.
     support: full
 notes:
-  - The engine options O(docker_host) and O(engine_timeout) are used only with O(resolve=local).
+  - The engine options O(docker_host) and O(engine_timeout) are used only with O(resolve=local) or
+    O(estimate_download=true).
   - Needs a compose CLI on the host (C(docker compose) plugin or C(docker-compose)) to render the configuration.
 requirements:
   - requests (Python library) on the managed host
@@ -323,12 +331,26 @@ missing:
       message: image registry.example.com/shop/worker:9f2c1ab not found in registry registry.example.com (HTTP 404)
 download_bytes:
   description:
-    - With O(estimate_download=true), the compressed download size of all distinct images of the release, in bytes.
-    - Layers shared between images or already on the host are counted in full, and an image takes more room unpacked,
-      so this is an estimate, not a bound either way. Null otherwise.
+    - With O(estimate_download=true), the bytes pulling the release would download onto the Docker host, as the
+      registry's manifests give them, compressed. The config and the layers the host lacks, each layer counted once
+      however many images of the release share it; V(0) when the host holds every image.
+    - Layers unpack to more than their compressed size, and the pull holds a downloaded layer while it unpacks it, so
+      a pull needs more room than this; a rollout adds a margin (see the rollout role's
+      C(rollout_download_margin_percent)).
+    - Null without O(estimate_download=true), or when the module failed before estimating.
   returned: always
   type: int
   sample: 48213504
+service_download_bytes:
+  description:
+    - With O(estimate_download=true), RV(download_bytes) for the image of each service on its own, by service.
+      Layers that several services share count in each, so the values can add up to more than RV(download_bytes).
+      Services that are built are left out. Empty otherwise.
+  returned: always
+  type: dict
+  sample:
+    web: 1052672
+    worker: 0
 compose_hash:
   description:
     - sha256 of the effective configuration with the override applied, as canonical JSON (the parsed output of
@@ -352,6 +374,7 @@ import json
 import os
 import re
 import stat
+import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -361,7 +384,8 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
     find_default_compose_files, services_of, with_images,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
-    ENGINE_ARGUMENT_SPEC, connect_engine, describe_engine_error, engine_address,
+    ENGINE_ARGUMENT_SPEC, connect_engine, describe_engine_error, engine_address, layers_to_pull, read_held_chains,
+    read_held_digests,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import (
     ImageRef, ImageRefError, is_mutable_tag, pinned,
@@ -433,6 +457,7 @@ class ComposePin(object):
             missing=[],
             compose_hash=None,
             download_bytes=None,
+            service_download_bytes={},
         )
         if module._diff:
             self.result['diff'] = dict(before='', after='', before_header=self.override_file,
@@ -617,19 +642,57 @@ class ComposePin(object):
                                 insecure_registries=self.params['insecure_registries'], timeout=self.params['timeout'],
                                 validate_certs=self.params['validate_certs'])
         resolved, failures = {}, []
-        download = 0
         for ref, services in users.items():
             try:
                 resolved[ref] = client.resolve(ref).digest
-                if self.params['estimate_download']:
-                    download += client.manifest_size(ref.with_digest(resolved[ref]))
             except RegistryError as exc:
-                failures.append(dict(kind=exc.kind, image=ref.format(), services=services, registry=exc.registry or ref.registry,
-                                     repository=exc.repository or ref.repository, reference=exc.reference or ref.reference,
-                                     status=exc.status, message=exc.message))
-        if self.params['estimate_download']:
-            self.result['download_bytes'] = download
+                failures.append(_registry_failure(exc, ref, services))
+        if self.params['estimate_download'] and not failures:
+            failures = self.estimate_download(client, users, resolved)
         return resolved, failures
+
+    def estimate_download(self, registry, users, resolved):
+        """Set download_bytes (and per service) to what pulling the release would fetch onto this Docker host.
+
+        An image the host holds (by manifest or config digest) costs nothing; otherwise its config and each
+        layer whose chain the host lacks, every layer counted once however many images share it. Returns
+        the failures of the registry requests. Each image's requests share one deadline of `timeout`."""
+        engine = connect_engine(self.module, self.result)
+        address = engine_address(self.params)
+        try:
+            held = read_held_digests(engine)
+        except Exception as exc:  # any engine failure: a message, not a traceback
+            self.fail(describe_engine_error(exc, address, 'list its images (for the download estimate)'))
+        held_chains = None
+        counted, total, by_service, failures = set(), 0, {}, []
+        for ref, services in sorted(users.items(), key=lambda item: item[0].format()):
+            digest = resolved[ref]
+            fetch = []
+            if digest not in held:
+                deadline = time.monotonic() + self.params['timeout']
+                try:
+                    manifest = registry.platform_manifest(ref.with_digest(digest), deadline=deadline)
+                    if manifest.config_digest not in held:
+                        diff_ids = (registry.image_diff_ids(ref, manifest.config_digest, deadline)
+                                    if manifest.config_digest else None)
+                        if held_chains is None:
+                            try:
+                                held_chains = read_held_chains(engine)
+                            except Exception as exc:  # any engine failure: a message, not a traceback
+                                self.fail(describe_engine_error(exc, address, 'inspect its images (for the download '
+                                                                'estimate)'))
+                        fetch = [(manifest.config_digest or manifest.digest, manifest.config_size)]
+                        fetch += layers_to_pull(diff_ids, manifest.layers, held_chains)
+                except RegistryError as exc:
+                    failures.append(_registry_failure(exc, ref, services))
+                    continue
+            for service in services:
+                self.result['service_download_bytes'][service] = sum(size for _key, size in fetch)
+            total += sum(size for key, size in fetch if key not in counted)
+            counted.update(key for key, _size in fetch)
+        if not failures:
+            self.result['download_bytes'] = total
+        return failures
 
     def _resolve_local(self, users):
         client = connect_engine(self.module)
@@ -713,6 +776,12 @@ class ComposePin(object):
                 self.module.warn('release %s: the image of service %s now resolves to %s, the override pinned %s: the '
                                  'tag was pushed again' % (self.result['release'], service, ref.split('@')[1],
                                                            previous.split('@')[-1]))
+
+
+def _registry_failure(exc, ref, services):
+    return dict(kind=exc.kind, image=ref.format(), services=services, registry=exc.registry or ref.registry,
+                repository=exc.repository or ref.repository, reference=exc.reference or ref.reference,
+                status=exc.status, message=exc.message)
 
 
 def main():

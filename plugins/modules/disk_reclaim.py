@@ -11,8 +11,8 @@ short_description: Free disk space on a Docker host without deleting the images 
 version_added: 0.1.0
 description:
   - Measures the filesystem holding O(path) (by default the engine's C(DockerRootDir)) and, when its usage is at or
-    above O(threshold_percent), removes what the engine no longer needs, in stages, until usage is at or below
-    O(target_percent).
+    above O(threshold_percent) or less than O(min_free_bytes) are free, removes what the engine no longer needs, in
+    stages, until usage is at or below O(target_percent) and at least O(min_free_bytes) are free.
   - 'The stages always run in this order, each only when listed in O(stages): V(containers) (stopped containers:
     exited, created or dead), V(dangling_images) (images with neither tag nor digest), V(build_cache) (unused
     build cache), V(unused_images) (images no container uses), V(volumes) (unused volumes, only with
@@ -49,7 +49,8 @@ attributes:
     support: none
   idempotent:
     description:
-      - A second run finds usage below O(threshold_percent), or nothing left it may remove, and reports C(changed=false).
+      - A second run finds usage below O(threshold_percent) with O(min_free_bytes) free, or nothing left it may
+        remove, and reports C(changed=false).
     support: full
   platform:
     support: full
@@ -63,18 +64,29 @@ options:
     type: path
   threshold_percent:
     description:
-      - Act only when the used percentage of the filesystem is at or above this value (or with O(force=true)).
+      - Act only when the used percentage of the filesystem is at or above this value (or with O(force=true), or when
+        less than O(min_free_bytes) are free).
     type: float
     default: 85
   target_percent:
     description:
       - Stop removing as soon as the used percentage is at or below this value.
       - Must not be above O(threshold_percent). Use V(0) with O(force=true) to run every stage completely.
+      - With O(min_free_bytes), the run stops only once both are met.
     type: float
     default: 80
+  min_free_bytes:
+    description:
+      - Free space, in bytes (C(df)'s C(Avail)), to make. When less is free the module acts whatever the usage, and it
+        stops removing only once at least this much is free (and usage is at or below O(target_percent)).
+      - For room a known amount of data needs, for example a pull; V(0) asks for nothing.
+      - To reclaim only what that amount needs, set O(threshold_percent) and O(target_percent) to V(100).
+    type: int
+    default: 0
   force:
     description:
-      - Act even when usage is below O(threshold_percent). Removal still stops at O(target_percent).
+      - Act even when usage is below O(threshold_percent). Removal still stops at O(target_percent) (and
+        O(min_free_bytes)).
     type: bool
     default: false
   stages:
@@ -177,6 +189,12 @@ EXAMPLES = r'''
       projects: [shop]
       keep_releases: 3
 
+- name: Make room for a 2 GiB download, removing no more than that needs
+  safedeploy.compose.disk_reclaim:
+    threshold_percent: 100
+    target_percent: 100
+    min_free_bytes: 2147483648
+
 - name: Also remove unused volumes (their data is lost)
   safedeploy.compose.disk_reclaim:
     force: true
@@ -210,7 +228,7 @@ msg:
   description: One line saying what was done (or would be done in check mode) and the usage before and after.
   returned: always
   type: str
-  sample: reclaimed 1.2 GiB on /var/lib/docker (91.4% -> 78.0%, target 80%)
+  sample: removed 3 item(s), reclaimed 1.2 GiB on /var/lib/docker (91.4% -> 78.0%, 4.3 GiB free, target 80%)
 usage_before:
   description:
     - Usage of the filesystem holding C(path) (the measured path, O(path) or the engine's C(DockerRootDir))
@@ -242,7 +260,7 @@ estimated_reclaim_bytes:
   sample: 2790012345
 target_reached:
   description:
-    - Whether usage ended at or below O(target_percent) (predicted in check mode).
+    - Whether usage ended at or below O(target_percent) with at least O(min_free_bytes) free (predicted in check mode).
     - V(false) after a run means everything left is used, protected or outside O(stages).
   returned: always
   type: bool
@@ -250,7 +268,7 @@ target_reached:
 stages:
   description:
     - The stages that ran (or would run in check mode), in order. Stages after the one reaching the target do not run.
-    - Empty when usage was below O(threshold_percent).
+    - Empty when usage was below O(threshold_percent) with at least O(min_free_bytes) free.
   returned: always
   type: list
   elements: dict
@@ -364,6 +382,8 @@ class DiskReclaim:
         if target > threshold:
             self.fail('disk_reclaim: target_percent (%s) is above threshold_percent (%s): the run would stop before '
                       'it started; lower target_percent or raise threshold_percent' % (target, threshold))
+        if self.params['min_free_bytes'] < 0:
+            self.fail('disk_reclaim: min_free_bytes must be 0 or more, got %s' % self.params['min_free_bytes'])
         if self.params['protect_releases']['keep_releases'] < 0:
             self.fail('disk_reclaim: protect_releases.keep_releases must be 0 or more (0 keeps the current release only), '
                       'got %s' % self.params['protect_releases']['keep_releases'])
@@ -427,8 +447,9 @@ class DiskReclaim:
         usage = self.measure(path)
         self.result.update(usage_before=usage, usage_after=usage)
         threshold, target = self.params['threshold_percent'], self.params['target_percent']
+        min_free = self.params['min_free_bytes']
         protection, ledger_errors = self.read_protection()
-        acting = self.params['force'] or usage['percent'] >= threshold
+        acting = self.params['force'] or usage['percent'] >= threshold or usage['free'] < min_free
 
         # Below the threshold nothing is planned, so the sizes (two engine calls an image) are not read.
         inventory = self.engine_call('list images, containers and volumes (/system/df)', self.read_inventory, acting)
@@ -437,9 +458,10 @@ class DiskReclaim:
         if not acting:
             for error in ledger_errors:
                 self.module.warn('disk_reclaim: release ledger not readable (a reclaim would refuse to run): %s' % error)
-            self.result.update(target_reached=usage['percent'] <= target,
-                               msg='usage of %s is %.1f%%, below threshold_percent %s%%: nothing to do'
-                                   % (path, usage['percent'], threshold))
+            self.result.update(target_reached=usage['percent'] <= target and usage['free'] >= min_free,
+                               msg='usage of %s is %.1f%%, below threshold_percent %s%%%s: nothing to do'
+                                   % (path, usage['percent'], threshold,
+                                      ', with %s free' % human_bytes(usage['free']) if min_free else ''))
             self.module.exit_json(**self.result)
         if ledger_errors:
             self.fail('disk_reclaim: refusing to remove anything from %s: cannot tell which images the releases need: %s. '
@@ -455,7 +477,7 @@ class DiskReclaim:
                 self.fail('disk_reclaim: %s' % exc)
             self.result.update(status)
             if status['blocked_by']:
-                self.result['target_reached'] = usage['percent'] <= target
+                self.result['target_reached'] = usage['percent'] <= target and usage['free'] >= min_free
                 self.result['msg'] = (
                     '%s nothing on %s (%.1f%% used) while another run is in progress, since a reclaim could remove '
                     'what it is bringing up: %s; %s'
@@ -470,7 +492,7 @@ class DiskReclaim:
         check_mode = self.module.check_mode
         reclaimer = Reclaimer(self.read_inventory, protection, target,
                               measure=None if check_mode else (lambda: self.measure(path)),
-                              remove=None if check_mode else self.remove)
+                              remove=None if check_mode else self.remove, min_free_bytes=self.params['min_free_bytes'])
         try:
             end = reclaimer.run(stages, usage, inventory)
         except Exception as exc:  # report what was already removed along with the cause
@@ -479,9 +501,9 @@ class DiskReclaim:
             self.fail(describe_engine_error(exc, self.address, 'reclaim disk space on %s' % path))
         self.result['stages'] = reclaimer.stages
         self.finish(usage, end if not check_mode else usage, reclaimer, check_mode)
-        self.result['target_reached'] = (usage_after_freeing(usage, reclaimer.estimated_bytes) if check_mode
-                                         else self.result['usage_after'])['percent'] <= target
-        self.result['msg'] = self.summary(path, target, check_mode)
+        self.result['target_reached'] = reclaimer.reached(usage_after_freeing(usage, reclaimer.estimated_bytes)
+                                                          if check_mode else self.result['usage_after'])
+        self.result['msg'] = self.summary(path, self.goal(target, min_free), check_mode)
         self.module.exit_json(**self.result)
 
     def read_inventory(self, sizes=True):
@@ -496,19 +518,24 @@ class DiskReclaim:
                            reclaimed_bytes=0 if check_mode else before['used'] - after['used'],
                            estimated_reclaim_bytes=reclaimer.estimated_bytes)
 
-    def summary(self, path, target, check_mode):
+    @staticmethod
+    def goal(target, min_free):
+        return 'target %s%%%s' % (target, ', %s free' % human_bytes(min_free) if min_free else '')
+
+    def summary(self, path, goal, check_mode):
         before, after = self.result['usage_before'], self.result['usage_after']
         removed = sum(len(stage['removed']) for stage in self.result['stages'])
         if check_mode:
             predicted = usage_after_freeing(before, self.result['estimated_reclaim_bytes'])
-            text = 'would remove %d item(s) freeing about %s on %s (%.1f%% -> about %.1f%%, target %s%%)' % (
+            text = 'would remove %d item(s) freeing about %s on %s (%.1f%% -> about %.1f%%, %s)' % (
                 removed, human_bytes(self.result['estimated_reclaim_bytes']), path, before['percent'],
-                predicted['percent'], target)
+                predicted['percent'], goal)
         else:
-            text = 'removed %d item(s), reclaimed %s on %s (%.1f%% -> %.1f%%, target %s%%)' % (
-                removed, human_bytes(self.result['reclaimed_bytes']), path, before['percent'], after['percent'], target)
+            text = 'removed %d item(s), reclaimed %s on %s (%.1f%% -> %.1f%%, %s free, %s)' % (
+                removed, human_bytes(self.result['reclaimed_bytes']), path, before['percent'], after['percent'],
+                human_bytes(after['free']), goal)
         if not self.result['target_reached']:
-            text += '; still above target: what is left is in use, protected, or in stages not selected'
+            text += '; target not reached: what is left is in use, protected, or in stages not selected'
         return text
 
 
@@ -517,6 +544,7 @@ def main():
         path=dict(type='path'),
         threshold_percent=dict(type='float', default=85),
         target_percent=dict(type='float', default=80),
+        min_free_bytes=dict(type='int', default=0),
         force=dict(type='bool', default=False),
         stages=dict(type='list', elements='str', choices=list(RECLAIM_STAGES), default=list(DEFAULT_STAGES)),
         prune_volumes=dict(type='bool', default=False),

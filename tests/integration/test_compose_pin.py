@@ -249,17 +249,35 @@ def test_images_option_and_untouched_services(testbed, images, stack, run_module
     assert unknown.failed and 'nope' in unknown['msg'] and 'not defined' in unknown['msg']
 
 
-def test_estimate_download_sums_the_compressed_layers_once_per_image(testbed, images, stack, run_module):
+def test_estimate_download_counts_only_what_the_host_lacks_once(testbed, images, stack, run_module):
     suffix = rand()
+    client = testbed.client()
+    # web: an image this host holds (it was pushed from here): nothing to download.
     web_ref, _digest = images.push('v1', 'sdt-pin/dl-web-' + suffix, 'd1')
-    stack.write({'web': {'image': web_ref}, 'copy': {'image': web_ref}, 'other': {'image': web_ref}})
+    # inc: the next release of app:v1, one new layer of 300 KB, pushed and then removed from this host, which keeps
+    # app:v1 and so every layer of inc but the new one.
+    inc_ref = '%s/sdt-pin/dl-inc-%s:d1' % (testbed.registry, suffix)
+    testbed_mod.build_increment_image(client, inc_ref, testbed.images['v1']['ref'], 'd1', 300 << 10)
+    testbed_mod.push(client, inc_ref)
+    client.images.remove(inc_ref)
+    manifest = _registry_api(testbed, 'GET', 'sdt-pin/dl-inc-%s/manifests/d1' % suffix,
+                             headers={'Accept': DOCKER_MANIFEST}).json()
+    new_layer = manifest['config']['size'] + manifest['layers'][-1]['size']
+    whole = manifest['config']['size'] + sum(layer['size'] for layer in manifest['layers'])
+    assert 300 << 10 < new_layer < whole - (500 << 10), (new_layer, whole)  # busybox alone is over 500 KB
+
+    stack.write({'web': {'image': web_ref}, 'copy': {'image': web_ref}, 'inc': {'image': inc_ref},
+                 'inc2': {'image': inc_ref}})
     plain = run_module(MODULE, stack.args(release='d1', images={'web': web_ref}))
     assert not plain.failed and plain['download_bytes'] is None
     estimated = run_module(MODULE, stack.args(release='d1', images={'web': web_ref}, estimate_download=True))
     assert not estimated.failed, estimated.get('msg')
-    # three services, one image: counted once; compressed, so below the unpacked size the engine reports
-    unpacked = testbed.client().images.get(web_ref).attrs['Size']
-    assert 0 < estimated['download_bytes'] <= unpacked
+    assert estimated['download_bytes'] == new_layer  # two services, one image: counted once
+    assert plain['service_download_bytes'] == {}
+    assert estimated['service_download_bytes'] == {'web': 0, 'copy': 0, 'inc': new_layer, 'inc2': new_layer}
+    # In check mode too (nothing is written, the estimate is the same).
+    checked = run_module(MODULE, stack.args(release='d1', images={'web': web_ref}, estimate_download=True), check=True)
+    assert checked['download_bytes'] == new_layer
 
 
 # ------------------------------------------------------------------ policy failures

@@ -248,6 +248,40 @@ def test_below_threshold_changes_nothing(small, big_refs, run_module, tmp_path):
     assert small.state() == before
 
 
+def test_min_free_bytes_reclaims_below_the_threshold_until_that_much_is_free(small, big_refs, run_module, tmp_path):
+    pulled = [small.pull(ref) for ref in big_refs[:3]]
+    mine = set(image.id for image in pulled)
+    used, avail = df_used_avail(small.mountpoint)
+    assert 100.0 * used / (used + avail) < 80, 'the small disk is not below the target to begin with'
+    # More than one image's worth, less than two: two go, the third stays.
+    cost = min(small.costs[ref] for ref in big_refs[:3])
+    want = avail + cost + cost // 2
+    args = dict(docker_host=small.docker_host, min_free_bytes=want, stages=['unused_images'],
+                protect_releases=dict(state_dir=str(tmp_path / 'none')))
+
+    before = small.state()
+    plan = run_module('disk_reclaim', args, check=True)
+    assert not plan.failed, plan['msg']
+    assert small.state() == before, 'check mode deleted something'
+    assert plan['changed'] is True and plan['target_reached'] is True
+    assert len(removed_ids(plan)) == 2 and set(removed_ids(plan)) <= mine
+    assert plan['usage_after'] == plan['usage_before'] and plan['reclaimed_bytes'] == 0
+
+    result = run_module('disk_reclaim', args)
+    assert not result.failed, result['msg']
+    assert result['changed'] is True and result['target_reached'] is True
+    assert removed_ids(result) == removed_ids(plan), 'check mode did not predict the real run'
+    assert result['usage_after']['free'] >= want and df_used_avail(small.mountpoint)[1] >= want
+    assert len(mine & set(small.state()['images'])) == 1, 'the run did not stop once enough was free'
+    assert 'free' in result['msg']
+
+    for check in (True, False):
+        again = run_module('disk_reclaim', args, check=check)
+        assert not again.failed, again['msg']
+        assert again['changed'] is False and again['stages'] == [] and again['target_reached'] is True
+        assert 'nothing to do' in again['msg']
+
+
 def test_volumes_go_only_with_prune_volumes_and_never_a_protected_projects(small, big_refs, run_module, tmp_path):
     small.pull(big_refs[0])
     project = small.name('proj')
@@ -336,6 +370,7 @@ def test_layer_model_matches_the_engines_layer_store(small, big_refs):
     (dict(threshold_percent=70, target_percent=75), 'target_percent (75.0) is above threshold_percent (70.0)'),
     (dict(threshold_percent=120), 'threshold_percent must be between 0 and 100'),
     (dict(protect_releases=dict(keep_releases=-1)), 'keep_releases must be 0 or more'),
+    (dict(min_free_bytes=-1), 'min_free_bytes must be 0 or more'),
 ])
 def test_bad_options_fail_before_the_engine_is_touched(run_module, tmp_path, args, words):
     host = 'unix://%s' % (tmp_path / 'sdt-reclaim-no-engine.sock')

@@ -5,7 +5,7 @@ all take the engine from it, so every container of these stacks must be on the s
 main one. The disk is filled with unused big images (pulled from the test bed registry) and topped up with a
 stopped container's writes, measured with statvfs as disk_reclaim measures it. Each test holds the small
 engine's flock (the one test_disk_reclaim.py takes) and leaves the engine as it found it.
-Projects sdt-rec-{rec,full}-<random>, ports 18710-18721, images 127.0.0.1:5000/sdt-rec/{rec,full}-*.
+Projects sdt-rec-{rec,full,inc,room}-<random>, ports 18710-18725, images 127.0.0.1:5000/sdt-rec/{rec,full,inc,room}-*.
 """
 
 from __future__ import annotations
@@ -34,6 +34,37 @@ def fill(client, root, big_refs, filler_image, free_bytes):
     free = disk_usage(root)[1]
     assert (free - free_bytes) // MB > 0, 'the big images alone left only %d MB free' % (free // MB)
     return testbed_mod.write_filler(client, root, filler_image, free_bytes, label='sdt-rec-filler')
+
+
+def fill_with_volume(client, root, filler_image, free_bytes, name):
+    """Fill the small disk until `free_bytes` are left with a volume's data: used space that no reclaim of the rollout
+    takes (volumes go only with prune_volumes). The engine's lock holder removes the volume afterwards."""
+    volume = client.volumes.create(name)
+    megabytes = (disk_usage(root)[1] - free_bytes) >> 20
+    assert megabytes > 0, 'already less than %d MB free' % (free_bytes // MB)
+    writer = client.containers.run(filler_image, entrypoint=['/bin/dd', 'if=/dev/zero', 'of=/data/fill', 'bs=1M',
+                                                             'count=%d' % megabytes],
+                                   network_mode='none', detach=True, volumes={volume.name: {'bind': '/data', 'mode': 'rw'}})
+    try:
+        assert writer.wait(timeout=300)['StatusCode'] == 0, writer.logs()[-500:]
+    finally:
+        writer.remove()
+    return disk_usage(root)
+
+
+def task_output(run, name):
+    """What ansible-playbook printed for the task `name` (up to the next task)."""
+    match = re.search(r'TASK \[[^\]]*%s[^\]]*\][^\n]*\n(.*?)(?=\nTASK \[|\nPLAY RECAP)' % re.escape(name), run.stdout, re.S)
+    assert match, 'task %r not in the output' % name
+    return match.group(1)
+
+
+def refusal(run):
+    """(bytes needed, bytes available) from the rollout's refusal of a download that does not fit."""
+    text = ' '.join(run.output.split())
+    match = re.search(r'needs (\d+) bytes free .*? has (\d+) bytes \(.*?\) available after reclaiming', text)
+    assert match, text[-3000:]
+    return int(match.group(1)), int(match.group(2))
 
 
 def ghost_stack(stack, tmp_path):
@@ -184,16 +215,107 @@ def test_disk_full_during_the_pull_aborts_and_the_next_run_reclaims(small, small
     assert stack.report('v4')['result'] == 'failed'
     assert disk_usage(root)[2] > 95
 
-    # The next run reclaims the unused images first and goes through. The threshold reclaim stays off (100%), so the
-    # room is made by the download-size check: v4's 20 MB does not fit in what is free, so it reclaims to the target.
+    # The next run reclaims unused data first and goes through. The threshold reclaim stays off (100%), so the room
+    # is made by the download-size check: v4's 20 MB (and the room to unpack it) does not fit in what is free, so it
+    # reclaims until it does.
     patient = stack.inventory(rollout_disk_threshold_percent=100, rollout_disk_hard_limit_percent=100)
     again = run_playbook(PLAYBOOKS / 'rollout.yml', patient, extra_vars={'release': 'v4'}, env=env)
-    assert 'Reclaim down to the target when the release' in again.stdout
     assert again.rc == 0, again.output[-4000:]
-    assert disk_usage(root)[2] < 85
+    assert 'changed' in task_output(again, "Reclaim until the release's download fits")
     stack.assert_runs('v4')
     assert stack.health('web')['version'] == 'v4'
     assert stack.statuses() == {'v1': 'superseded', 'v4': 'good'}
     assert stack.has_image('web', 'v1') and stack.has_image('worker', 'v1')
     assert stack.report('v4')['result'] == 'deployed' and stack.report('v4')['previous'] == 'v1'
+    assert_nothing_on_main_engine(stack)
+
+
+BASE_MB = 40  # the base layers a host holds from the release before
+
+
+@pytest.fixture
+def base_image(testbed):
+    """An app image with a 40 MB layer of its own: the base layers a new release builds on."""
+    return testbed_mod.build_app_image(testbed.client(), '%s/sdt-rec/inc-base:v1' % testbed.registry, 'v1', 'healthy',
+                                       extra_bytes=BASE_MB * MB)
+
+
+def increment(testbed, base, version, megabytes):
+    """The next release of `base`: its layers plus one of `megabytes`."""
+    return testbed_mod.build_increment_image(testbed.client(), '%s/sdt-rec/inc-base:%s' % (testbed.registry, version),
+                                             base.tags[0], version, megabytes * MB)
+
+
+def test_an_incremental_release_fits_a_nearly_full_disk_and_one_that_cannot_is_refused(
+        small, small_engine, make_stack, base_image, run_playbook, testbed):
+    stack = make_stack('inc', {'web': 18722})
+    stack.release('v1', image=base_image)
+    stack.release('v2', image=increment(testbed, base_image, 'v2', 1))
+    stack.release('v3', image=increment(testbed, base_image, 'v3', 30))
+    env = {'DOCKER_HOST': small_engine.docker_host}
+    # The percent limits out of the way: only the download check decides.
+    inventory = stack.inventory(rollout_disk_threshold_percent=100, rollout_disk_hard_limit_percent=100)
+    first = run_playbook(PLAYBOOKS / 'rollout.yml', inventory, extra_vars={'release': 'v1'}, env=env)
+    assert first.rc == 0, first.output[-4000:]
+    stack.assert_runs('v1')
+
+    # 24 MB free, none of it reclaimable: v1 runs and is the way back, the rest is a volume.
+    root = small.info()['DockerRootDir']
+    _used, free, _percent = fill_with_volume(small, root, stack.pinned_ref('web', 'v1'), 24 * MB, stack.name + '-fill')
+    assert free < BASE_MB * MB, free
+
+    # v2 adds 1 MB to v1's 40: it fits, with no reclaim.
+    second = run_playbook(PLAYBOOKS / 'rollout.yml', inventory, extra_vars={'release': 'v2'}, env=env)
+    assert second.rc == 0, second.output[-4000:]
+    assert 'skipping' in task_output(second, "Reclaim until the release's download fits")
+    stack.assert_runs('v2')
+    assert stack.health('web')['version'] == 'v2'
+    assert stack.statuses() == {'v1': 'superseded', 'v2': 'good'}
+    assert stack.has_image('web', 'v1')
+
+    # v3 adds 30 MB: with the room to unpack it, 60 MB and more, which nothing reclaimable can give. Refused before
+    # anything is recorded or pulled, stating what it needs and what is there.
+    free_before = disk_usage(root)[1]
+    third = run_playbook(PLAYBOOKS / 'rollout.yml', inventory, extra_vars={'release': 'v3'}, env=env)
+    assert third.rc != 0
+    needed, available = refusal(third)
+    assert 2 * 30 * MB < needed < 2 * 31 * MB, needed  # the new layer and its margin, not v1's 40 MB again
+    assert abs(available - free_before) < 4 * MB and available < needed, (available, free_before)
+    assert 'Nothing running was touched; v2 still runs' in ' '.join(third.output.split())
+    stack.assert_runs('v2')
+    assert stack.statuses() == {'v1': 'superseded', 'v2': 'good'}
+    assert not stack.has_image('web', 'v3')
+    assert stack.report('v3')['result'] == 'failed'
+    assert_nothing_on_main_engine(stack)
+
+
+def test_the_download_check_reclaims_below_the_target_only_what_the_release_needs(
+        small, small_engine, make_stack, base_image, big_refs, run_playbook, testbed):
+    stack = make_stack('room', {'web': 18723})
+    stack.release('v1', image=base_image)
+    env = {'DOCKER_HOST': small_engine.docker_host}
+    inventory = stack.inventory()  # the default limits: reclaim above 85%, down to 80%
+    first = run_playbook(PLAYBOOKS / 'rollout.yml', inventory, extra_vars={'release': 'v1'}, env=env)
+    assert first.rc == 0, first.output[-4000:]
+
+    # Two unused big images, then a volume, leaving 21% free: below the 80% target, so a percent-based reclaim
+    # removes nothing.
+    root = small.info()['DockerRootDir']
+    spare = [small.images.pull(ref).id for ref in big_refs[:2]]
+    used, free, _percent = disk_usage(root)
+    used, free, percent = fill_with_volume(small, root, stack.pinned_ref('web', 'v1'), (used + free) * 21 // 100,
+                                           stack.name + '-fill')
+    assert percent < 80, percent
+    # v2 adds a layer a little over half of what is free: with the margin to unpack it, it needs more than is free.
+    grow = free // MB // 2 + 5
+    stack.release('v2', image=increment(testbed, base_image, 'v2', grow))
+
+    second = run_playbook(PLAYBOOKS / 'rollout.yml', inventory, extra_vars={'release': 'v2'}, env=env)
+    assert second.rc == 0, second.output[-4000:]
+    assert 'changed' in task_output(second, "Reclaim until the release's download fits")
+    stack.assert_runs('v2')
+    assert stack.has_image('web', 'v1')
+    # One big image made the room; the other stays: only what the download needs was reclaimed.
+    left = set(image.id for image in small.images.list())
+    assert len([image_id for image_id in spare if image_id in left]) == 1, spare
     assert_nothing_on_main_engine(stack)

@@ -330,6 +330,25 @@ def build_app_image(client, ref, version, mode, healthcheck=False, extra_bytes=0
     return image
 
 
+def build_increment_image(client, ref, base_ref, version, extra_bytes):
+    """An image made of the local image `base_ref` plus one layer of `extra_bytes` incompressible bytes, with
+    APP_VERSION=version: the next release of an app whose base layers a host already holds. Built anew each time."""
+    with tempfile.TemporaryDirectory(prefix='safedeploy-testbed-') as ctx:
+        with open(Path(ctx) / 'increment.bin', 'wb') as handle:
+            remaining = extra_bytes
+            while remaining:
+                chunk = min(remaining, 1 << 20)
+                handle.write(os.urandom(chunk))
+                remaining -= chunk
+        (Path(ctx) / 'Dockerfile').write_text('\n'.join([
+            'FROM %s' % base_ref,
+            'COPY increment.bin /srv/increment-%s.bin' % version,
+            'ENV APP_VERSION=%s' % version,
+            'LABEL org.opencontainers.image.version="%s"' % version,
+        ]) + '\n')
+        return client.images.build(path=ctx, tag=ref, rm=True, forcerm=True, pull=False)[0]
+
+
 def push(client, ref, auth_config=None):
     repo, tag = ref.rsplit(':', 1)
     for line in client.images.push(repo, tag=tag, stream=True, decode=True, auth_config=auth_config):

@@ -141,6 +141,24 @@ def test_chain_ids_follow_the_oci_definition():
     assert engine.chain_ids([]) == []
 
 
+def test_layers_to_pull_are_those_whose_chain_the_engine_lacks():
+    base, middle, top = ('sha256:' + c * 64 for c in 'abc')
+    layers = [('sha256:' + '1' * 64, 100), ('sha256:' + '2' * 64, 20), ('sha256:' + '3' * 64, 3)]
+    chains = engine.chain_ids([base, middle, top])
+    # The host holds the base and the middle layer (another release of the same image): only the top is pulled.
+    assert engine.layers_to_pull([base, middle, top], layers, set(chains[:2])) == [(chains[2], 3)]
+    assert engine.layers_to_pull([base, middle, top], layers, set(chains)) == []
+    # The same content on another parent is another layer: the engine pulls it again.
+    assert engine.layers_to_pull([base, middle, top], layers, {middle, top}) == list(zip(chains, (100, 20, 3)))
+
+
+def test_layers_to_pull_count_every_layer_without_diff_ids_to_match():
+    layers = [('sha256:' + '1' * 64, 100), ('sha256:' + '2' * 64, 20)]
+    held = set(engine.chain_ids(['sha256:' + 'a' * 64]))
+    assert engine.layers_to_pull(None, layers, held) == layers
+    assert engine.layers_to_pull(['sha256:' + 'a' * 64], layers, held) == layers  # not one diff id a layer
+
+
 def history(*steps):
     """Engine history (newest first) from (created_by, size) steps given oldest first."""
     return [dict(CreatedBy=created_by, Size=size) for created_by, size in reversed(steps)]
@@ -310,6 +328,27 @@ def test_plan_that_cannot_reach_target_removes_all_it_may_and_no_more():
     assert names(reclaimer.stages[0]['removed']) == ['c-dead', 'c-new', 'c-stop']
     assert reclaimer.stages[1]['removed'] == []
     assert end['percent'] > 10
+
+
+def test_plan_with_min_free_bytes_stops_once_that_much_is_free_even_below_the_target():
+    # 700 MB used of 1000, under a 95% target: 300 MB free, 350 MB asked. The container (1 MB), the dangling image
+    # (50 MB): 351 MB free, and the plan stops there.
+    reclaimer = engine.Reclaimer(fleet, protection(), 95, min_free_bytes=350 * MB)
+    end = reclaimer.run(engine.RECLAIM_STAGES, usage_of(700 * MB))
+    assert [stage['name'] for stage in reclaimer.stages] == ['containers', 'dangling_images']
+    assert names(reclaimer.stages[1]['removed']) == ['sha256:eeeeeeeeeeee']
+    assert end['free'] == 351 * MB and reclaimer.reached(end)
+
+
+def test_plan_with_min_free_bytes_and_a_target_meets_both():
+    # 900 MB used: 100 MB free meets 50 MB asked, but the 89% target still needs 10 MB: the container, then the
+    # dangling image.
+    reclaimer = engine.Reclaimer(fleet, protection(), 89, min_free_bytes=50 * MB)
+    end = reclaimer.run(engine.RECLAIM_STAGES, usage_of(900 * MB))
+    assert end['used'] == 849 * MB and reclaimer.reached(end)
+    # Met already: nothing to do.
+    idle = engine.Reclaimer(fleet, protection(), 95, min_free_bytes=100 * MB)
+    assert idle.run(engine.RECLAIM_STAGES, usage_of(900 * MB))['used'] == 900 * MB and idle.stages == []
 
 
 class FakeDisk:

@@ -51,6 +51,7 @@ class FakeRegistry(object):
         self.auth = None
         self.public = set()  # repositories the token service serves anonymously
         self.manifests = {}
+        self.blobs = {}
         self.fail_statuses = []  # statuses answered (in order) before the real answer
         self.head_digest = True
         self.realm = None  # the token service a bearer challenge names (default: this fake's /token)
@@ -68,6 +69,10 @@ class FakeRegistry(object):
     def add(self, repository, reference, body, media_type=OCI_MANIFEST):
         self.manifests[(repository, reference)] = (body, media_type)
         self.manifests[(repository, sha(body))] = (body, media_type)
+        return sha(body)
+
+    def add_blob(self, repository, body):
+        self.blobs[(repository, sha(body))] = body
         return sha(body)
 
     def close(self):
@@ -115,6 +120,13 @@ class FakeRegistry(object):
                     return self._reply(fake.fail_statuses.pop(0), send_body=body)
                 if not self._authorized():
                     return
+                if '/blobs/' in url.path:
+                    repository, digest = url.path[len('/v2/'):].split('/blobs/')
+                    if (repository, digest) not in fake.blobs:
+                        return self._reply(404, {'Content-Type': 'application/json'},
+                                           b'{"errors":[{"code":"BLOB_UNKNOWN"}]}', body)
+                    return self._reply(200, {'Content-Type': 'application/octet-stream'}, fake.blobs[(repository, digest)],
+                                       body)
                 parts = url.path.split('/manifests/')
                 repository, reference = parts[0][len('/v2/'):], parts[1]
                 if (repository, reference) not in fake.manifests:
@@ -135,7 +147,8 @@ class FakeRegistry(object):
                         return False
                 elif fake.auth == 'bearer':
                     if given != 'Bearer ' + TOKEN:
-                        scope = fake.challenge_scope or 'repository:%s:pull' % self.path.split('/manifests/')[0][len('/v2/'):]
+                        repository = self.path.split('/manifests/')[0].split('/blobs/')[0][len('/v2/'):]
+                        scope = fake.challenge_scope or 'repository:%s:pull' % repository
                         realm = fake.realm or 'http://%s/token' % fake.host
                         self._reply(401, {'WWW-Authenticate': 'Bearer realm="%s",service="fake.test",'
                                                               'scope="%s"' % (realm, scope)},
@@ -364,7 +377,7 @@ def test_credentials_from_docker_config(fake, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ sizes
 
-def test_manifest_size_sums_layers_and_picks_amd64_from_an_index(fake):
+def test_platform_manifest_lists_config_and_layers_and_picks_amd64_from_an_index(fake):
     arm = manifest_body((1000,), 1)
     amd = manifest_body((300, 400), 20)
     fake.add('team/multi', 'arm', arm)
@@ -375,9 +388,54 @@ def test_manifest_size_sums_layers_and_picks_amd64_from_an_index(fake):
     ]}).encode()
     fake.add('team/multi', 'v1', index, OCI_INDEX)
     client = client_for()
-    assert client.manifest_size('%s/team/multi:v1' % fake.host) == 720
-    assert client.manifest_size('%s/team/multi:arm' % fake.host) == 1001
-    assert client.manifest_size('%s/team/multi:v1' % fake.host, architecture='s390x') == 1001  # first entry
+    chosen = client.platform_manifest('%s/team/multi:v1' % fake.host)
+    assert chosen.digest == sha(amd) and (chosen.config_digest, chosen.config_size) == ('sha256:' + '1' * 64, 20)
+    assert chosen.layers == [('sha256:%064x' % 0, 300), ('sha256:%064x' % 1, 400)]
+    assert client.platform_manifest('%s/team/multi:arm' % fake.host).layers == [('sha256:%064x' % 0, 1000)]
+    assert client.platform_manifest('%s/team/multi:v1' % fake.host, architecture='s390x').digest == sha(arm)  # first
+
+
+def image_config(diff_ids):
+    return json.dumps({'architecture': 'amd64', 'os': 'linux',
+                       'rootfs': {'type': 'layers', 'diff_ids': list(diff_ids)}}).encode()
+
+
+def test_image_diff_ids_come_from_the_config_blob_checked_by_digest(fake):
+    diff_ids = ['sha256:' + 'a' * 64, 'sha256:' + 'b' * 64]
+    digest = fake.add_blob('team/web', image_config(diff_ids))
+    client = client_for()
+    assert client.image_diff_ids('%s/team/web:v1' % fake.host, digest) == diff_ids
+    assert fake.requests[-1][:2] == ('GET', '/v2/team/web/blobs/' + digest)
+    # What is no image config listing diff ids is None (the caller counts every layer), not a failure.
+    artifact = fake.add_blob('team/web', b'{"kind": "sbom"}')
+    assert client.image_diff_ids('%s/team/web:v1' % fake.host, artifact) is None
+    assert client.image_diff_ids('%s/team/web:v1' % fake.host, fake.add_blob('team/web', b'\x00\x01')) is None
+
+
+def test_image_diff_ids_refuse_a_blob_that_is_not_the_one_asked_for(fake):
+    body = image_config(['sha256:' + 'a' * 64])
+    wrong = 'sha256:' + 'f' * 64
+    fake.blobs[('team/web', wrong)] = body
+    with pytest.raises(RegistryError) as info:
+        client_for().image_diff_ids('%s/team/web:v1' % fake.host, wrong)
+    assert 'does not match that digest' in str(info.value), str(info.value)
+
+
+def test_a_missing_config_blob_is_named(fake):
+    digest = 'sha256:' + 'e' * 64
+    with pytest.raises(ManifestNotFoundError) as info:
+        client_for().image_diff_ids('%s/team/web:v1' % fake.host, digest)
+    assert digest in str(info.value) and 'push the image again' in str(info.value), str(info.value)
+
+
+def test_the_config_blob_is_fetched_with_the_same_bearer_token(fake):
+    fake.auth = 'bearer'
+    digest = fake.add_blob('team/web', image_config(['sha256:' + 'a' * 64]))
+    fake.add('team/web', 'v1', manifest_body())
+    client = client_for(credentials=[{'registry': fake.host, 'username': USER, 'password': PASSWORD}])
+    client.platform_manifest('%s/team/web:v1' % fake.host)
+    assert client.image_diff_ids('%s/team/web:v1' % fake.host, digest) == ['sha256:' + 'a' * 64]
+    assert len(fake.token_requests) == 1, 'the blob asked for a token again'
 
 
 # ------------------------------------------------------------------ small parts
@@ -502,7 +560,7 @@ def test_a_trickling_answer_is_cut_off_at_the_deadline(fake):
 def test_a_manifest_that_is_json_but_no_object_fails_with_a_message(fake, body):
     fake.add('team/odd', 'v1', body)
     client = client_for()
-    for call in (client.manifest, client.manifest_size):
+    for call in (client.manifest, client.platform_manifest):
         with pytest.raises(RegistryError) as info:
             call('%s/team/odd:v1' % fake.host)
         assert 'not an object' in str(info.value), str(info.value)
