@@ -64,8 +64,11 @@ options:
 notes:
   - Needs only the compose CLI on the host, no Python library; the C(docker) CLI removes a container stopped at the
     deadline (without it, the module warns and names the container to remove).
-  - The output of the command is returned as its last lines only (RV(stdout_tail), RV(stderr_tail)); a command that
-    prints secrets should not be run with C(-v) or should be given C(no_log).
+  - The output of the command is returned as its last lines only (RV(stdout_tail), RV(stderr_tail)), and a failure
+    message quotes its last line. For a command that may print secrets, give the task C(no_log) and fail on RV(rc) in
+    a task of your own (C(failed_when) on the registered result), because ansible-core shows a failed task's message
+    even under C(no_log). The service's environment is passed by the compose files, never in the arguments or the
+    result.
 seealso:
   - module: safedeploy.compose.compose_pin
   - module: safedeploy.compose.compose_up
