@@ -490,9 +490,10 @@ class DiskReclaim:
 
     def reclaim(self, path, usage, target, stages, protection, inventory):
         check_mode = self.module.check_mode
+        min_free = self.params['min_free_bytes']
         reclaimer = Reclaimer(self.read_inventory, protection, target,
                               measure=None if check_mode else (lambda: self.measure(path)),
-                              remove=None if check_mode else self.remove, min_free_bytes=self.params['min_free_bytes'])
+                              remove=None if check_mode else self.remove, min_free_bytes=min_free)
         try:
             end = reclaimer.run(stages, usage, inventory)
         except Exception as exc:  # report what was already removed along with the cause
