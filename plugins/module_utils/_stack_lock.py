@@ -370,12 +370,24 @@ def hold_stack_lock(state_dir, project, run_id, before='its next step', check_mo
             if holder is None or holder['run_id'] != run_id:
                 raise LeaseLost(_lost_message(project, run_id, holder, damage, before, now), holder=holder)
             warning = None
-            if lease_expired(holder, now):  # nobody took it over, so nothing else touched the stack meanwhile
+            renewal = contextlib.ExitStack()
+            if lease_expired(holder, now):  # nobody took it over; a disk reclaim may have started meanwhile
+                if not check_mode:
+                    try:  # while this renewal holds the interlock, no reclaim starts; one that runs stops this run
+                        renewal.enter_context(exclusive_flock(os.path.join(state_dir, RECLAIM_FLOCK_NAME),
+                                                              'the disk reclaim interlock of %s' % state_dir, timeout=0))
+                    except FlockTimeout:
+                        raise LeaseLost('run %s no longer holds the stack lock of project %s: its lease expired (%s) and '
+                                        'a disk reclaim is running on this host, which may remove what this run pulled. '
+                                        'It stopped before %s and changes nothing more. Raise the lock ttl '
+                                        '(rollout_lock_ttl) above its longest phase.'
+                                        % (run_id, project, describe_lease(holder, now), before), holder=holder)
                 warning = ('the stack lock of project %s had expired (%s) but nobody took it over; renewed it. Raise '
                            'the lock ttl above the longest phase of a run.' % (project, describe_lease(holder, now)))
             lease = _stamp(dict(holder), int(holder['ttl']), now)
-            if not check_mode:
-                write_file_atomic(path, json.dumps(lease, indent=2).encode('utf-8') + b'\n', FILE_MODE)
+            with renewal:
+                if not check_mode:
+                    write_file_atomic(path, json.dumps(lease, indent=2).encode('utf-8') + b'\n', FILE_MODE)
     except OSError as exc:
         raise _os_error(path, exc)
     return lease, warning

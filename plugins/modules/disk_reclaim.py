@@ -444,30 +444,9 @@ class DiskReclaim:
         stages = self.check_options()
         self.client = connect_engine(self.module, self.result)
         path = self.params['path'] or self.engine_call('report its DockerRootDir (docker info)', engine_root_dir, self.client)
-        usage = self.measure(path)
-        self.result.update(usage_before=usage, usage_after=usage)
-        threshold, target = self.params['threshold_percent'], self.params['target_percent']
-        min_free = self.params['min_free_bytes']
-        protection, ledger_errors = self.read_protection()
-        acting = self.params['force'] or usage['percent'] >= threshold or usage['free'] < min_free
-
-        # Below the threshold nothing is planned, so the sizes (two engine calls an image) are not read.
-        inventory = self.engine_call('list images, containers and volumes (/system/df)', self.read_inventory, acting)
-        self.result['protected'] = protection.report(inventory)
-
+        usage, protection, inventory, acting = self.survey(path)
         if not acting:
-            for error in ledger_errors:
-                self.module.warn('disk_reclaim: release ledger not readable (a reclaim would refuse to run): %s' % error)
-            self.result.update(target_reached=usage['percent'] <= target and usage['free'] >= min_free,
-                               msg='usage of %s is %.1f%%, below threshold_percent %s%%%s: nothing to do'
-                                   % (path, usage['percent'], threshold,
-                                      ', with %s free' % human_bytes(usage['free']) if min_free else ''))
-            self.module.exit_json(**self.result)
-        if ledger_errors:
-            self.fail('disk_reclaim: refusing to remove anything from %s: cannot tell which images the releases need: %s. '
-                      'Repair the ledger (safedeploy.compose.last_good_tag with recover_from_backup: true), or leave the '
-                      'project out of protect_releases.projects' % (path, '; '.join(ledger_errors)))
-
+            self.nothing_to_do(path, usage)
         releases = self.params['protect_releases']
         with contextlib.ExitStack() as held:
             try:
@@ -477,16 +456,54 @@ class DiskReclaim:
                 self.fail('disk_reclaim: %s' % exc)
             self.result.update(status)
             if status['blocked_by']:
-                self.result['target_reached'] = usage['percent'] <= target and usage['free'] >= min_free
-                self.result['msg'] = (
-                    '%s nothing on %s (%.1f%% used) while another run is in progress, since a reclaim could remove '
-                    'what it is bringing up: %s; %s'
-                    % ('would remove' if self.module.check_mode else 'removed', path, usage['percent'],
-                       '; '.join(entry['description'] for entry in status['blocked_by']),
-                       'the next reclaim runs once it is done' if releases['lock_wait'] <= 0 else
-                       'gave up after waiting %ss (protect_releases.lock_wait)' % int(status['waited'])))
-                self.module.exit_json(**self.result)
-            self.reclaim(path, usage, target, stages, protection, inventory)
+                self.blocked(path, usage, status, releases['lock_wait'])
+            if status['waited'] >= 0.5:  # it slept at least once (polls are a second apart)
+                # Another run ended while this one waited: it may have pulled, promoted or freed. Decide on now.
+                usage, protection, inventory, acting = self.survey(path)
+                if not acting:
+                    self.nothing_to_do(path, usage)
+            self.reclaim(path, usage, self.params['target_percent'], stages, protection, inventory)
+
+    def survey(self, path):
+        """Usage, what is protected, the engine's inventory, and whether a reclaim is due; fails on unreadable ledgers
+        when one is due."""
+        usage = self.measure(path)
+        self.result.update(usage_before=usage, usage_after=usage)
+        min_free = self.params['min_free_bytes']
+        protection, ledger_errors = self.read_protection()
+        acting = self.params['force'] or usage['percent'] >= self.params['threshold_percent'] or usage['free'] < min_free
+        # Below the threshold nothing is planned, so the sizes (two engine calls an image) are not read.
+        inventory = self.engine_call('list images, containers and volumes (/system/df)', self.read_inventory, acting)
+        self.result['protected'] = protection.report(inventory)
+        if not acting:
+            for error in ledger_errors:
+                self.module.warn('disk_reclaim: release ledger not readable (a reclaim would refuse to run): %s' % error)
+        elif ledger_errors:
+            self.fail('disk_reclaim: refusing to remove anything from %s: cannot tell which images the releases need: %s. '
+                      'Repair the ledger (safedeploy.compose.last_good_tag with recover_from_backup: true), or leave the '
+                      'project out of protect_releases.projects' % (path, '; '.join(ledger_errors)))
+        return usage, protection, inventory, acting
+
+    def nothing_to_do(self, path, usage):
+        threshold, target, min_free = (self.params['threshold_percent'], self.params['target_percent'],
+                                       self.params['min_free_bytes'])
+        self.result.update(target_reached=usage['percent'] <= target and usage['free'] >= min_free,
+                           msg='usage of %s is %.1f%%, below threshold_percent %s%%%s: nothing to do'
+                               % (path, usage['percent'], threshold,
+                                  ', with %s free' % human_bytes(usage['free']) if min_free else ''))
+        self.module.exit_json(**self.result)
+
+    def blocked(self, path, usage, status, lock_wait):
+        self.result['target_reached'] = (usage['percent'] <= self.params['target_percent']
+                                         and usage['free'] >= self.params['min_free_bytes'])
+        self.result['msg'] = (
+            '%s nothing on %s (%.1f%% used) while another run is in progress, since a reclaim could remove '
+            'what it is bringing up: %s; %s'
+            % ('would remove' if self.module.check_mode else 'removed', path, usage['percent'],
+               '; '.join(entry['description'] for entry in status['blocked_by']),
+               'the next reclaim runs once it is done' if lock_wait <= 0 else
+               'gave up after waiting %ss (protect_releases.lock_wait)' % int(status['waited'])))
+        self.module.exit_json(**self.result)
 
     def reclaim(self, path, usage, target, stages, protection, inventory):
         check_mode = self.module.check_mode

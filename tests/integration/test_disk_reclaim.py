@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import subprocess
+import threading
 import time
 import uuid
 
@@ -407,3 +408,71 @@ def test_a_reclaim_never_runs_inside_another_runs_rollout(small, big_refs, run_m
     done = run_module('disk_reclaim', args)
     assert not done.failed and done['blocked_by'] == [] and done['changed'] is True
     assert stopped.id in removed_ids(done)
+
+
+def test_the_stopped_containers_of_a_managed_project_and_a_candidates_images_are_kept(
+        small, big_refs, run_module, tmp_path):
+    """A project with a ledger: its stopped containers (compose carries their anonymous volumes over) and the images
+    of a release another run has recorded and may be bringing up stay; the same on an unmanaged project goes."""
+    digests = dict((ref, testbed_mod.registry_digest(ref)) for ref in big_refs[:4])
+    for ref in big_refs[:4]:
+        small.pull(ref)
+    current, candidate, used, loose = big_refs[:4]
+    project, stranger = small.name('managed'), small.name('stranger')
+    state_dir = tmp_path / 'state'
+    write_ledger(state_dir, project, [('r1', current, digests[current])])
+    apply_ledger_action(str(state_dir), project, action='record', release='r2',
+                        services=dict(app=dict(image=candidate, digest=digests[candidate])))
+    kept_box = small.container(used, 'managed-stopped', ['/bin/true'], detach=False,
+                               labels={'com.docker.compose.project': project, 'com.docker.compose.service': 'app'})
+    gone_box = small.container(used, 'stranger-stopped', ['/bin/true'], detach=False,
+                               labels={'com.docker.compose.project': stranger, 'com.docker.compose.service': 'app'})
+    loose_id = small.client.images.get(loose).id
+    args = dict(docker_host=small.docker_host, force=True, target_percent=0, stages=['containers', 'unused_images'],
+                protect_releases=dict(state_dir=str(state_dir)))
+
+    result = run_module('disk_reclaim', args)
+    assert not result.failed, result['msg']
+    assert result['changed'] is True
+    assert [item['id'] for item in result['stages'][0]['removed']] == [gone_box.id]
+    with pytest.raises(docker.errors.NotFound):
+        small.client.containers.get(gone_box.id)
+    kept_box.reload()
+    assert kept_box.status == 'exited' and kept_box.labels['com.docker.compose.project'] == project
+
+    remaining = small.state()['images']
+    for ref in (current, candidate, used):
+        assert small.client.images.get(ref).id in remaining, ref
+    assert small.image_by_digest(digest_ref(candidate, digests[candidate])).id in remaining
+    assert loose_id in removed_ids(result) and loose_id not in remaining
+    protected = dict((entry['ref'], entry) for entry in result['protected'])
+    assert protected[digest_ref(candidate, digests[candidate])]['source'] == 'release ledger of %s' % project
+
+
+def test_a_reclaim_that_waited_for_a_run_decides_on_what_that_run_left(small, big_refs, run_module, tmp_path):
+    """The reclaim waits for a rollout that then promotes a release on an image no container uses: the reclaim reads
+    the ledgers again after waiting and keeps that image (read before the wait, it would have removed it)."""
+    digests = dict((ref, testbed_mod.registry_digest(ref)) for ref in big_refs[:2])
+    for ref in big_refs[:2]:
+        small.pull(ref)
+    released, loose = big_refs[:2]
+    released_id, loose_id = small.client.images.get(released).id, small.client.images.get(loose).id
+    project = small.name('waited')
+    state_dir = tmp_path / 'state'
+    acquire_stack_lock(str(state_dir), project, 'sdt-run-rolling', owner='ci', release='r1', lock_wait=0)
+    args = dict(docker_host=small.docker_host, force=True, target_percent=0, stages=['unused_images'],
+                protect_releases=dict(state_dir=str(state_dir), lock_wait=30))
+    outcome = {}
+    reclaim = threading.Thread(target=lambda: outcome.update(result=run_module('disk_reclaim', args)), daemon=True)
+    reclaim.start()
+    time.sleep(3)  # the reclaim is waiting for the rollout's lock
+    assert reclaim.is_alive()
+    write_ledger(state_dir, project, [('r1', released, digests[released])])  # the rollout promotes r1 ...
+    release_stack_lock(str(state_dir), project, 'sdt-run-rolling')  # ... and ends
+    reclaim.join(60)
+    result = outcome['result']
+    assert not result.failed, result['msg']
+    assert result['blocked_by'] == [] and result['waited'] >= 2
+    assert loose_id in removed_ids(result)
+    assert released_id not in removed_ids(result) and released_id in small.state()['images']
+    assert digest_ref(released, digests[released]) in [entry['ref'] for entry in result['protected']]

@@ -27,6 +27,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import docker
 import pytest
 import requests
 import yaml
@@ -34,7 +35,7 @@ import yaml
 from conftest import COLLECTIONS, LOCAL_HOST_VARS, ROOT, on_compose_under_test, run_module, run_playbook
 from testbed import testbed as testbed_mod
 
-from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import lease_expired
+from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import acquire_stack_lock, lease_expired
 
 PREFIX = 'sdt-roll'
 REPO = '127.0.0.1:5000/' + PREFIX
@@ -823,6 +824,50 @@ def test_a_run_that_lost_its_stack_lock_stops_and_touches_nothing_more(make_stac
     ledger = stack.ledger()
     assert ledger['status']['r3'] == 'candidate' and ledger['current']['id'] == 'r1'
     assert json.loads(stack.lock_file.read_text())['run_id'] == 'sdt-intruder'
+    stack.lock_file.unlink()
+
+
+def test_a_run_that_loses_its_stack_lock_during_its_rollback_stops_there(make_stack, images, testbed):
+    """The release fails its gate and another run takes the stack lock over meanwhile: the automatic rollback stops
+    at its first step (putting back the files), writes no file and no ledger entry, leaves the other run's lock in
+    place, and the report is still written, saying the lock was lost."""
+    client = testbed.client()
+    stack = make_stack('leaselostrb')
+    assert_ok(stack.rollout('r1'))
+    failing = stack.stack_vars()
+    failing['health_checks'] = failing['health_checks'] + [
+        {'name': 'never up', 'type': 'tcp', 'host': '127.0.0.1', 'port': take_port()}]
+    taken = threading.Event()
+
+    def take_over_once_r2_runs():
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not taken.is_set():
+            try:
+                if stack.running_digests(client) == images['r2']:
+                    stack.lock_file.unlink()
+                    acquire_stack_lock(str(stack.state_dir), stack.project, 'sdt-intruder', owner='intruder',
+                                       lock_wait=0)
+                    taken.set()
+                    return
+            except (AssertionError, docker.errors.DockerException):
+                pass  # containers being recreated
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=take_over_once_r2_runs, daemon=True)
+    thread.start()
+    run = assert_failed(stack.rollout('r2', stack=failing, rollout_health_timeout=12))
+    thread.join(5)
+    assert taken.is_set(), 'r2 never ran: ' + run.output[-3000:]
+    message = ' '.join(failure_message(run).split())
+    assert 'lost its stack lock during its rollback to r1 and stopped' in message, message
+    assert 'run id sdt-intruder' in message and 'Put back the files of r1' in message, message
+    assert stack.running_digests(client) == images['r2']  # the rollback wrote and started nothing
+    assert images['r2']['web'] in (stack.src / 'compose.release.yml').read_text()  # r1's files not put back
+    ledger = stack.ledger()
+    assert ledger['current']['id'] == 'r1' and ledger['status'] == {'r1': 'good', 'r2': 'candidate'}
+    assert json.loads(stack.lock_file.read_text())['run_id'] == 'sdt-intruder'
+    report = json.loads((stack.reports / 'r2' / ('localhost-%s.json' % stack.project)).read_text())
+    assert report['result'] == 'lease_lost' and 'during its rollback to r1' in report['running']['note'], report
     stack.lock_file.unlink()
 
 

@@ -89,6 +89,20 @@ def test_hold_renews_an_own_expired_lease_nobody_took_with_a_warning(tmp_path):
     assert not _stack_lock.lease_expired(on_disk(tmp_path), time.time())
 
 
+def test_an_own_expired_lease_is_lost_when_a_reclaim_started_meanwhile(tmp_path):
+    """The lease expired, a reclaim saw no live lease and runs: this run must not pull or start beside it."""
+    acquire(tmp_path, 'run-1', ttl=5)
+    stale = rewrite(tmp_path, expires_boot_clock=1.0)
+    with reclaim_interlock(str(tmp_path)) as status:
+        assert status['blocked_by'] == []  # an expired lease does not keep a reclaim out
+        with pytest.raises(LeaseLost, match='a disk reclaim is running on this host') as lost:
+            hold_stack_lock(str(tmp_path), PROJECT, 'run-1', 'bringing up')
+        assert 'stopped before bringing up' in str(lost.value)
+        assert on_disk(tmp_path) == stale  # not renewed
+    lease, warning = hold_stack_lock(str(tmp_path), PROJECT, 'run-1', 'bringing up')  # the reclaim ended
+    assert 'had expired' in warning and lease['run_id'] == 'run-1'
+
+
 def test_hold_in_check_mode_checks_but_writes_nothing(tmp_path):
     acquire(tmp_path, 'run-1')
     before = (tmp_path / PROJECT / 'lock.json').read_bytes()
