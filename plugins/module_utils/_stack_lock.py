@@ -30,6 +30,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import errno
+import fcntl
 import getpass
 import json
 import os
@@ -44,6 +45,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file im
 from ansible_collections.safedeploy.compose.plugins.module_utils._release_state import (
     DIR_MODE,
     FILE_MODE,
+    FLOCK_POLL_INTERVAL,
     FlockTimeout,
     ReleaseStateError,
     ensure_project_dir,
@@ -254,15 +256,36 @@ def _try_acquire(path, run_id, owner, release, ttl, check_mode):
     return result, None
 
 
+@contextlib.contextmanager
+def _reclaim_not_running(state_dir, timeout):
+    """A shared flock on the reclaim interlock: runs taking or renewing leases share it with each other, and a disk
+    reclaim (which holds it exclusively while it removes) keeps them all out. Raises FlockTimeout after `timeout`."""
+    path = os.path.join(state_dir, RECLAIM_FLOCK_NAME)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+            if time.monotonic() >= deadline:
+                raise FlockTimeout('the disk reclaim interlock %s is held by a running disk reclaim' % path)
+            time.sleep(FLOCK_POLL_INTERVAL)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _no_reclaim_running(state_dir, project, deadline, started, check_mode):
     """The reclaim interlock, held while a lease is created: waits (until `deadline`) for a running disk reclaim."""
     held = contextlib.ExitStack()
     if check_mode:
         return held
     try:
-        held.enter_context(exclusive_flock(os.path.join(state_dir, RECLAIM_FLOCK_NAME),
-                                           'the disk reclaim interlock of %s' % state_dir,
-                                           timeout=max(0.0, deadline - time.monotonic())))
+        held.enter_context(_reclaim_not_running(state_dir, timeout=max(0.0, deadline - time.monotonic())))
     except FlockTimeout as exc:
         waited = round(time.monotonic() - started, 3)
         raise StackLockError('cannot take the stack lock of project %s: a disk reclaim is running on this host, and no '
@@ -374,8 +397,7 @@ def hold_stack_lock(state_dir, project, run_id, before='its next step', check_mo
             if lease_expired(holder, now):  # nobody took it over; a disk reclaim may have started meanwhile
                 if not check_mode:
                     try:  # while this renewal holds the interlock, no reclaim starts; one that runs stops this run
-                        renewal.enter_context(exclusive_flock(os.path.join(state_dir, RECLAIM_FLOCK_NAME),
-                                                              'the disk reclaim interlock of %s' % state_dir, timeout=0))
+                        renewal.enter_context(_reclaim_not_running(state_dir, timeout=0))
                     except FlockTimeout:
                         raise LeaseLost('run %s no longer holds the stack lock of project %s: its lease expired (%s) and '
                                         'a disk reclaim is running on this host, which may remove what this run pulled. '
@@ -387,7 +409,16 @@ def hold_stack_lock(state_dir, project, run_id, before='its next step', check_mo
             lease = _stamp(dict(holder), int(holder['ttl']), now)
             with renewal:
                 if not check_mode:
-                    write_file_atomic(path, json.dumps(lease, indent=2).encode('utf-8') + b'\n', FILE_MODE)
+                    try:
+                        write_file_atomic(path, json.dumps(lease, indent=2).encode('utf-8') + b'\n', FILE_MODE)
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or warning:
+                            raise
+                        # A full state disk must not stop a run that holds a live lease (its way back most of
+                        # all): the lease on disk still names this run until it expires.
+                        return holder, ('could not renew the stack lock of project %s (%s): it stays held by this '
+                                        'run until %s. Free space in %s.' % (project, exc.strerror, holder.get('expires_at'),
+                                                                             state_dir))
     except OSError as exc:
         raise _os_error(path, exc)
     return lease, warning

@@ -533,7 +533,7 @@ class TestOneStack(object):
         good = before['current']['id']
         ids = dict((c.labels['com.docker.compose.service'], c.id) for c in chain.containers(client))
         run = assert_failed(chain.rollout('rcrash'))
-        message = failure_message(run)
+        message = ' '.join(failure_message(run).split())
         assert 'Rolled back to %s' % good in message and 'containers' in message, message
         # both services are back on the good release's digests, web included although it was healthy on rcrash
         assert chain.running_digests(client) == images[good]

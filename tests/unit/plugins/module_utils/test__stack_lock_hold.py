@@ -103,6 +103,38 @@ def test_an_own_expired_lease_is_lost_when_a_reclaim_started_meanwhile(tmp_path)
     assert 'had expired' in warning and lease['run_id'] == 'run-1'
 
 
+def test_a_full_state_disk_does_not_take_a_live_lease_away(tmp_path, monkeypatch):
+    """The renewal cannot be written (ENOSPC): the run still holds its live lease and goes on, with a warning."""
+    acquire(tmp_path, 'run-1', ttl=60)
+    before = on_disk(tmp_path)
+
+    def full(*_args, **_kwargs):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(_stack_lock, 'write_file_atomic', full)
+    lease, warning = hold_stack_lock(str(tmp_path), PROJECT, 'run-1', 'bringing up')
+    assert lease['run_id'] == 'run-1' and 'could not renew' in warning and 'No space left' in warning
+    assert on_disk(tmp_path) == before
+    rewrite(tmp_path, expires_boot_clock=1.0)  # expired and not renewable: not held any more
+    with pytest.raises(StackLockError, match='No space left'):
+        hold_stack_lock(str(tmp_path), PROJECT, 'run-1', 'bringing up')
+
+
+def test_runs_taking_leases_at_once_do_not_mistake_each_other_for_a_reclaim(tmp_path):
+    results, errors = [], []
+
+    def take(number):
+        try:
+            results.append(acquire_stack_lock(str(tmp_path), 'p%d' % number, 'run-%d' % number, lock_wait=0))
+        except StackLockError as exc:
+            errors.append(str(exc))
+    threads = [threading.Thread(target=take, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(results) == 8
+
+
 def test_hold_in_check_mode_checks_but_writes_nothing(tmp_path):
     acquire(tmp_path, 'run-1')
     before = (tmp_path / PROJECT / 'lock.json').read_bytes()
