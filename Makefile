@@ -49,11 +49,9 @@ galaxy: venv
 unit: venv collection
 	tests/pytest-honest tests/unit $(PYTEST_ARGS)
 
-# Two workers, each running whole test files (tests/conftest.py groups them): halves the wall time on 2 cores.
-INTEGRATION_JOBS ?= 2
-
+# Two pytest processes at once, each running whole test files (tests/run-integration): about half the wall time.
 integration: venv collection testbed
-	tests/pytest-honest tests/integration -n $(INTEGRATION_JOBS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python tests/run-integration --durations=15 $(PYTEST_ARGS)
 
 # the compatibility leg: the tests whose outcome depends on the Compose CLI (marker compose_cli), on docker-compose v1
 test-compose-v1: venv collection testbed

@@ -42,16 +42,6 @@ def pytest_configure(config):
                                        'compatibility leg (make test-compose-v1) runs these with docker-compose v1')
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under `-n N --dist loadgroup` (make integration), a test file runs whole, in order, in one worker: files share
-    module and class fixtures (a stack rolled forward test by test), each uses its own ports and project names. Files
-    marked xdist_group('small_engine') share that one group: they all use the one small-disk engine."""
-    for item in items:
-        if item.get_closest_marker('xdist_group') is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 class ModuleResult(dict):
     """A module's JSON result plus the raw process output (for no_log assertions)."""
 
