@@ -49,9 +49,9 @@ galaxy: venv
 unit: venv collection
 	tests/pytest-honest tests/unit $(PYTEST_ARGS)
 
-# Two pytest processes at once, each running whole test files (tests/run-integration): about half the wall time.
+# Two pytest processes at once, each running whole test files (tests/run_integration.py): about half the wall time.
 integration: venv collection testbed
-	$(BIN)/python tests/run-integration --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python tests/run_integration.py --durations=15 $(PYTEST_ARGS)
 
 # the compatibility leg: the tests whose outcome depends on the Compose CLI (marker compose_cli), on docker-compose v1
 test-compose-v1: venv collection testbed

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """make integration: tests/integration as INTEGRATION_JOBS (default 2) pytest processes running at once.
 
 Each process runs whole test files, one after the other, in file order: files share module and class fixtures (a
@@ -12,6 +11,7 @@ the exit status is the first failing process's. Extra arguments go to every pyte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -50,20 +50,21 @@ def shards(jobs):
 def main(args):
     OUTPUT.mkdir(parents=True, exist_ok=True)
     jobs = int(os.environ.get('INTEGRATION_JOBS', '2'))
-    running = []
-    for number, names in enumerate(shards(jobs), 1):
-        log = OUTPUT / ('integration-%d.log' % number)
-        argv = [str(ROOT / 'tests' / 'pytest-honest')] + [str(TESTS / name) for name in names] + list(args)
-        print('integration process %d: %s (log %s)' % (number, ' '.join(names), log.relative_to(ROOT)), flush=True)
-        handle = open(log, 'w')
-        running.append((number, subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT), handle, log))
     status = 0
-    for number, proc, handle, log in running:
-        code = proc.wait()
-        handle.close()
-        print('=== integration process %d: exit %d ===' % (number, code))
-        print(log.read_text(), flush=True)
-        status = status or code
+    with contextlib.ExitStack() as held:
+        running = []
+        for number, names in enumerate(shards(jobs), 1):
+            log = OUTPUT / ('integration-%d.log' % number)
+            argv = [str(ROOT / 'tests' / 'pytest-honest')] + [str(TESTS / name) for name in names] + list(args)
+            print('integration process %d: %s (log %s)' % (number, ' '.join(names), log.relative_to(ROOT)), flush=True)
+            handle = held.enter_context(open(log, 'w', encoding='utf-8'))
+            proc = held.enter_context(subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT))
+            running.append((number, proc, log))
+        for number, proc, log in running:
+            code = proc.wait()
+            print('=== integration process %d: exit %d ===' % (number, code))
+            print(log.read_text(encoding='utf-8'), flush=True)
+            status = status or code
     return status
 
 
