@@ -147,6 +147,21 @@ def _describe_flock_holder(fd):
         return 'a process that has not yet written its name into the lock file'
 
 
+def wait_for_flock(fd, operation, timeout, poll_interval, timed_out):
+    """flock(fd, operation) (LOCK_EX or LOCK_SH), polling for at most `timeout` seconds; raises timed_out() then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            raise timed_out()
+        time.sleep(poll_interval)
+
+
 @contextlib.contextmanager
 def exclusive_flock(lock_path, subject, timeout=FLOCK_TIMEOUT, poll_interval=FLOCK_POLL_INTERVAL):
     """Hold an exclusive flock on `lock_path`, waiting at most `timeout` seconds.
@@ -157,20 +172,10 @@ def exclusive_flock(lock_path, subject, timeout=FLOCK_TIMEOUT, poll_interval=FLO
     """
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    raise
-            if time.monotonic() >= deadline:
-                raise FlockTimeout(
-                    '%s is locked by %s (lock file %s); gave up after waiting %ss. Another task is changing it: '
-                    'retry when it is done, or stop that process if it hangs (the lock is freed when it exits).'
-                    % (subject, _describe_flock_holder(fd), lock_path, timeout))
-            time.sleep(poll_interval)
+        wait_for_flock(fd, fcntl.LOCK_EX, timeout, poll_interval, lambda: FlockTimeout(
+            '%s is locked by %s (lock file %s); gave up after waiting %ss. Another task is changing it: '
+            'retry when it is done, or stop that process if it hangs (the lock is freed when it exits).'
+            % (subject, _describe_flock_holder(fd), lock_path, timeout)))
         _set_fd_mode(fd, FILE_MODE)
         note = dict(pid=os.getpid(), host=socket.gethostname(), since=utc_now(), since_epoch=time.time())
         try:

@@ -51,6 +51,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._release_state 
     ensure_project_dir,
     exclusive_flock,
     project_dir,
+    wait_for_flock,
 )
 
 LEASE_NAME = 'lock.json'
@@ -263,17 +264,8 @@ def _reclaim_not_running(state_dir, timeout):
     path = os.path.join(state_dir, RECLAIM_FLOCK_NAME)
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    raise
-            if time.monotonic() >= deadline:
-                raise FlockTimeout('the disk reclaim interlock %s is held by a running disk reclaim' % path)
-            time.sleep(FLOCK_POLL_INTERVAL)
+        wait_for_flock(fd, fcntl.LOCK_SH, timeout, FLOCK_POLL_INTERVAL, lambda: FlockTimeout(
+            'the disk reclaim interlock %s is held by a running disk reclaim' % path))
         yield
     finally:
         os.close(fd)
