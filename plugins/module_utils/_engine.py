@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import time
 import traceback
 
@@ -87,8 +88,10 @@ def connect_engine(module, result=None):
 # right. Check mode runs the same plan on the model alone; a real run removes each item from
 # the engine and measures the filesystem again after every removal.
 
-RECLAIM_STAGES = ('containers', 'dangling_images', 'build_cache', 'unused_images', 'volumes')
+RECLAIM_STAGES = ('containers', 'dangling_images', 'build_cache', 'unused_images', 'logs', 'volumes')
 STOPPED_CONTAINER_STATES = ('exited', 'created', 'dead')
+JSON_FILE_DRIVER = 'json-file'
+SERVICE_LABEL_KEY = 'com.docker.compose.service'
 
 # Dockerfile instructions that only change the image config (no filesystem layer).
 _CONFIG_ONLY_INSTRUCTIONS = frozenset(['ARG', 'CMD', 'ENTRYPOINT', 'ENV', 'EXPOSE', 'HEALTHCHECK', 'LABEL',
@@ -111,10 +114,10 @@ def measure_disk(path):
     nor free, so used + free <= total; a drop of `used` is what df shows as space regained.
     Raises OSError when `path` does not exist on this host.
     """
-    stat = os.statvfs(path)
-    used = (stat.f_blocks - stat.f_bfree) * stat.f_frsize
-    free = stat.f_bavail * stat.f_frsize
-    return dict(path=path, total=stat.f_blocks * stat.f_frsize, used=used, free=free,
+    vfs = os.statvfs(path)
+    used = (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize
+    free = vfs.f_bavail * vfs.f_frsize
+    return dict(path=path, total=vfs.f_blocks * vfs.f_frsize, used=used, free=free,
                 percent=usage_percent(used, used + free))
 
 
@@ -272,7 +275,9 @@ class EngineInventory:
     """What occupies the engine's disk, as a model a reclaim plan removes things from.
 
     images: {id: {id, tags, digests, created, size, layers: [(chain_id, bytes)]}}
-    containers: {id: {id, name, state, image_id, created, bytes}}
+    containers: {id: {id, name, state, image_id, created, bytes, rw_bytes, labels, log}}
+      (bytes: what removing it frees, its writable layer plus, when stopped, its log; log: None or
+      {path, bytes, driver, bounded}, read only with sizes)
     build_cache: [{id, type, bytes, in_use, shared}]
     volumes: {name: {name, driver, bytes, ref_count, labels}}
     """
@@ -321,6 +326,10 @@ class EngineInventory:
             return freed
         if kind == 'volume':
             return max(self.volumes.pop(key)['bytes'], 0)
+        if kind == 'log':
+            log = self.containers[key]['log']
+            freed, log['bytes'] = log['bytes'], 0
+            return freed
         raise ValueError('unknown reclaim candidate kind %r' % kind)
 
 
@@ -329,12 +338,24 @@ def _image_candidate(image):
     return dict(kind='image', id=image['id'], name=refs[0] if refs else image['id'][:19], refs=refs)
 
 
-def reclaim_candidates(stage, inventory, protection):
-    """What `stage` may remove from `inventory`, oldest first.
+def oversized_logs(inventory, log_max_bytes):
+    """The json-file logs of live (not stopped) containers holding more than `log_max_bytes`, largest first."""
+    found = []
+    for container in inventory.containers.values():
+        log = container.get('log')
+        if (container['state'] not in STOPPED_CONTAINER_STATES and log and log['driver'] == JSON_FILE_DRIVER
+                and log['path'] and log['bytes'] > log_max_bytes):
+            found.append(container)
+    return sorted(found, key=lambda c: (-c['log']['bytes'], c['name']))
+
+
+def reclaim_candidates(stage, inventory, protection, log_max_bytes=None):
+    """What `stage` may remove from `inventory`, oldest first (logs: largest first).
 
     Never an image a remaining container uses (running or not) and never an image any
     protecting ref names: an image with several tags or digests goes only when none of them
     is protected. Volumes: unused ones only, never one of a protected compose project.
+    Logs: the json-file log of a live container above `log_max_bytes`, truncated, never deleted.
     """
     if stage == 'containers':
         # A stopped container of a managed compose project (one with a release ledger) is kept: compose carries its
@@ -360,6 +381,11 @@ def reclaim_candidates(stage, inventory, protection):
                    if v['ref_count'] == 0 and v['driver'] == 'local'
                    and (v['labels'] or {}).get(PROJECT_LABEL) not in protection.projects]
         return [dict(kind='volume', id=v['name'], name=v['name'], refs=[]) for v in sorted(volumes, key=lambda v: v['name'])]
+    if stage == 'logs':
+        if log_max_bytes is None:
+            return []
+        return [dict(kind='log', id=c['id'], name=c['name'], refs=[c['log']['path']])
+                for c in oversized_logs(inventory, log_max_bytes)]
     raise ValueError('unknown reclaim stage %r' % stage)
 
 
@@ -374,8 +400,10 @@ class Reclaimer:
     half way can still report what was already removed.
     """
 
-    def __init__(self, read_inventory, protection, target_percent, measure=None, remove=None, min_free_bytes=0):
+    def __init__(self, read_inventory, protection, target_percent, measure=None, remove=None, min_free_bytes=0,
+                 log_max_bytes=None):
         self.read_inventory = read_inventory
+        self.log_max_bytes = log_max_bytes
         self.protection = protection
         self.target_percent = target_percent
         self.min_free_bytes = min_free_bytes
@@ -404,7 +432,7 @@ class Reclaimer:
             result = dict(name=stage, removed=[], skipped=[], bytes=0, estimated_bytes=0)
             self.stages.append(result)
             used_at_start = usage['used']
-            for candidate in reclaim_candidates(stage, inventory, self.protection):
+            for candidate in reclaim_candidates(stage, inventory, self.protection, self.log_max_bytes):
                 if self.reached(usage):
                     break
                 estimate = inventory.forget(candidate)
@@ -427,6 +455,76 @@ class Reclaimer:
             if not simulate:
                 result['bytes'] = used_at_start - usage['used']
         return usage
+
+
+# --- where the bytes are
+
+TOP_LOGS = 20
+
+
+def disk_accounting(inventory, protection, usage, log_max_bytes=None):
+    """Where the bytes of the engine's disk are, each byte counted once, against the filesystem's usage.
+
+    images: every layer once, as in_use (a container uses an image holding it), else protected (an image a
+    protecting ref names holds it: the way back), else reclaimable. containers: writable layers, running and
+    stopped (stopped ones of managed projects kept). logs: every container's log files, largest first.
+    """
+    in_use = set(inventory.images_in_use())
+    protected = set(image_id for image_id, image in inventory.images.items()
+                    if image_id not in in_use and protection.protecting(image))
+    layer_class = {}
+    for image_id, image in inventory.images.items():
+        rank = 0 if image_id in in_use else 1 if image_id in protected else 2
+        for chain, size in image['layers']:
+            known = layer_class.get(chain)
+            if known is None or rank < known[0]:
+                layer_class[chain] = (rank, size)
+    image_bytes = [0, 0, 0]
+    for rank, size in layer_class.values():
+        image_bytes[rank] += size
+    images = dict(count=len(inventory.images), bytes=sum(image_bytes), in_use_bytes=image_bytes[0],
+                  protected_bytes=image_bytes[1], reclaimable_bytes=image_bytes[2],
+                  in_use=len(in_use & set(inventory.images)), protected=len(protected),
+                  reclaimable=len(inventory.images) - len(in_use & set(inventory.images)) - len(protected))
+
+    running = [c for c in inventory.containers.values() if c['state'] not in STOPPED_CONTAINER_STATES]
+    stopped = [c for c in inventory.containers.values() if c['state'] in STOPPED_CONTAINER_STATES]
+    kept = [c for c in stopped if (c.get('labels') or {}).get(PROJECT_LABEL) in protection.projects]
+    containers = dict(running=len(running), running_bytes=sum(c.get('rw_bytes', c['bytes']) for c in running),
+                      stopped=len(stopped), stopped_bytes=sum(c.get('rw_bytes', c['bytes']) for c in stopped),
+                      stopped_kept=len(kept), stopped_kept_bytes=sum(c.get('rw_bytes', c['bytes']) for c in kept))
+
+    volume_list = list(inventory.volumes.values())
+    dangling = [v for v in volume_list if v['ref_count'] == 0]
+    volumes = dict(count=len(volume_list), in_use=len(volume_list) - len(dangling),
+                   in_use_bytes=sum(max(v['bytes'], 0) for v in volume_list if v['ref_count'] != 0),
+                   dangling=len(dangling), dangling_bytes=sum(max(v['bytes'], 0) for v in dangling))
+
+    build_cache = dict(records=len(inventory.build_cache), bytes=sum(e['bytes'] for e in inventory.build_cache),
+                       reclaimable_bytes=inventory.build_cache_bytes())
+
+    entries = []
+    for container in inventory.containers.values():
+        log = container.get('log')
+        if not log:
+            continue
+        labels = container.get('labels') or {}
+        entries.append(dict(container=container['name'], id=container['id'], state=container['state'],
+                            project=labels.get(PROJECT_LABEL, ''), service=labels.get(SERVICE_LABEL_KEY, ''),
+                            driver=log['driver'], bounded=log['bounded'], bytes=log['bytes'], path=log['path']))
+    entries.sort(key=lambda entry: (-entry['bytes'], entry['container']))
+    over = ([e for e in entries if e['state'] not in STOPPED_CONTAINER_STATES and e['driver'] == JSON_FILE_DRIVER
+             and e['bytes'] > log_max_bytes] if log_max_bytes is not None else [])
+    logs = dict(bytes=sum(e['bytes'] for e in entries), containers=len(entries),
+                unbounded=sorted(e['container'] for e in entries if not e['bounded']),
+                truncatable_bytes=sum(e['bytes'] for e in over), largest=entries[:TOP_LOGS])
+
+    accounted = (images['bytes'] + containers['running_bytes'] + containers['stopped_bytes'] + volumes['in_use_bytes']
+                 + volumes['dangling_bytes'] + build_cache['bytes'] + logs['bytes'])
+    filesystem = dict(path=usage['path'], total=usage['total'], used=usage['used'], free=usage['free'],
+                      percent=usage['percent'], docker_bytes=accounted, other_bytes=max(usage['used'] - accounted, 0))
+    return dict(filesystem=filesystem, images=images, build_cache=build_cache, containers=containers,
+                volumes=volumes, logs=logs)
 
 
 # --- what a pull would download
@@ -530,12 +628,12 @@ def read_engine_inventory(client, layer_cache=None, sizes=True):
     for entry in usage.get('Containers') or []:
         state = entry.get('State') or ''
         names = [name.lstrip('/') for name in entry.get('Names') or []]
-        size = max(int(entry.get('SizeRw') or 0), 0)
-        if sizes and state in STOPPED_CONTAINER_STATES:
-            size += _container_log_bytes(client, entry['Id'])
+        rw_bytes = max(int(entry.get('SizeRw') or 0), 0)
+        log = _container_log(client, entry['Id']) if sizes else None
+        size = rw_bytes + (log['bytes'] if log and state in STOPPED_CONTAINER_STATES else 0)
         containers.append(dict(id=entry['Id'], name=names[0] if names else entry['Id'][:12], state=state,
                                image_id=entry.get('ImageID') or '', created=int(entry.get('Created') or 0), bytes=size,
-                               labels=entry.get('Labels') or {}))
+                               rw_bytes=rw_bytes, labels=entry.get('Labels') or {}, log=log))
     build_cache = [dict(id=entry.get('ID') or '', type=entry.get('Type') or '', bytes=int(entry.get('Size') or 0),
                         in_use=bool(entry.get('InUse')), shared=bool(entry.get('Shared')))
                    for entry in usage.get('BuildCache') or []]
@@ -546,13 +644,56 @@ def read_engine_inventory(client, layer_cache=None, sizes=True):
     return EngineInventory(images, containers, build_cache, volumes)
 
 
-def _container_log_bytes(client, container_id):
-    """The size of a container's json-file log (removed with it), when this host can see it."""
+def file_disk_bytes(path):
+    """The space a file takes on disk (its allocated blocks), 0 when this host cannot see it."""
     try:
-        log_path = client.api.inspect_container(container_id).get('LogPath') or ''
-        return os.stat(log_path).st_size if log_path else 0
-    except (OSError, docker_errors.APIError):
+        return os.lstat(path).st_blocks * 512
+    except OSError:
         return 0
+
+
+def _container_log(client, container_id):
+    """A container's log as the reclaim sees it: {path, bytes, driver, bounded}.
+
+    bytes is the space its files take on disk (the current file and the rotated ones, `<path>.1`...,
+    when this host can see them: 0 when the engine runs elsewhere); bounded says that the engine
+    caps it (json-file with max-size, or a driver keeping no file here: local caps itself, others
+    ship the lines away). The engine merges daemon.json's log-opts into each container's LogConfig.
+    """
+    try:
+        details = client.api.inspect_container(container_id)
+    except docker_errors.NotFound:
+        return None
+    except docker_errors.APIError as exc:
+        if is_no_space_error(exc):
+            raise
+        return None
+    log_config = (details.get('HostConfig') or {}).get('LogConfig') or {}
+    driver = log_config.get('Type') or ''
+    options = log_config.get('Config') or {}
+    path = details.get('LogPath') or ''
+    total = 0
+    if path:
+        total = file_disk_bytes(path)
+        directory, base = os.path.split(path)
+        try:
+            rotated = [name for name in os.listdir(directory) if re.match(re.escape(base) + r'\.[0-9]+(\.gz)?\Z', name)]
+        except OSError:
+            rotated = []
+        total += sum(file_disk_bytes(os.path.join(directory, name)) for name in rotated)
+    bounded = driver != JSON_FILE_DRIVER or bool(options.get('max-size'))
+    return dict(path=path, bytes=total, driver=driver, bounded=bounded)
+
+
+def truncate_log(path):
+    """Empty a container's log file in place (the engine keeps writing to it; it appends)."""
+    descriptor = os.open(path, os.O_WRONLY | getattr(os, 'O_NOFOLLOW', 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, 'not a regular file', path)
+        os.ftruncate(descriptor, 0)
+    finally:
+        os.close(descriptor)
 
 
 def _remove_image(client, candidate):
@@ -574,6 +715,17 @@ def _remove_image(client, candidate):
                                                              or [candidate['id']])
 
 
+def _truncate_candidate_log(candidate):
+    path = candidate['refs'][0]
+    try:
+        truncate_log(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return 'its log file %s is not on this host (the engine runs elsewhere, or the container is gone)' % path
+        return 'cannot truncate its log file %s: %s' % (path, exc.strerror or exc)
+    return None
+
+
 def remove_reclaim_candidate(client, candidate):
     """Remove one candidate from the engine: None when done, else why the engine kept it.
 
@@ -590,6 +742,8 @@ def remove_reclaim_candidate(client, candidate):
             client.api.prune_builds(all=True)
         elif kind == 'volume':
             client.api.remove_volume(candidate['id'], force=False)
+        elif kind == 'log':
+            return _truncate_candidate_log(candidate)
         else:
             raise ValueError('unknown reclaim candidate kind %r' % kind)
     except docker_errors.NotFound:

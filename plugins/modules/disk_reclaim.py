@@ -15,9 +15,9 @@ description:
     stages, until usage is at or below O(target_percent) and at least O(min_free_bytes) are free.
   - 'The stages always run in this order, each only when listed in O(stages): V(containers) (stopped containers:
     exited, created or dead), V(dangling_images) (images with neither tag nor digest), V(build_cache) (unused
-    build cache), V(unused_images) (images no container uses), V(volumes) (unused volumes, only with
-    O(prune_volumes=true)).'
-  - Within a stage the oldest items go first, and the module measures the filesystem again after each removal, so it
+    build cache), V(unused_images) (images no container uses), V(logs) (the C(json-file) logs of running containers
+    above O(log_max_bytes), emptied in place), V(volumes) (unused volumes, only with O(prune_volumes=true)).'
+  - Within a stage the oldest items go first (in V(logs) the largest), and the module measures the filesystem again after each removal, so it
     stops as soon as the target is reached instead of emptying the whole stage.
   - Never removed are an image any container uses (running or stopped; an image whose stopped containers were all
     removed in the V(containers) stage is no longer used), an image named by O(protect), and the images of the current
@@ -34,6 +34,13 @@ description:
   - Images are removed by id without force, so the engine itself still refuses to delete an image a container started
     using meanwhile; such refusals are reported as skipped, not as failures.
   - Usage is computed as C(df) computes it, so RV(reclaimed_bytes) is the drop of C(df)'s C(Used) column; see RV(usage_before).
+  - The V(logs) stage empties a log file in place (truncates it to zero bytes) and never deletes it; the container keeps
+    running and keeps writing to the same file, and C(docker logs) shows what it writes from then on. The lines that were
+    in the file are gone. It is off unless listed in O(stages). To keep logs from growing in the first place, bound them
+    (the rollout role's C(rollout_log_bound), a service's C(logging) in its compose file, or the engine's C(log-opts) in
+    C(daemon.json)); RV(accounting.logs.unbounded) names the containers whose logs nothing bounds.
+  - RV(accounting) says where the bytes of the disk are (images in use, protected for a rollback, reclaimable; build
+    cache; containers; volumes in use and dangling; container logs, largest first) at the end of the run.
 author:
   - safedeploy.compose contributors (@safedeploy)
 extends_documentation_fragment:
@@ -95,8 +102,22 @@ options:
       - V(volumes) requires O(prune_volumes=true).
     type: list
     elements: str
-    choices: [containers, dangling_images, build_cache, unused_images, volumes]
+    choices: [containers, dangling_images, build_cache, unused_images, logs, volumes]
     default: [containers, dangling_images, build_cache, unused_images]
+  log_max_bytes:
+    description:
+      - In the V(logs) stage, the size above which the C(json-file) log of a running container is emptied (its current
+        file, rotated files left alone). Also what RV(accounting.logs.truncatable_bytes) counts.
+      - Only when O(stages) lists V(logs); the default of O(stages) does not.
+    type: int
+    default: 104857600
+  accounting:
+    description:
+      - Read the size of every image layer, container, volume and container log to return RV(accounting).
+      - V(false) spares those engine calls (two per image, one per container) when only the reclaim matters and usage
+        is below the threshold; RV(accounting) is then empty.
+    type: bool
+    default: true
   prune_volumes:
     description:
       - Also remove unused volumes (referenced by no container, local driver), as a last stage.
@@ -195,6 +216,22 @@ EXAMPLES = r'''
     target_percent: 100
     min_free_bytes: 2147483648
 
+- name: On a critical disk, also empty container logs above 200 MiB (the containers keep running)
+  safedeploy.compose.disk_reclaim:
+    threshold_percent: 95
+    target_percent: 85
+    stages: [containers, dangling_images, build_cache, unused_images, logs]
+    log_max_bytes: 209715200
+
+- name: Say where the bytes are, removing nothing
+  safedeploy.compose.disk_reclaim:
+    threshold_percent: 100
+  register: disk
+
+- name: Show the five largest container logs
+  ansible.builtin.debug:
+    msg: "{{ disk.accounting.logs.largest[:5] | map(attribute='container') | zip(disk.accounting.logs.largest[:5] | map(attribute='bytes')) }}"
+
 - name: Also remove unused volumes (their data is lost)
   safedeploy.compose.disk_reclaim:
     force: true
@@ -203,6 +240,71 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+accounting:
+  description:
+    - Where the bytes of the engine's disk are when the module finishes (after what it removed; in check mode, now),
+      from the engine's sizes, each byte counted once, next to the filesystem's own usage.
+    - Empty with O(accounting=false).
+  returned: always
+  type: dict
+  contains:
+    filesystem:
+      description:
+        - The usage of the measured filesystem (as RV(usage_after)), C(docker_bytes) the sum of everything below, and
+          C(other_bytes) what else uses the filesystem (C(used) minus C(docker_bytes), 0 when the engine's sizes add up
+          to more, which happens when files are shared or sparse).
+      type: dict
+      sample: {path: /var/lib/docker, total: 21003583488, used: 19196297216, free: 1807286272, percent: 91.4,
+               docker_bytes: 17809735680, other_bytes: 1386561536}
+    images:
+      description:
+        - Every image layer once. C(in_use_bytes) layers of images containers use; C(protected_bytes) layers of images
+          kept for a rollback or by O(protect) and of no image in use; C(reclaimable_bytes) the rest, what the
+          V(dangling_images) and V(unused_images) stages can free. C(in_use), C(protected), C(reclaimable) count images.
+      type: dict
+      sample: {count: 9, bytes: 3221225472, in_use_bytes: 1073741824, protected_bytes: 805306368,
+               reclaimable_bytes: 1342177280, in_use: 3, protected: 2, reclaimable: 4}
+    build_cache:
+      description: C(records), C(bytes) and C(reclaimable_bytes) (records neither in use nor shared).
+      type: dict
+      sample: {records: 12, bytes: 402653184, reclaimable_bytes: 402653184}
+    containers:
+      description:
+        - Writable layers of running and of stopped containers (their logs are under C(logs)), and the stopped ones kept
+          because they belong to a managed project (C(stopped_kept)).
+      type: dict
+      sample: {running: 5, running_bytes: 52428800, stopped: 2, stopped_bytes: 1048576, stopped_kept: 1,
+               stopped_kept_bytes: 4096}
+    volumes:
+      description:
+        - Volumes some container uses (C(in_use)) and dangling ones, with their bytes. A volume whose use or size the
+          engine does not report (other drivers) counts as in use, its size as 0.
+      type: dict
+      sample: {count: 4, in_use: 3, in_use_bytes: 734003200, dangling: 1, dangling_bytes: 1048576}
+    logs:
+      description:
+        - Container logs, C(bytes) in all. C(unbounded) names the containers whose log nothing bounds (C(json-file)
+          without C(max-size)); C(truncatable_bytes) what the V(logs) stage may empty (live containers' C(json-file)
+          logs above O(log_max_bytes)).
+        - C(largest) lists the 20 largest, largest first, each with C(container), C(id), C(state), C(project),
+          C(service) (compose labels, empty when none), C(driver), C(bounded), C(bytes) (space on disk, rotated files
+          included) and C(path).
+      type: dict
+      sample:
+        bytes: 3758096384
+        containers: 6
+        unbounded: [shop-worker-1]
+        truncatable_bytes: 3690987520
+        largest:
+          - container: shop-worker-1
+            id: 5d1c3b0a9e8f7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c
+            state: running
+            project: shop
+            service: worker
+            driver: json-file
+            bounded: false
+            bytes: 3690987520
+            path: /var/lib/docker/containers/5d1c.../5d1c...-json.log
 blocked_by:
   description:
     - What kept the reclaim from removing anything, after waiting O(protect_releases.lock_wait) seconds; empty when
@@ -280,8 +382,9 @@ stages:
     removed:
       description:
         - The items removed (would be removed in check mode), oldest first. Each has C(kind) (container, image,
-          build_cache, volume), C(id), C(name), C(refs) (an image's tags and digests, the build cache records),
+          build_cache, volume, log), C(id), C(name), C(refs) (an image's tags and digests, the build cache records),
           C(estimated_bytes) and C(bytes) (measured drop of used space after removing it, V(0) in check mode).
+        - In the V(logs) stage each item is a container (C(kind=log)) whose log was emptied; C(refs) holds its log's path.
       type: list
       elements: dict
       sample:
@@ -329,6 +432,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._engine import 
     Reclaimer,
     connect_engine,
     describe_engine_error,
+    disk_accounting,
     engine_address,
     engine_root_dir,
     measure_disk,
@@ -367,7 +471,8 @@ class DiskReclaim:
         # No top-level `path` key: AnsibleModule would add that path's file attributes to the result.
         self.result = dict(changed=False, msg='', usage_before={}, usage_after={},
                            reclaimed_bytes=0, estimated_reclaim_bytes=0, target_reached=False, stages=[], protected=[],
-                           blocked_by=[], waited=0.0)
+                           blocked_by=[], waited=0.0, accounting={})
+        self.protection = None
 
     def fail(self, msg, **extra):
         self.result.update(extra)
@@ -382,6 +487,8 @@ class DiskReclaim:
         if target > threshold:
             self.fail('disk_reclaim: target_percent (%s) is above threshold_percent (%s): the run would stop before '
                       'it started; lower target_percent or raise threshold_percent' % (target, threshold))
+        if self.params['log_max_bytes'] < 0:
+            self.fail('disk_reclaim: log_max_bytes must be 0 or more, got %s' % self.params['log_max_bytes'])
         if self.params['min_free_bytes'] < 0:
             self.fail('disk_reclaim: min_free_bytes must be 0 or more, got %s' % self.params['min_free_bytes'])
         if self.params['protect_releases']['keep_releases'] < 0:
@@ -473,8 +580,11 @@ class DiskReclaim:
         protection, ledger_errors = self.read_protection()
         acting = self.params['force'] or usage['percent'] >= self.params['threshold_percent'] or usage['free'] < min_free
         # Below the threshold nothing is planned, so the sizes (two engine calls an image) are not read.
-        inventory = self.engine_call('list images, containers and volumes (/system/df)', self.read_inventory, acting)
+        inventory = self.engine_call('list images, containers and volumes (/system/df)', self.read_inventory,
+                                     acting or self.params['accounting'])
+        self.protection = protection
         self.result['protected'] = protection.report(inventory)
+        self.account(inventory, usage)
         if not acting:
             for error in ledger_errors:
                 self.module.warn('disk_reclaim: release ledger not readable (a reclaim would refuse to run): %s' % error)
@@ -484,6 +594,20 @@ class DiskReclaim:
                       'project out of protect_releases.projects' % (path, '; '.join(ledger_errors)))
         return usage, protection, inventory, acting
 
+    def account(self, inventory, usage):
+        if self.params['accounting']:
+            self.result['accounting'] = disk_accounting(inventory, self.protection, usage, self.params['log_max_bytes'])
+
+    def logs_hint(self, stages):
+        """When logs the stages may not touch hold much: say so, naming the largest."""
+        logs = (self.result['accounting'] or {}).get('logs') or {}
+        if 'logs' in stages or not logs.get('truncatable_bytes'):
+            return ''
+        largest = logs['largest'][0]
+        return ('; container logs above log_max_bytes hold %s (largest %s, %s%s): add logs to stages to empty them, '
+                'and bound them' % (human_bytes(logs['truncatable_bytes']), largest['container'],
+                                    human_bytes(largest['bytes']), '' if largest['bounded'] else ', unbounded'))
+
     def nothing_to_do(self, path, usage):
         threshold, target, min_free = (self.params['threshold_percent'], self.params['target_percent'],
                                        self.params['min_free_bytes'])
@@ -491,6 +615,8 @@ class DiskReclaim:
                            msg='usage of %s is %.1f%%, below threshold_percent %s%%%s: nothing to do'
                                % (path, usage['percent'], threshold,
                                   ', with %s free' % human_bytes(usage['free']) if min_free else ''))
+        if not self.result['target_reached']:
+            self.result['msg'] += self.logs_hint(self.stage_names())
         self.module.exit_json(**self.result)
 
     def blocked(self, path, usage, status, lock_wait):
@@ -510,7 +636,8 @@ class DiskReclaim:
         min_free = self.params['min_free_bytes']
         reclaimer = Reclaimer(self.read_inventory, protection, target,
                               measure=None if check_mode else (lambda: self.measure(path)),
-                              remove=None if check_mode else self.remove, min_free_bytes=min_free)
+                              remove=None if check_mode else self.remove, min_free_bytes=min_free,
+                              log_max_bytes=self.params['log_max_bytes'])
         try:
             end = reclaimer.run(stages, usage, inventory)
         except Exception as exc:  # report what was already removed along with the cause
@@ -521,8 +648,16 @@ class DiskReclaim:
         self.finish(usage, end if not check_mode else usage, reclaimer, check_mode)
         self.result['target_reached'] = reclaimer.reached(usage_after_freeing(usage, reclaimer.estimated_bytes)
                                                           if check_mode else self.result['usage_after'])
+        if self.result['changed'] and not check_mode:  # say where the bytes are now
+            self.account(self.engine_call('list images, containers and volumes (/system/df)', self.read_inventory, True),
+                         self.result['usage_after'])
         self.result['msg'] = self.summary(path, self.goal(target, min_free), check_mode)
+        if not self.result['target_reached']:
+            self.result['msg'] += self.logs_hint(stages)
         self.module.exit_json(**self.result)
+
+    def stage_names(self):
+        return set(self.params['stages']) | (set(['volumes']) if self.params['prune_volumes'] else set())
 
     def read_inventory(self, sizes=True):
         return read_engine_inventory(self.client, self.layer_cache, sizes=sizes)
@@ -565,6 +700,8 @@ def main():
         min_free_bytes=dict(type='int', default=0),
         force=dict(type='bool', default=False),
         stages=dict(type='list', elements='str', choices=list(RECLAIM_STAGES), default=list(DEFAULT_STAGES)),
+        log_max_bytes=dict(type='int', default=104857600),
+        accounting=dict(type='bool', default=True),
         prune_volumes=dict(type='bool', default=False),
         protect=dict(type='list', elements='str', default=[]),
         protect_releases=dict(type='dict', default={}, options=dict(
