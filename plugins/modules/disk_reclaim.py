@@ -648,7 +648,7 @@ class DiskReclaim:
         self.finish(usage, end if not check_mode else usage, reclaimer, check_mode)
         self.result['target_reached'] = reclaimer.reached(usage_after_freeing(usage, reclaimer.estimated_bytes)
                                                           if check_mode else self.result['usage_after'])
-        if self.result['changed'] and not check_mode:  # say where the bytes are now
+        if self.result['changed'] and not check_mode and self.params['accounting']:  # say where the bytes are now
             self.account(self.engine_call('list images, containers and volumes (/system/df)', self.read_inventory, True),
                          self.result['usage_after'])
         self.result['msg'] = self.summary(path, self.goal(target, min_free), check_mode)
