@@ -38,7 +38,7 @@ description:
     running and keeps writing to the same file, and C(docker logs) shows what it writes from then on. The lines that were
     in the file are gone. It is off unless listed in O(stages). To keep logs from growing in the first place, bound them
     (the rollout role's C(rollout_log_bound), a service's C(logging) in its compose file, or the engine's C(log-opts) in
-    C(daemon.json)); RV(accounting.logs.unbounded) names the containers whose logs nothing bounds.
+    C(daemon.json)); RV(accounting.logs) names the containers whose logs nothing bounds.
   - RV(accounting) says where the bytes of the disk are (images in use, protected for a rollback, reclaimable; build
     cache; containers; volumes in use and dangling; container logs, largest first) at the end of the run.
 author:
@@ -107,7 +107,7 @@ options:
   log_max_bytes:
     description:
       - In the V(logs) stage, the size above which the C(json-file) log of a running container is emptied (its current
-        file, rotated files left alone). Also what RV(accounting.logs.truncatable_bytes) counts.
+        file, rotated files left alone). Also what RV(accounting.logs) (its C(truncatable_bytes)) counts.
       - Only when O(stages) lists V(logs); the default of O(stages) does not.
     type: int
     default: 104857600

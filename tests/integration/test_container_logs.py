@@ -52,8 +52,8 @@ def inventory_for(tmp_path, **host_vars):
     return {'all': {'hosts': {'localhost': host}}}
 
 
-def test_a_chatty_containers_log_is_named_by_the_guard_and_emptied_by_the_logs_stage(small_engine, run_playbook,
-                                                                                    run_module, tmp_path):
+def test_a_chatty_containers_log_is_named_by_the_guard_and_emptied_by_the_logs_stage(
+        small_engine, run_playbook, run_module, tmp_path):
     env = {'DOCKER_HOST': small_engine.docker_host}
     reports = tmp_path / 'reports'
     name = 'sdt-chatty-%s' % uuid.uuid4().hex[:6]

@@ -190,8 +190,8 @@ def test_container_log_counts_rotated_files_and_reads_the_bound_from_the_log_con
     (tmp_path / 'abc-json.log.2.gz').write_bytes(b'c' * 40000)
     (tmp_path / 'abc-json.log.tmp').write_bytes(b'd' * 40000)  # not a rotated file
     details = {
-        'bounded': {'LogPath': str(current), 'HostConfig': {'LogConfig': {'Type': 'json-file',
-                                                                         'Config': {'max-size': '10m', 'max-file': '3'}}}},
+        'bounded': {'LogPath': str(current), 'HostConfig': {'LogConfig': {
+            'Type': 'json-file', 'Config': {'max-size': '10m', 'max-file': '3'}}}},
         'unbounded': {'LogPath': str(current), 'HostConfig': {'LogConfig': {'Type': 'json-file', 'Config': {}}}},
         'journald': {'LogPath': '', 'HostConfig': {'LogConfig': {'Type': 'journald', 'Config': {}}}},
     }
