@@ -380,7 +380,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
-    DEFAULT_CLI_CACHE, CommandRunner, ComposeError, ComposeProject, compose_hash, config_files, detect_compose,
+    DEFAULT_CLI_CACHE, CommandRunner, ComposeError, ComposeProject, ComposeTimeout, compose_hash, config_files, detect_compose,
     find_default_compose_files, services_of, with_images,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
@@ -476,6 +476,10 @@ class ComposePin(object):
         project = self.compose_project()
         try:
             _text, config = project.load_config()
+        except ComposeTimeout:
+            self.fail('compose_pin: reading the compose files of project %s (compose config) did not finish within %ss '
+                      'and was stopped; nothing was written. Raise timeout (it bounds compose commands to no less than '
+                      '%ss).' % (project.project_name, project.timeout, MIN_COMPOSE_TIMEOUT))
         except ComposeError as exc:
             self.fail('compose_pin: the compose files of project %s are not valid: %s' % (
                 project.project_name, exc.message))

@@ -261,7 +261,7 @@ class ComposeUp(object):
         self.module.fail_json(msg=msg, **self.result)
 
     def project(self):
-        return open_project(self.module, 'compose_up', self.result)
+        return open_project(self.module, 'compose_up', self.result, timeout=self.params['up_timeout'])
 
     def hold_lock(self, before):
         """With stack_lock: still this run's lock? Renew it, or stop before `before`, touching nothing more."""
@@ -377,6 +377,9 @@ class ComposeUp(object):
         """Check mode: would up create, recreate or remove a container?"""
         try:
             _text, config = project.load_config()
+        except ComposeTimeout:
+            self.fail('compose_up: reading the configuration of %s (compose config) did not finish within %ss and was '
+                      'stopped; nothing was changed. Raise up_timeout.' % (self.params['project_name'], self.params['up_timeout']))
         except ComposeError as exc:
             self.fail('compose_up: the compose files of %s are not valid: %s' % (self.params['project_name'], exc.message))
         wanted = dict((name, spec['image']) for name, spec in services_of(config).items())
