@@ -666,7 +666,8 @@ class ComposePin(object):
         try:
             held = read_held_digests(engine)
         except Exception as exc:  # any engine failure: a message, not a traceback
-            self.fail(describe_engine_error(exc, address, 'list its images (for the download estimate)'))
+            self.fail(describe_engine_error(exc, address, 'list its images (for the download estimate)',
+                                            self.params['engine_timeout']))
         held_chains = None
         counted, total, by_service, failures = set(), 0, {}, []
         for ref, services in sorted(users.items(), key=lambda item: item[0].format()):
@@ -684,7 +685,7 @@ class ComposePin(object):
                                 held_chains = read_held_chains(engine)
                             except Exception as exc:  # any engine failure: a message, not a traceback
                                 self.fail(describe_engine_error(exc, address, 'inspect its images (for the download '
-                                                                'estimate)'))
+                                                                'estimate)', self.params['engine_timeout']))
                         fetch = [(manifest.config_digest or manifest.digest, manifest.config_size)]
                         fetch += layers_to_pull(diff_ids, manifest.layers, held_chains)
                 except RegistryError as exc:
@@ -712,7 +713,8 @@ class ComposePin(object):
                 if getattr(exc, 'status_code', None) == 404 or type(exc).__name__ == 'ImageNotFound':
                     entry['message'] = 'image %s is not present on the Docker host %s' % (ref.format(), address)
                 else:
-                    entry.update(kind='error', message=describe_engine_error(exc, address, 'inspect image %s' % lookup))
+                    entry.update(kind='error', message=describe_engine_error(exc, address, 'inspect image %s' % lookup,
+                                                                                  self.params['engine_timeout']))
                 failures.append(entry)
                 continue
             digests = []

@@ -293,7 +293,7 @@ class ComposeUp(object):
         try:
             return call()
         except Exception as exc:  # any engine failure: a message, not a traceback
-            self.fail(describe_engine_error(exc, engine_address(self.params), what))
+            self.fail(describe_engine_error(exc, engine_address(self.params), what, self.params['engine_timeout']))
 
     @contextlib.contextmanager
     def pull_credentials(self, project):
