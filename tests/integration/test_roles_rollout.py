@@ -597,7 +597,8 @@ class TestOneStack(object):
         events = client.events(decode=True, filters={'event': ['rename', 'create'],
                                                      'label': 'com.docker.compose.project=%s' % chain.project})
         # a ttl the timeouts fit in (the role checks that), short enough to test; the lease is aged below, not waited for
-        short = dict(rollout_lock_ttl=40, rollout_pull_timeout=30, rollout_up_timeout=20, rollout_health_timeout=15)
+        short = dict(rollout_lock_ttl=40, rollout_pull_timeout=30, rollout_up_timeout=20, rollout_health_timeout=15,
+                     rollout_registry_timeout=20, rollout_engine_timeout=20)
         run = Background('rollout.yml', chain.inventory(rollout_run_id='sdt-roll-run-killed', **short), {'release': 'r4'})
 
         def kill_at_first_rename():
