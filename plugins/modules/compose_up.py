@@ -87,7 +87,9 @@ options:
         type: str
         required: true
   pull_timeout:
-    description: Seconds one C(compose pull) may take before it is stopped.
+    description:
+      - Seconds one C(compose pull) attempt may take before it is stopped (the engine's pull ends with it). The message
+        names this option; nothing running was touched.
     type: int
     default: 600
   pull_retries:
@@ -96,7 +98,9 @@ options:
     type: int
     default: 3
   up_timeout:
-    description: Seconds C(compose up) may take before it is stopped.
+    description:
+      - Seconds C(compose up) may take before it is stopped.
+      - Also the deadline of C(compose config), which check mode runs to predict RV(changed).
     type: int
     default: 300
 notes:
