@@ -713,8 +713,8 @@ class ComposePin(object):
                 if getattr(exc, 'status_code', None) == 404 or type(exc).__name__ == 'ImageNotFound':
                     entry['message'] = 'image %s is not present on the Docker host %s' % (ref.format(), address)
                 else:
-                    entry.update(kind='error', message=describe_engine_error(exc, address, 'inspect image %s' % lookup,
-                                                                                  self.params['engine_timeout']))
+                    message = describe_engine_error(exc, address, 'inspect image %s' % lookup, self.params['engine_timeout'])
+                    entry.update(kind='error', message=message)
                 failures.append(entry)
                 continue
             digests = []
