@@ -18,7 +18,9 @@ options:
     type: str
   engine_timeout:
     description:
-      - Seconds to wait for one Docker engine API call before giving up.
+      - Seconds to wait for one Docker engine API call before giving up (a read of its socket that gets no answer for
+        that long, so a call that hangs, such as removing a container the engine cannot stop, ends after it).
+      - The module then fails naming the step and this option; nothing after that call runs.
     type: int
     default: 60
 requirements:

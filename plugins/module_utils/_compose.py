@@ -22,7 +22,8 @@
 #   binary is asked again. The v2 plugin answers in milliseconds and is always asked.
 # - Compose has no timeout of its own. Commands run through coreutils `timeout` (TERM at the
 #   deadline, KILL 10 s later, to the whole process group compose starts), via module.run_command;
-#   exit codes 124/137 become ComposeTimeout. A host without `timeout` runs commands unbounded,
+#   exit codes 124/137 become ComposeTimeout. No command runs without a deadline: one given none (by its
+#   caller or its runner) gets DEFAULT_COMMAND_TIMEOUT. A host without `timeout` runs commands unbounded,
 #   with a warning.
 # - find_interrupted_recreate_leftovers() lists the `<12 hex>_<name>` containers a recreate
 #   interrupted half-way leaves behind, with v1 and with v2 (they block the next `up` or get adopted).
@@ -53,6 +54,7 @@ CONFIG_HASH_LABEL = 'com.docker.compose.config-hash'
 LEFTOVER_NAME = re.compile(r'^[0-9a-f]{12}_')
 KILL_GRACE_SECONDS = 10
 DETECT_TIMEOUT = 30
+DEFAULT_COMMAND_TIMEOUT = 300  # a command whose caller gave no deadline (compose config, ps): never unbounded
 DEFAULT_CLI_CACHE = '~/.cache/safedeploy/compose-cli.json'
 _VERSION = re.compile(r'v?(\d+)\.(\d+)\.(\d+)')
 
@@ -109,18 +111,20 @@ class CommandRunner(object):
         self._warned = False
 
     def run(self, argv, timeout=None, cwd=None, data=None):
-        """(rc, stdout, stderr); raises ComposeTimeout when the deadline killed the command."""
-        timeout = self.timeout if timeout is None else timeout
+        """(rc, stdout, stderr); raises ComposeTimeout when the deadline killed the command.
+
+        The deadline is `timeout`, else the runner's, else DEFAULT_COMMAND_TIMEOUT: a command never runs unbounded."""
+        timeout = timeout or self.timeout or DEFAULT_COMMAND_TIMEOUT
         full = list(argv)
-        if timeout and self._timeout_bin:
+        if self._timeout_bin:
             full = [self._timeout_bin, '--kill-after=%ds' % KILL_GRACE_SECONDS, '%ds' % int(timeout)] + full
-        elif timeout and not self._warned:
+        elif not self._warned:
             self._warned = True
             self.module.warn('coreutils timeout is not installed on this host: compose commands run without a deadline')
         rc, out, err = self.module.run_command(full, cwd=cwd, data=data, environ_update=self.environ_update)
         # 124: stopped by TERM; 137: by KILL after the grace; -9: timeout signals its whole process group, so at the
         # KILL it goes down with the command (docker-compose v1 outlives TERM while it cleans up a one-off container)
-        if timeout and self._timeout_bin and rc in (124, 137, -9):
+        if self._timeout_bin and rc in (124, 137, -9):
             raise ComposeTimeout('%s did not finish within %ss and was stopped' % (' '.join(argv), timeout),
                                  argv=argv, rc=rc, stdout=out, stderr=err)
         return rc, out, err
@@ -361,10 +365,11 @@ COMPOSE_PROJECT_ARGUMENT_SPEC = dict(
 )
 
 
-def open_project(module, who, result):
+def open_project(module, who, result, timeout=None):
     """The ComposeProject of a module's COMPOSE_PROJECT_ARGUMENT_SPEC arguments (and its docker_host), on the compose
     CLI found on this host; or fail the module (named `who` in messages) saying what is missing, with `result`'s
-    keys. Sets result's compose_argv and compose_version."""
+    keys. Sets result's compose_argv and compose_version. `timeout` is the deadline of the project's commands that
+    are given none of their own (compose config); without it they get DEFAULT_COMMAND_TIMEOUT."""
     params = module.params
     src = os.path.abspath(params['project_src'])
     if not os.path.isdir(src):
@@ -379,7 +384,7 @@ def open_project(module, who, result):
     runner = CommandRunner(module, environ_update=environ)
     try:
         cli = detect_compose(module, runner, choice=params['compose_command'], cache_path=DEFAULT_CLI_CACHE)
-        project = ComposeProject(runner, cli, src, params['project_name'], files, env_files)
+        project = ComposeProject(runner, cli, src, params['project_name'], files, env_files, timeout=timeout)
     except ComposeError as exc:
         module.fail_json(msg='%s: %s' % (who, exc.message), **result)
     result.update(compose_argv=project.argv([]), compose_version=cli.version)

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import re
+import socket
 import stat
 import time
 import traceback
@@ -33,9 +34,10 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref impo
 
 DEFAULT_DOCKER_HOST = 'unix:///var/run/docker.sock'
 
+DEFAULT_ENGINE_TIMEOUT = 60
 ENGINE_ARGUMENT_SPEC = dict(
     docker_host=dict(type='str'),
-    engine_timeout=dict(type='int', default=60),
+    engine_timeout=dict(type='int', default=DEFAULT_ENGINE_TIMEOUT),
 )
 
 
@@ -52,8 +54,21 @@ def is_no_space_error(exc):
     return 'no space left on device' in text or getattr(exc, 'errno', None) == errno.ENOSPC
 
 
-def describe_engine_error(exc, address, action):
-    """One message for every way an engine call fails, naming the cause and the next step."""
+def is_timeout_error(exc):
+    """True for an engine call abandoned at engine_timeout (docker-py's read timeout, a socket timeout)."""
+    if isinstance(exc, socket.timeout) or type(exc).__name__ in ('ReadTimeout', 'ConnectTimeout', 'ReadTimeoutError'):
+        return True
+    return 'timed out' in str(exc).lower()
+
+
+def describe_engine_error(exc, address, action, timeout=None):
+    """One message for every way an engine call fails, naming the cause and the next step.
+
+    `timeout` is the engine_timeout the call ran with, named when the call was abandoned at it."""
+    if is_timeout_error(exc):
+        return ('Docker engine at %s did not answer within %s to %s, and the call was abandoned: the engine is hung or '
+                'overloaded. Check dockerd (systemctl status docker), or raise engine_timeout.'
+                % (address, '%ss (engine_timeout)' % timeout if timeout else 'engine_timeout', action))
     if is_no_space_error(exc):
         return ('Docker engine at %s failed to %s: no space left on device. Free disk space first, for example '
                 'with safedeploy.compose.disk_reclaim (it keeps rollback images), then retry.' % (address, action))
@@ -71,11 +86,12 @@ def connect_engine(module, result=None):
     if not HAS_DOCKER:
         module.fail_json(msg=missing_required_lib('docker'), exception=DOCKER_IMPORT_ERROR, **result)
     address = engine_address(module.params)
+    timeout = module.params.get('engine_timeout') or DEFAULT_ENGINE_TIMEOUT
     try:
-        client = docker.DockerClient(base_url=address, timeout=module.params.get('engine_timeout') or 60)
+        client = docker.DockerClient(base_url=address, timeout=timeout)
         client.ping()
     except Exception as exc:  # any failure to reach the engine ends the module the same way
-        module.fail_json(msg=describe_engine_error(exc, address, 'answer a ping'), **result)
+        module.fail_json(msg=describe_engine_error(exc, address, 'answer a ping', timeout), **result)
     return client
 
 

@@ -380,7 +380,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
-    DEFAULT_CLI_CACHE, CommandRunner, ComposeError, ComposeProject, compose_hash, config_files, detect_compose,
+    DEFAULT_CLI_CACHE, CommandRunner, ComposeError, ComposeProject, ComposeTimeout, compose_hash, config_files, detect_compose,
     find_default_compose_files, services_of, with_images,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
@@ -476,6 +476,10 @@ class ComposePin(object):
         project = self.compose_project()
         try:
             _text, config = project.load_config()
+        except ComposeTimeout:
+            self.fail('compose_pin: reading the compose files of project %s (compose config) did not finish within %ss '
+                      'and was stopped; nothing was written. Raise timeout (it bounds compose commands to no less than '
+                      '%ss).' % (project.project_name, project.timeout, MIN_COMPOSE_TIMEOUT))
         except ComposeError as exc:
             self.fail('compose_pin: the compose files of project %s are not valid: %s' % (
                 project.project_name, exc.message))
@@ -662,7 +666,8 @@ class ComposePin(object):
         try:
             held = read_held_digests(engine)
         except Exception as exc:  # any engine failure: a message, not a traceback
-            self.fail(describe_engine_error(exc, address, 'list its images (for the download estimate)'))
+            self.fail(describe_engine_error(exc, address, 'list its images (for the download estimate)',
+                                            self.params['engine_timeout']))
         held_chains = None
         counted, total, by_service, failures = set(), 0, {}, []
         for ref, services in sorted(users.items(), key=lambda item: item[0].format()):
@@ -680,7 +685,7 @@ class ComposePin(object):
                                 held_chains = read_held_chains(engine)
                             except Exception as exc:  # any engine failure: a message, not a traceback
                                 self.fail(describe_engine_error(exc, address, 'inspect its images (for the download '
-                                                                'estimate)'))
+                                                                'estimate)', self.params['engine_timeout']))
                         fetch = [(manifest.config_digest or manifest.digest, manifest.config_size)]
                         fetch += layers_to_pull(diff_ids, manifest.layers, held_chains)
                 except RegistryError as exc:
@@ -708,7 +713,8 @@ class ComposePin(object):
                 if getattr(exc, 'status_code', None) == 404 or type(exc).__name__ == 'ImageNotFound':
                     entry['message'] = 'image %s is not present on the Docker host %s' % (ref.format(), address)
                 else:
-                    entry.update(kind='error', message=describe_engine_error(exc, address, 'inspect image %s' % lookup))
+                    message = describe_engine_error(exc, address, 'inspect image %s' % lookup, self.params['engine_timeout'])
+                    entry.update(kind='error', message=message)
                 failures.append(entry)
                 continue
             digests = []

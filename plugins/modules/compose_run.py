@@ -182,7 +182,7 @@ def main():
         module.fail_json(msg='compose_run: timeout must be at least 1 second, got %s' % params['timeout'], **result)
     if not params['service'].strip():
         module.fail_json(msg='compose_run: service must name a service of the project', **result)
-    project = open_project(module, 'compose_run', result)
+    project = open_project(module, 'compose_run', result, timeout=params['timeout'])
     name = '%s-%s-run-%s' % (params['project_name'], params['service'], uuid.uuid4().hex[:8])
     argv = project.run_argv(params['service'], params['command'], name=name)
     result.update(compose_argv=argv, container_name=name)

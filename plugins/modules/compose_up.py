@@ -87,7 +87,9 @@ options:
         type: str
         required: true
   pull_timeout:
-    description: Seconds one C(compose pull) may take before it is stopped.
+    description:
+      - Seconds one C(compose pull) attempt may take before it is stopped (the engine's pull ends with it). The message
+        names this option; nothing running was touched.
     type: int
     default: 600
   pull_retries:
@@ -96,7 +98,9 @@ options:
     type: int
     default: 3
   up_timeout:
-    description: Seconds C(compose up) may take before it is stopped.
+    description:
+      - Seconds C(compose up) may take before it is stopped.
+      - Also the deadline of C(compose config), which check mode runs to predict RV(changed).
     type: int
     default: 300
 notes:
@@ -261,7 +265,7 @@ class ComposeUp(object):
         self.module.fail_json(msg=msg, **self.result)
 
     def project(self):
-        return open_project(self.module, 'compose_up', self.result)
+        return open_project(self.module, 'compose_up', self.result, timeout=self.params['up_timeout'])
 
     def hold_lock(self, before):
         """With stack_lock: still this run's lock? Renew it, or stop before `before`, touching nothing more."""
@@ -293,7 +297,7 @@ class ComposeUp(object):
         try:
             return call()
         except Exception as exc:  # any engine failure: a message, not a traceback
-            self.fail(describe_engine_error(exc, engine_address(self.params), what))
+            self.fail(describe_engine_error(exc, engine_address(self.params), what, self.params['engine_timeout']))
 
     @contextlib.contextmanager
     def pull_credentials(self, project):
@@ -377,6 +381,9 @@ class ComposeUp(object):
         """Check mode: would up create, recreate or remove a container?"""
         try:
             _text, config = project.load_config()
+        except ComposeTimeout:
+            self.fail('compose_up: reading the configuration of %s (compose config) did not finish within %ss and was '
+                      'stopped; nothing was changed. Raise up_timeout.' % (self.params['project_name'], self.params['up_timeout']))
         except ComposeError as exc:
             self.fail('compose_up: the compose files of %s are not valid: %s' % (self.params['project_name'], exc.message))
         wanted = dict((name, spec['image']) for name, spec in services_of(config).items())

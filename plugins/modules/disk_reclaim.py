@@ -506,7 +506,7 @@ class DiskReclaim:
         try:
             return func(*args)
         except Exception as exc:  # every engine failure ends the same way: a message, not a traceback
-            self.fail(describe_engine_error(exc, self.address, action))
+            self.fail(describe_engine_error(exc, self.address, action, self.params['engine_timeout']))
 
     def measure(self, path):
         try:
@@ -643,7 +643,8 @@ class DiskReclaim:
         except Exception as exc:  # report what was already removed along with the cause
             self.result['stages'] = reclaimer.stages
             self.finish(usage, self.measure(path), reclaimer, check_mode)
-            self.fail(describe_engine_error(exc, self.address, 'reclaim disk space on %s' % path))
+            self.fail(describe_engine_error(exc, self.address, 'reclaim disk space on %s' % path,
+                                            self.params['engine_timeout']))
         self.result['stages'] = reclaimer.stages
         self.finish(usage, end if not check_mode else usage, reclaimer, check_mode)
         self.result['target_reached'] = reclaimer.reached(usage_after_freeing(usage, reclaimer.estimated_bytes)

@@ -3,10 +3,12 @@ read from the engine."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 
+from silent_registry import SilentRegistry
 from testbed import testbed as testbed_mod
 
 MODULE = 'compose_up'
@@ -160,3 +162,30 @@ def test_registry_auth_is_used_for_the_pull_only_and_a_bad_password_touches_noth
                 client.images.remove(ref, force=True)
             except Exception:  # pylint: disable=broad-except
                 pass
+
+
+def test_a_registry_that_never_answers_is_cut_off_at_pull_timeout_and_the_engine_lets_go(project, run_module, testbed):
+    """The images are pinned to digests on a registry that accepts the connection and never answers: the pull (the
+    engine's, through compose) is stopped at pull_timeout with a message naming it, nothing running is touched, and
+    the engine holds no connection to the registry afterwards (its own pull was stopped with the CLI)."""
+    assert not run_module(MODULE, project.args()).failed
+    before = [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()]
+    silent = SilentRegistry()
+    secret = 'sdt-silent-%s' % uuid.uuid4().hex
+    try:
+        (project.src / 'compose.yaml').write_text(
+            'services:\n  web:\n    image: %s/sdt-up/silent@sha256:%s\n    network_mode: none\n' % (silent.address, 'ab' * 32))
+        started = time.monotonic()
+        stopped = run_module(MODULE, project.args(pull_timeout=5, pull_retries=2, registry_auth=[
+            {'registry': silent.address, 'username': 'sdt', 'password': secret}]))
+        elapsed = time.monotonic() - started
+        assert stopped.failed and stopped['touched'] is False and stopped['pulled'] is False
+        assert 'did not finish within 5s and was stopped' in stopped['msg'], stopped['msg']
+        assert 'raise pull_timeout' in stopped['msg'] and 'nothing running was touched' in stopped['msg'], stopped['msg']
+        assert elapsed < 5 + 10 + 15, 'the pull outlived pull_timeout and its kill grace (%.1fs)' % elapsed
+        assert silent.accepted > 0, 'the engine never asked the silent registry: the test proves nothing'
+        assert silent.wait_all_closed(20), 'the engine still waits on the silent registry after the deadline'
+        assert secret not in stopped.stdout + stopped.stderr
+        assert [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()] == before
+    finally:
+        silent.close()

@@ -33,6 +33,7 @@ import requests
 import yaml
 
 from conftest import COLLECTIONS, LOCAL_HOST_VARS, ROOT, on_compose_under_test, run_module, run_playbook
+from silent_registry import SilentRegistry
 from testbed import testbed as testbed_mod
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._stack_lock import acquire_stack_lock, lease_expired
@@ -596,7 +597,8 @@ class TestOneStack(object):
         events = client.events(decode=True, filters={'event': ['rename', 'create'],
                                                      'label': 'com.docker.compose.project=%s' % chain.project})
         # a ttl the timeouts fit in (the role checks that), short enough to test; the lease is aged below, not waited for
-        short = dict(rollout_lock_ttl=40, rollout_pull_timeout=30, rollout_up_timeout=20, rollout_health_timeout=15)
+        short = dict(rollout_lock_ttl=40, rollout_pull_timeout=30, rollout_up_timeout=20, rollout_health_timeout=15,
+                     rollout_registry_timeout=20, rollout_engine_timeout=20)
         run = Background('rollout.yml', chain.inventory(rollout_run_id='sdt-roll-run-killed', **short), {'release': 'r4'})
 
         def kill_at_first_rename():
@@ -786,6 +788,62 @@ def test_hooks_run_in_order_under_the_lock_and_a_failing_one_leaves_the_old_rele
         assert ledger['status'] == {'r1': 'good', 'r2': 'failed'} and ledger['current']['id'] == 'r1'
     finally:
         recorder.stop()
+
+
+def test_a_task_file_hook_past_its_deadline_fails_before_up_and_frees_the_lock(make_stack, images, testbed, tmp_path):
+    """A before_up task-file hook that would wait 60 s, with a deadline of 4 s: the rollout fails in well under 60 s,
+    naming the hook and its deadline, before `up` (the old release serves on, its containers untouched), the
+    candidate is failed in the ledger and the stack lock is released."""
+    client = testbed.client()
+    stack = make_stack('hookdeadline')
+    assert_ok(stack.rollout('r1'))
+    before, serving = stack.snapshot(client), stack.versions()
+    assert None not in serving.values()
+    hang = tmp_path / 'hang.yml'
+    hang.write_text(yaml.safe_dump([{'name': 'Wait for a database that never comes', 'ansible.builtin.pause': {'seconds': 60}}]))
+    hooks = {'before_up': [{'name': 'slow migration', 'tasks': str(hang), 'timeout': 4}]}
+    run = assert_failed(stack.rollout('r2', stack=stack.stack_vars(hooks=hooks)))
+    message = ' '.join(failure_message(run).split())
+    assert 'before_up hook slow migration' in message and 'deadline of 4s' in message, message
+    assert 'Wait for a database that never comes' in message, message
+    assert 'Nothing running was touched; r1 still runs' in message, message
+    assert run.elapsed < 50, 'the hook was not stopped at its deadline (%.1fs)' % run.elapsed
+    assert stack.snapshot(client) == before and stack.versions() == serving
+    assert stack.running_digests(client) == images['r1']
+    ledger = stack.ledger()
+    assert ledger['status'] == {'r1': 'good', 'r2': 'failed'} and ledger['current']['id'] == 'r1'
+    assert not stack.lock_file.exists(), 'the stack lock outlived the failed hook'
+
+
+def test_a_registry_that_never_answers_fails_the_pin_at_its_timeout_and_frees_the_lock(make_stack, images, testbed):
+    """The release's images are on a registry that accepts the connection and never answers (with credentials for it):
+    the rollout fails at the pin within rollout_registry_timeout, naming the registry and the timeout, the running
+    release untouched, no secret shown, and the lock released: the next rollout takes it at once."""
+    client = testbed.client()
+    stack = make_stack('silent')
+    assert_ok(stack.rollout('r1'))
+    before, serving = stack.snapshot(client), stack.versions()
+    silent = SilentRegistry()
+    secret = 'sdt-silent-%s' % uuid.uuid4().hex
+    try:
+        on_silent = stack.stack_vars(
+            images=dict((service, '%s/%s/%s:rsilent' % (silent.address, PREFIX, service)) for service in ('web', 'worker')),
+            registry_auth=[{'registry': silent.address, 'username': 'sdt', 'password': secret}])
+        run = assert_failed(stack.rollout('rsilent', stack=on_silent, rollout_registry_timeout=3))
+    finally:
+        silent.close()
+    message = ' '.join(failure_message(run).split())
+    assert 'Resolve every image' in message, message
+    assert 'registry %s did not answer usefully within 3s' % silent.address in message, message
+    assert 'rollout_registry_timeout' in message and 'Nothing running was touched; r1 still runs' in message, message
+    assert silent.accepted > 0, 'the pin never asked the silent registry: the test proves nothing'
+    assert run.elapsed < 60, 'the registry lookup was not cut off (%.1fs)' % run.elapsed
+    assert secret not in run.output
+    assert stack.snapshot(client) == before and stack.versions() == serving
+    assert not stack.lock_file.exists(), 'the stack lock outlived the failed pin'
+    # the lock is free: a run that waits at most 1 s for it rolls out the next release
+    assert_ok(stack.rollout('r2', rollout_lock_wait=1))
+    assert stack.running_digests(client) == images['r2']
 
 
 def test_a_run_that_lost_its_stack_lock_stops_and_touches_nothing_more(make_stack, images, testbed, tmp_path):

@@ -182,6 +182,35 @@ def test_runner_reports_a_command_that_outlives_term_as_stopped_too(module, fake
     assert info.value.rc in (124, 137, -9) and 'within 1s' in str(info.value)
 
 
+def test_no_command_runs_without_a_deadline(module, fake_bin, monkeypatch):
+    """A runner and a project given no timeout (compose config in compose_up's check mode, before the fix) still stop a
+    hung command, at DEFAULT_COMMAND_TIMEOUT, with a ComposeTimeout naming the command and the limit."""
+    monkeypatch.setattr(_compose, 'DEFAULT_COMMAND_TIMEOUT', 1)
+    hung = fake_exe(fake_bin, 'hung', 'exec %s 30\n' % shutil.which('sleep', path='/usr/bin:/bin'))
+    runner = CommandRunner(module)
+    started = time.monotonic()
+    with pytest.raises(ComposeTimeout) as info:
+        runner.run([hung])
+    assert time.monotonic() - started < 10
+    assert 'within 1s' in str(info.value) and hung in str(info.value)
+    project = ComposeProject(runner, ComposeCli([hung], '2.24.6'), str(fake_bin), 'p', [str(fake_bin / 'c.yml')])
+    started = time.monotonic()
+    with pytest.raises(ComposeTimeout):
+        project.render_config()
+    assert time.monotonic() - started < 10
+
+
+def test_a_project_deadline_bounds_its_commands_given_none(module, fake_bin, monkeypatch):
+    monkeypatch.setattr(_compose, 'DEFAULT_COMMAND_TIMEOUT', 600)
+    hung = fake_exe(fake_bin, 'hung', 'exec %s 30\n' % shutil.which('sleep', path='/usr/bin:/bin'))
+    project = ComposeProject(CommandRunner(module), ComposeCli([hung], '2.24.6'), str(fake_bin), 'p',
+                             [str(fake_bin / 'c.yml')], timeout=1)
+    started = time.monotonic()
+    with pytest.raises(ComposeTimeout) as info:
+        project.render_config()
+    assert time.monotonic() - started < 10 and 'within 1s' in str(info.value)
+
+
 def test_runner_without_coreutils_timeout_warns(module, monkeypatch):
     monkeypatch.setattr(warnings, '_global_warnings', {})
     runner = CommandRunner(module, timeout=5)
