@@ -31,7 +31,9 @@ def pin_for(tmp_path, monkeypatch, check_mode=False, **params):
     args.update(params)
     with patch_module_args(args):
         module = compose_pin.new_module()
-    monkeypatch.setattr(module, 'fail_json', lambda **kwargs: (_ for _ in ()).throw(Failed(kwargs['msg'])))
+    def fail_json(**kwargs):
+        raise Failed(kwargs['msg'])
+    monkeypatch.setattr(module, 'fail_json', fail_json)
     return ComposePin(module)
 
 
