@@ -31,6 +31,7 @@ def pin_for(tmp_path, monkeypatch, check_mode=False, **params):
     args.update(params)
     with patch_module_args(args):
         module = compose_pin.new_module()
+
     def fail_json(**kwargs):
         raise Failed(kwargs['msg'])
     monkeypatch.setattr(module, 'fail_json', fail_json)
