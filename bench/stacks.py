@@ -41,6 +41,7 @@ class Stack(object):
         self.name = name
         self.project = PREFIX + name
         self.dir = Path(workdir) / self.project
+        self.override = self.dir / ('compose.%s.release.yml' % self.project)  # compose_pin's default
         self.services = ['s%02d' % index for index in range(1, services + 1)]
         self.ports = dict((service, base_port + index) for index, service in enumerate(self.services))
         self.repos = dict((service, REPO_PREFIX + '%s-%s' % (name, service)) for service in self.services)
@@ -172,7 +173,7 @@ class Stack(object):
 
     def down(self):
         subprocess.run(COMPOSE + ['-p', self.project, '-f', str(self.dir / 'compose.yaml')]
-                       + (['-f', str(self.dir / 'compose.release.yml')] if (self.dir / 'compose.release.yml').exists() else [])
+                       + (['-f', str(self.override)] if self.override.exists() else [])
                        + ['down', '--remove-orphans', '--timeout', '3'],
                        cwd=str(self.dir), env=dict(os.environ, RELEASE='down'), capture_output=True, check=False)
 

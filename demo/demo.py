@@ -90,7 +90,8 @@ def compose_down():
     project_dir = DEMO_ROOT / PROJECT
     if not (project_dir / 'compose.yaml').exists():
         return
-    files = ['-f', 'compose.yaml'] + (['-f', 'compose.release.yml'] if (project_dir / 'compose.release.yml').exists() else [])
+    override = 'compose.%s.release.yml' % PROJECT  # compose_pin's default, one per project
+    files = ['-f', 'compose.yaml'] + (['-f', override] if (project_dir / override).exists() else [])
     subprocess.run(['docker', 'compose', '-p', PROJECT] + files + ['down', '--remove-orphans'], cwd=project_dir,
                    capture_output=True, check=False)
 

@@ -417,16 +417,18 @@ def services_of(config):
     return found
 
 
-def with_images(config, images):
+def with_images(config, images, logging=None):
     """A copy of a parsed configuration with services' `image` replaced, as an override that sets only
-    `image:` and comes last among the -f files merges (compose gives the last file the last word)."""
+    `image:` and comes last among the -f files merges (compose gives the last file the last word).
+    `logging` ({service: logging mapping}) sets `logging:` too, for services that have none of their own."""
     merged = json.loads(json.dumps(config))
     services = merged.setdefault('services', {})
-    for service, image in images.items():
-        spec = services.get(service)
-        if not isinstance(spec, dict):
-            spec = services[service] = {}
-        spec['image'] = image
+    for key, values in (('image', images), ('logging', logging or {})):
+        for service, value in values.items():
+            spec = services.get(service)
+            if not isinstance(spec, dict):
+                spec = services[service] = {}
+            spec[key] = json.loads(json.dumps(value))
     return merged
 
 

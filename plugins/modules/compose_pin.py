@@ -22,8 +22,9 @@ description:
     (unless O(allow_build=true)), when an image has a mutable tag (C(latest) or none) and no digest, or when a
     registry cannot be reached within O(timeout).
   - The user's own compose files are never modified. Use the override file after them, for example
-    C(docker-compose -p NAME -f compose.yaml -f compose.release.yml up -d); the RV(files) return value lists the
+    C(docker-compose -p shop -f compose.yaml -f compose.shop.release.yml up -d); the RV(files) return value lists the
     files in order.
+  - With O(log_bound), the override also gives every service without its own C(logging) a bounded log configuration.
   - Also returns RV(compose_hash), the sha256 of the effective configuration with the override applied, so a changed
     C(.env) or compose file shows as a different release configuration. C(compose config) runs once; the override,
     which only sets the C(image) key and comes last, is merged in-process the way compose merges it.
@@ -88,8 +89,47 @@ options:
     description:
       - Where to write the generated override. Relative paths are taken from O(project_src).
       - It must not be one of O(files).
+      - When not set, C(compose.<project_name>.release.yml) in O(project_src) (for example C(compose.shop.release.yml)),
+        so two compose projects whose files share a directory never overwrite each other's pins. O(project_name) must
+        then be letters, digits, C(_) and C(-), starting with a letter or digit.
+      - "Migration: earlier releases of this collection wrote C(compose.release.yml) for every project. When this option is not set
+        and O(project_src) holds a C(compose.release.yml) that compose_pin generated for this same project (its header
+        names the project), it is removed once the new override is written (RV(legacy_override_removed)); one
+        generated for another project is left alone."
     type: path
-    default: compose.release.yml
+  log_bound:
+    description:
+      - Bound the logs of the services that do not configure their own. Every service whose effective configuration
+        has no C(logging) key gets, in the generated override, the log driver O(log_bound.driver) with the options
+        C(max-size) and C(max-file); services with their own C(logging) are left as they are. RV(log_bounded) lists
+        the services that got it.
+      - The bound applies to the containers created from this override; compose recreates the services whose logging
+        changes.
+      - The engine-wide alternative is C(log-opts) in C(/etc/docker/daemon.json), which bounds every container the
+        engine creates after its restart; see the collection's docs/compose_pin.md.
+      - Not set (the default), the override pins images only.
+    type: dict
+    suboptions:
+      max_size:
+        description:
+          - Largest size of one log file before it is rotated, a number with an optional unit C(k), C(m) or C(g),
+            for example C(10m).
+        type: str
+        required: true
+      max_file:
+        description:
+          - How many log files to keep per container, rotated ones included (at least 1).
+        type: int
+        default: 3
+      driver:
+        description:
+          - The log driver to give the services. V(json-file) is the engine's default driver, which C(docker logs)
+            reads; V(local) is the engine's compact file driver.
+          - Either replaces the engine's default driver for these services, also when that is another one (for
+            example C(journald)); leave O(log_bound) unset on such hosts.
+        type: str
+        choices: [json-file, local]
+        default: json-file
   registry_auth:
     description:
       - Credentials per registry. They take precedence over the Docker client configuration.
@@ -276,7 +316,7 @@ compose_argv:
   type: list
   elements: str
   sample: [/usr/bin/docker-compose, -p, shop, --project-directory, /srv/shop, -f, /srv/shop/compose.yaml,
-           -f, /srv/shop/compose.release.yml]
+           -f, /srv/shop/compose.shop.release.yml]
 compose_version:
   description:
     - The version of the compose CLI in RV(compose_argv), as it answers C(version --short).
@@ -288,14 +328,30 @@ override_file:
   description: Absolute path of the generated override file.
   returned: always
   type: str
-  sample: /srv/shop/compose.release.yml
+  sample: /srv/shop/compose.shop.release.yml
 files:
   description:
     - The compose files to use for this release, in order, ending with the override file. Pass each with C(-f).
   returned: always
   type: list
   elements: str
-  sample: [/srv/shop/compose.yaml, /srv/shop/compose.release.yml]
+  sample: [/srv/shop/compose.yaml, /srv/shop/compose.shop.release.yml]
+legacy_override_removed:
+  description:
+    - The C(compose.release.yml) of an earlier release of this collection that this run removed (or would remove, in
+      check mode), because O(override_file) was not set and the file was generated for this project; see
+      O(override_file). Null when there was none.
+  returned: always
+  type: str
+  sample: /srv/shop/compose.release.yml
+log_bounded:
+  description:
+    - The services whose log configuration the override bounds (O(log_bound)), sorted. Services with their own
+      C(logging) are not in it. Empty without O(log_bound).
+  returned: always
+  type: list
+  elements: str
+  sample: [web, worker]
 config_files:
   description:
     - "Every file the release's configuration is made of, absolute: the compose files, the override file, the env
@@ -307,7 +363,7 @@ config_files:
   returned: success
   type: list
   elements: str
-  sample: [/srv/shop/compose.yaml, /srv/shop/compose.release.yml, /srv/shop/.env]
+  sample: [/srv/shop/compose.yaml, /srv/shop/compose.shop.release.yml, /srv/shop/.env]
 release:
   description: The release id written in the override file's header.
   returned: always
@@ -366,8 +422,8 @@ diff:
   sample:
     before: ''
     after: "# Generated by safedeploy.compose.compose_pin ...\nservices:\n  web:\n    image: ...\n"
-    before_header: /srv/shop/compose.release.yml
-    after_header: /srv/shop/compose.release.yml
+    before_header: /srv/shop/compose.shop.release.yml
+    after_header: /srv/shop/compose.shop.release.yml
 '''
 
 import json
@@ -402,28 +458,83 @@ except ImportError:  # pragma: no cover - only used to warn about re-pushed tags
 OVERRIDE_MODE = 0o644
 MIN_COMPOSE_TIMEOUT = 60
 HEADER = re.compile(r'^# Generated by safedeploy\.compose\.compose_pin for release (.*?) of project ')
+HEADER_PROJECT = re.compile(r'^# Generated by safedeploy\.compose\.compose_pin for release .*? of project (.*)\. Do not edit:$',
+                            re.MULTILINE)
+# What earlier releases wrote for every project: one file per directory, shared by the projects that live there.
+LEGACY_OVERRIDE = 'compose.release.yml'
+PROJECT_FILE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]*\Z')
+LOG_SIZE = re.compile(r'[1-9][0-9]*[kmg]?\Z')
 _PLAIN_KEY = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*\Z')
 _YAML_SPECIAL = frozenset(['y', 'n', 'yes', 'no', 'on', 'off', 'true', 'false', 'null', '~'])
 
 
-def render_override(release, project_name, pins, built=()):
+def default_override_file(project_name):
+    """The override's file name when override_file is not given: one per compose project, so projects whose files
+    share a directory never write the same file. None when the name cannot be a plain file name."""
+    if not isinstance(project_name, str) or not PROJECT_FILE_NAME.match(project_name):
+        return None
+    return 'compose.%s.release.yml' % project_name
+
+
+def override_project(text):
+    """The project named in the header of an override compose_pin generated, or None for any other text."""
+    match = HEADER_PROJECT.match(text or '')
+    return match.group(1) if match else None
+
+
+def check_log_bound(bound):
+    """The problems of a log_bound option (already typed by the argument spec), as messages naming the fix."""
+    problems = []
+    size = bound.get('max_size')
+    if not isinstance(size, str) or not LOG_SIZE.match(size.strip().lower()):
+        problems.append('log_bound.max_size must be a size such as 10m (a positive whole number with an optional unit '
+                        'k, m or g), got %s' % json.dumps(size))
+    if bound.get('max_file') is None or bound['max_file'] < 1:
+        problems.append('log_bound.max_file must be 1 or more, got %s' % json.dumps(bound.get('max_file')))
+    return problems
+
+
+def log_config(bound):
+    """The compose `logging:` mapping of a log_bound option."""
+    return {'driver': bound['driver'],
+            'options': {'max-size': bound['max_size'].strip().lower(), 'max-file': str(bound['max_file'])}}
+
+
+def services_to_bound(config, bound):
+    """The services of a parsed configuration with no `logging:` of their own, sorted; [] without a bound."""
+    if not bound:
+        return []
+    services = config.get('services') or {}
+    return sorted(name for name, spec in services.items() if not (spec or {}).get('logging'))
+
+
+def render_override(release, project_name, pins, built=(), logging=None):
     """The override file's text: a header, then each service pinned; stable for the same input.
 
     Built services (allow_build) appear as empty entries: an override without any service would be
-    read by docker-compose v1 as a version 1 file and rejected.
+    read by docker-compose v1 as a version 1 file and rejected. `logging` maps services to the
+    `logging:` mapping the override gives them (log_bound).
     """
+    logging = logging or {}
     lines = [
         '# Generated by safedeploy.compose.compose_pin for release %s of project %s. Do not edit:' % (
             _one_line(release), _one_line(project_name)),
         '# every rollout rewrites it. It pins each service to the image digest resolved for the release.',
         'services:',
     ]
-    for service in sorted(set(pins) | set(built)):
-        if service in pins:
-            lines.append('  %s:' % _yaml_key(service))
-            lines.append('    image: %s' % json.dumps(pins[service]))
-        else:
+    for service in sorted(set(pins) | set(built) | set(logging)):
+        if service not in pins and service not in logging:
             lines.append('  %s: {}  # built on this host (allow_build), not pinned' % _yaml_key(service))
+            continue
+        lines.append('  %s:' % _yaml_key(service))
+        if service in pins:
+            lines.append('    image: %s' % json.dumps(pins[service]))
+        if service in logging:
+            lines.append('    logging:  # log_bound: this service has no logging of its own')
+            lines.append('      driver: %s' % json.dumps(logging[service]['driver']))
+            lines.append('      options:')
+            for key, value in sorted(logging[service]['options'].items()):
+                lines.append('        %s: %s' % (key, json.dumps(value)))
     return '\n'.join(lines) + '\n'
 
 
@@ -444,12 +555,11 @@ class ComposePin(object):
         self.module = module
         self.params = module.params
         self.project_src = os.path.abspath(self.params['project_src'])
-        self.override_file = self._in_project(self.params['override_file'])
         self.result = dict(
             changed=False,
             release=self.params['release'] or self.params['tag'],
             services={},
-            override_file=self.override_file,
+            override_file=None,
             files=[],
             compose_argv=[],
             compose_version='',
@@ -458,7 +568,13 @@ class ComposePin(object):
             compose_hash=None,
             download_bytes=None,
             service_download_bytes={},
+            legacy_override_removed=None,
+            log_bounded=[],
         )
+        self.check_input()
+        self.override_file = self._in_project(self.params['override_file']
+                                              or default_override_file(self.params['project_name']))
+        self.result['override_file'] = self.override_file
         if module._diff:
             self.result['diff'] = dict(before='', after='', before_header=self.override_file,
                                        after_header=self.override_file)
@@ -469,6 +585,19 @@ class ComposePin(object):
 
     def _in_project(self, path):
         return os.path.normpath(os.path.join(self.project_src, path))
+
+    def check_input(self):
+        """Refuse options that cannot work, before any command runs."""
+        params = self.params
+        problems = []
+        if not params['override_file'] and default_override_file(params['project_name']) is None:
+            problems.append('project_name %s cannot name the default override file compose.<project_name>.release.yml '
+                            '(letters, digits, _ and - only, starting with a letter or digit): give override_file'
+                            % json.dumps(params['project_name']))
+        if params['log_bound']:
+            problems += check_log_bound(params['log_bound'])
+        if problems:
+            self.fail('compose_pin: %s. Nothing was written.' % '; '.join(problems))
 
     # ---------------------------------------------------------------- steps
 
@@ -502,10 +631,14 @@ class ComposePin(object):
                                                     digest=digest, pinned=pins[service],
                                                     build=services[service]['build'])
         built = [service for service, ref in plan.items() if ref is None]
-        text = render_override(self.result['release'], project.project_name, pins, built)
-        self.result['compose_hash'] = compose_hash(with_images(config, pins))
+        bound = self.params['log_bound']
+        logging = dict((service, log_config(bound)) for service in services_to_bound(config, bound))
+        self.result['log_bounded'] = sorted(logging)
+        text = render_override(self.result['release'], project.project_name, pins, built, logging)
+        self.result['compose_hash'] = compose_hash(with_images(config, pins, logging))
         self.result['files'] = list(project.files) + [self.override_file]
         self.write(text, pins)
+        self.remove_legacy_override(project.files)
         self.result['config_files'] = config_files(project, config, [self.override_file])  # the override written
         return self.result
 
@@ -755,6 +888,33 @@ class ComposePin(object):
             self.fail('compose_pin: writing override file %s failed: %s: check permissions and free space in %s' % (
                 self.override_file, exc, directory), changed=False)
 
+    def remove_legacy_override(self, files):
+        """Migration: the shared compose.release.yml of earlier releases, when it was generated for this project and
+        override_file was not given, goes once this project's own override is written. Another project's is left."""
+        legacy = self._in_project(LEGACY_OVERRIDE)
+        if self.params['override_file'] or legacy == self.override_file or not os.path.isfile(legacy):
+            return
+        if os.path.realpath(legacy) in [os.path.realpath(path) for path in files]:
+            return  # the user's own compose file, whatever its name
+        try:
+            with open(legacy, 'rb') as handle:
+                head = handle.read(4096).decode('utf-8', 'replace')
+        except (IOError, OSError) as exc:
+            self.module.warn('compose_pin: cannot read %s to see whether it is an override of an earlier release: %s'
+                             % (legacy, exc))
+            return
+        if override_project(head.split('\n', 1)[0]) != self.params['project_name']:
+            return
+        self.result['legacy_override_removed'] = legacy
+        self.result['changed'] = True
+        if self.module.check_mode:
+            return
+        try:
+            os.unlink(legacy)
+        except (IOError, OSError) as exc:
+            self.fail('compose_pin: the override %s was written, but removing the override %s of an earlier release '
+                      'failed: %s: remove it by hand (this project no longer uses it)' % (self.override_file, legacy, exc))
+
     def _current(self):
         try:
             with open(self.override_file, 'rb') as handle:
@@ -790,7 +950,8 @@ def _registry_failure(exc, ref, services):
                 status=exc.status, message=exc.message)
 
 
-def main():
+def new_module():
+    """The AnsibleModule of compose_pin, its arguments read and typed."""
     argument_spec = dict(
         project_src=dict(type='path', required=True),
         files=dict(type='list', elements='path'),
@@ -800,7 +961,12 @@ def main():
         repositories=dict(type='list', elements='str'),
         images=dict(type='dict'),
         release=dict(type='str'),
-        override_file=dict(type='path', default='compose.release.yml'),
+        override_file=dict(type='path'),
+        log_bound=dict(type='dict', options=dict(
+            max_size=dict(type='str', required=True),
+            max_file=dict(type='int', default=3),
+            driver=dict(type='str', choices=['json-file', 'local'], default='json-file'),
+        )),
         registry_auth=dict(type='list', elements='dict', options=dict(
             registry=dict(type='str', required=True),
             username=dict(type='str', required=True),
@@ -823,6 +989,11 @@ def main():
         required_by={'repositories': 'tag'},
         supports_check_mode=True,
     )
+    return module
+
+
+def main():
+    module = new_module()
     result = ComposePin(module).run()
     module.exit_json(**result)
 

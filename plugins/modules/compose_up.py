@@ -195,6 +195,19 @@ containers:
   returned: always
   type: dict
   sample: {web: [shop-web-1], worker: [shop-worker-1]}
+unbounded_logs:
+  description:
+    - The services of the project with a container whose logs grow without bound, sorted. A container's logs are
+      unbounded when its log driver is C(json-file) and its log options (the service's C(logging), or the engine's
+      C(log-opts) from C(daemon.json), which the engine copies into each container it creates) set no C(max-size),
+      or set it to C(-1).
+    - Read from the engine after the run (the containers found before it in check mode, or with O(state=pulled)).
+    - Bound them with the C(log_bound) option of M(safedeploy.compose.compose_pin) (the rollout role's
+      C(rollout_log_bound)), or with C(log-opts) in the engine's C(daemon.json).
+  returned: always
+  type: list
+  elements: str
+  sample: [worker]
 compose_argv:
   description: The compose command line used, without its subcommand.
   returned: always
@@ -258,7 +271,7 @@ class ComposeUp(object):
         self.module = module
         self.params = module.params
         self.result = dict(changed=False, authenticated=[], pulled=False, touched=False, leftovers=[], containers={},
-                           compose_argv=[], compose_version='', lease_lost=False)
+                           compose_argv=[], compose_version='', lease_lost=False, unbounded_logs=[])
 
     def fail(self, msg, **extra):
         self.result.update(extra)
@@ -292,6 +305,20 @@ class ComposeUp(object):
             found[entry['Id']] = (labels.get(SERVICE_LABEL), labels.get(CONFIG_HASH_LABEL), entry.get('State'),
                                   (entry.get('Names') or ['?'])[0].lstrip('/'), entry.get('Image'))
         return found
+
+    def unbounded_logs(self, client, containers):
+        """The services with a container whose json-file logs have no max-size (one inspect per container)."""
+        found = set()
+        for container_id, (service, _hash, _state, name, _image) in sorted(containers.items()):
+            try:
+                attrs = client.api.inspect_container(container_id)
+            except Exception as exc:  # gone since it was listed: nothing to warn about; anything else is reported
+                if getattr(exc, 'status_code', None) == 404 or type(exc).__name__ == 'NotFound':
+                    continue
+                self.fail(describe_engine_error(exc, engine_address(self.params), 'inspect the container %s' % name))
+            if log_config_unbounded((attrs.get('HostConfig') or {}).get('LogConfig')):
+                found.add(service)
+        return sorted(found)
 
     def engine_call(self, what, call):
         try:
@@ -406,11 +433,13 @@ class ComposeUp(object):
         if self.module.check_mode:
             self.result['changed'] = bool(leftovers) or (params['state'] == 'started' and self.predict(project, before))
             self.result['containers'] = self.by_service(before)
+            self.result['unbounded_logs'] = self.unbounded_logs(client, before)
             return self.result
         if params['pull']:
             self.pull(project)
         if params['state'] == 'pulled':
             self.result['containers'] = self.by_service(before)
+            self.result['unbounded_logs'] = self.unbounded_logs(client, before)
             return self.result
         self.hold_lock('bringing up %s' % params['project_name'])
         self.result['touched'] = True
@@ -422,6 +451,7 @@ class ComposeUp(object):
                                  lambda: self.containers(client))
         self.result['changed'] = bool(leftovers) or before != after
         self.result['containers'] = self.by_service(after)
+        self.result['unbounded_logs'] = self.unbounded_logs(client, after)
         return self.result
 
     @staticmethod
@@ -430,6 +460,17 @@ class ComposeUp(object):
         for service, _hash, _state, name, _image in sorted(containers.values(), key=lambda item: (item[0] or '', item[3])):
             grouped.setdefault(service, []).append(name)
         return grouped
+
+
+def log_config_unbounded(log_config):
+    """Whether a container's HostConfig.LogConfig lets its logs grow without bound: the json-file driver with no
+    max-size, or max-size -1 (json-file's "unlimited"). Other drivers rotate (local) or keep nothing on the host's
+    disk for this container (journald, syslog, none...)."""
+    log_config = log_config or {}
+    if (log_config.get('Type') or '') != 'json-file':
+        return False
+    size = str((log_config.get('Config') or {}).get('max-size') or '').strip()
+    return size in ('', '-1')
 
 
 def main():

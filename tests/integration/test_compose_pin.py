@@ -114,14 +114,15 @@ class Stack(object):
 
     @property
     def override(self):
-        return self.dir / 'compose.release.yml'
+        return self.dir / ('compose.%s.release.yml' % self.project)  # the default: one per project
 
     def args(self, **extra):
         args = dict(project_src=str(self.dir), project_name=self.project)
         args.update(extra)
         return args
 
-    def compose(self, *args, files=('compose.yaml', 'compose.release.yml'), check=True):
+    def compose(self, *args, files=None, check=True):
+        files = files or ('compose.yaml', self.override.name)
         return compose(self.project, self.dir, files, *args, check=check)
 
     def down(self):

@@ -233,6 +233,7 @@ class Stack(object):
                                  'restart': 'unless-stopped', 'environment': {'APP_PORT': str(port)}}
         (self.src / 'compose.yaml').write_text(yaml.safe_dump({'services': services}, sort_keys=False))
         self.ledger_file = self.state_dir / self.project / 'releases.json'
+        self.override = self.src / ('compose.%s.release.yml' % self.project)  # compose_pin's default
         self.lock_file = self.state_dir / self.project / 'lock.json'
 
     # inventory and runs
@@ -481,7 +482,7 @@ class TestOneStack(object):
     def test_missing_image_fails_in_pin_phase_and_touches_nothing(self, chain, images, testbed):
         client = testbed.client()
         snapshot, ledger_bytes = chain.snapshot(client), chain.ledger_bytes()
-        override = (chain.src / 'compose.release.yml').read_bytes()
+        override = chain.override.read_bytes()
         run = assert_failed(chain.rollout(MISSING))
         message = failure_message(run)
         assert 'Resolve every image' in message and '%s/worker:%s' % (REPO, MISSING) in message, message
@@ -491,7 +492,7 @@ class TestOneStack(object):
             assert phase_after_pin not in run.stdout, phase_after_pin
         assert chain.snapshot(client) == snapshot, 'a container was touched'
         assert chain.ledger_bytes() == ledger_bytes, 'the ledger changed'
-        assert (chain.src / 'compose.release.yml').read_bytes() == override
+        assert chain.override.read_bytes() == override
         assert not chain.lock_file.exists()
 
     @pytest.mark.compose_cli
@@ -558,7 +559,7 @@ class TestOneStack(object):
         before = chain.ledger()
         good = before['current']['id']
         snapshot, serving = chain.snapshot(client), chain.versions()
-        override = (chain.src / 'compose.release.yml').read_bytes()
+        override = chain.override.read_bytes()
         assert None not in serving.values()
         fake = StallingRegistry(take_port())
         try:
@@ -583,7 +584,7 @@ class TestOneStack(object):
         assert ledger['current']['id'] == good
         assert 'Pull and bring up' in ledger['releases'][-1]['reason']
         # the pin had written rstall into the override: it is put back, so a manual `compose up` starts the running release
-        assert (chain.src / 'compose.release.yml').read_bytes() == override
+        assert chain.override.read_bytes() == override
         assert not chain.lock_file.exists()
 
     @pytest.mark.compose_cli
@@ -920,7 +921,7 @@ def test_a_run_that_loses_its_stack_lock_during_its_rollback_stops_there(make_st
     assert 'lost its stack lock during its rollback to r1 and stopped' in message, message
     assert 'run id sdt-intruder' in message and 'Put back the files of r1' in message, message
     assert stack.running_digests(client) == images['r2']  # the rollback wrote and started nothing
-    assert images['r2']['web'] in (stack.src / 'compose.release.yml').read_text()  # r1's files not put back
+    assert images['r2']['web'] in stack.override.read_text()  # r1's files not put back
     ledger = stack.ledger()
     assert ledger['current']['id'] == 'r1' and ledger['status'] == {'r1': 'good', 'r2': 'candidate'}
     assert json.loads(stack.lock_file.read_text())['run_id'] == 'sdt-intruder'
@@ -1066,7 +1067,7 @@ def test_registry_down_during_rollback_uses_local_images_or_fails_loudly(make_st
         # r2's worker image is gone from the host and the registry is down: fail loudly, touch nothing
         remove_local_refs(client, prefix + '/worker')
         snapshot, ledger_bytes = stack.snapshot(client), stack.ledger_bytes()
-        override = (stack.src / 'compose.release.yml').read_bytes()
+        override = stack.override.read_bytes()
         refused = assert_failed(stack.rollback(apply=True, to='r2', rollback_registry_timeout=5))
         message = ' '.join(failure_message(refused).split())
         assert 'Cannot roll back %s to r2' % stack.project in message, message
@@ -1076,7 +1077,7 @@ def test_registry_down_during_rollback_uses_local_images_or_fails_loudly(make_st
         assert 'Bring up the target release' not in refused.stdout
         assert stack.snapshot(client) == snapshot
         assert stack.ledger_bytes() == ledger_bytes
-        assert (stack.src / 'compose.release.yml').read_bytes() == override
+        assert stack.override.read_bytes() == override
         assert not stack.lock_file.exists()
     finally:
         registry.stop()
@@ -1168,7 +1169,7 @@ def use_env_ports(stack):
 
 
 def config_files(stack):
-    return dict((name, (stack.src / name).read_bytes()) for name in ('compose.yaml', '.env', 'compose.release.yml'))
+    return dict((name, (stack.src / name).read_bytes()) for name in ('compose.yaml', '.env', stack.override.name))
 
 
 @pytest.mark.compose_cli
@@ -1190,7 +1191,7 @@ def test_a_release_broken_by_its_config_or_its_services_goes_back_to_the_exact_o
     assert stack.running_digests(client) == images['r1'] and stack.versions() == {'web': 'v1', 'worker': 'v1'}
     ledger = stack.ledger()
     assert ledger['status'] == {'r1': 'good', 'r2': 'failed'} and ledger['current']['id'] == 'r1'
-    kept = [str(stack.src / name) for name in ('compose.yaml', 'compose.release.yml', '.env')]
+    kept = [str(stack.src / name) for name in ('compose.yaml', stack.override.name, '.env')]
     assert ledger['current']['snapshot']['files'] == kept
 
     compose = yaml.safe_load((stack.src / 'compose.yaml').read_text())

@@ -9,12 +9,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'shared'))
 from stack_checks import PROJECT, STATE, assert_runs, ledger, release  # noqa: E402  (needs sys.path above)
 
 SRC = '/var/lib/safedeploy-molecule/' + PROJECT
+OVERRIDE = '%s/compose.%s.release.yml' % (SRC, PROJECT)
 
 
 def test_the_compose_file_is_v1s_again(host):
     compose = host.file(SRC + '/compose.yaml').content_string
     assert 'APP_PORT: "18501"' in compose and '18509' not in compose
-    override = host.file(SRC + '/compose.release.yml').content_string
+    override = host.file(OVERRIDE).content_string
     assert ':v1@sha256:' in override and ':v2@' not in override
 
 
@@ -24,7 +25,7 @@ def test_v1_is_current_and_v2_failed_with_its_reason(host):
     assert data['current'] == 'v1' and records['v1']['status'] == 'good'
     assert records['v2']['status'] == 'failed' and 'web health' in records['v2']['reason']
     kept = [entry['path'] for entry in records['v1']['snapshot']['files']]
-    assert kept == [SRC + '/compose.yaml', SRC + '/compose.release.yml']
+    assert kept == [SRC + '/compose.yaml', OVERRIDE]
 
 
 def test_the_snapshot_store_is_root_only(host):

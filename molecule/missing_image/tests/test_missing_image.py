@@ -19,5 +19,5 @@ def test_ledger_knows_nothing_of_the_unpushed_release(host):
 
 
 def test_override_still_pins_v1(host):
-    override = host.file('%s/%s/compose.release.yml' % (ROOT, PROJECT)).content_string
+    override = host.file('%s/%s/compose.%s.release.yml' % (ROOT, PROJECT, PROJECT)).content_string
     assert ':v1@sha256:' in override and ':v9' not in override

@@ -34,7 +34,7 @@ def test_ledger_has_v2_good_and_current_and_v1_superseded(host):
 
 
 def test_override_pins_v2_by_digest_and_the_app_answers_v2(host):
-    override = host.file('/var/lib/safedeploy-molecule/%s/compose.release.yml' % PROJECT).content_string
+    override = host.file('/var/lib/safedeploy-molecule/%s/compose.%s.release.yml' % (PROJECT, PROJECT)).content_string
     assert '%s:v2@sha256:' % REPOS['web'] in override
     assert '"version": "v2"' in host.check_output('curl -s http://127.0.0.1:18501/cgi-bin/health')
 
