@@ -193,3 +193,25 @@ def run_playbook_fixture():
 
 
 LOCAL_HOST_VARS = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}
+
+
+class PortRange:
+    """The ports of one test file's range: take() hands out one nothing listens on, each once per process."""
+
+    def __init__(self, ports):
+        self.ports = ports
+        self.taken = set()
+
+    def take(self):
+        import socket
+        for port in self.ports:
+            if port in self.taken:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(('127.0.0.1', port))
+                except OSError:
+                    continue
+            self.taken.add(port)
+            return port
+        raise RuntimeError('no free port left in %s-%s' % (self.ports[0], self.ports[-1]))

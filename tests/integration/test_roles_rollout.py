@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import COLLECTIONS, LOCAL_HOST_VARS, ROOT, on_compose_under_test, run_module, run_playbook
+from conftest import COLLECTIONS, LOCAL_HOST_VARS, ROOT, PortRange, on_compose_under_test, run_module, run_playbook
 from silent_registry import SilentRegistry
 from testbed import testbed as testbed_mod
 
@@ -53,22 +52,7 @@ LEFTOVER = re.compile(r'^[0-9a-f]{12}_')
 HEALTH_TIMEOUT = 30
 
 
-_taken_ports = set()
-
-
-def take_port():
-    """A port of this file's range that nothing listens on (also unique within this test process)."""
-    for port in PORTS:
-        if port in _taken_ports:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(('127.0.0.1', port))
-            except OSError:
-                continue
-        _taken_ports.add(port)
-        return port
-    raise RuntimeError('no free port left in %s-%s' % (PORTS[0], PORTS[-1]))
+take_port = PortRange(PORTS).take  # a port of this file's range that nothing listens on
 
 
 def unique(name):

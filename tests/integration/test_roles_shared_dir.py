@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import LOCAL_HOST_VARS, ROOT, run_playbook
+from conftest import LOCAL_HOST_VARS, ROOT, PortRange, run_playbook
 from testbed import testbed as testbed_mod
 
 PREFIX = 'sdt-shd'
@@ -34,21 +33,7 @@ SERVICE_LABEL = 'com.docker.compose.service'
 # ~250 kB/s of log lines: enough to pass a 100k bound within a second, little enough for a shared engine
 CHATTY = ['sh', '-c', 'line=$(printf "%0500d" 0); while :; do echo "$line"; usleep 2000; done']
 
-_taken = set()
-
-
-def take_port():
-    for port in PORTS:
-        if port in _taken:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(('127.0.0.1', port))
-            except OSError:
-                continue
-        _taken.add(port)
-        return port
-    raise RuntimeError('no free port left in %s-%s' % (PORTS[0], PORTS[-1]))
+take_port = PortRange(PORTS).take
 
 
 def wait_until(predicate, timeout, what):
