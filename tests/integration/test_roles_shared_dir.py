@@ -31,7 +31,8 @@ HEALTH_TIMEOUT = 30
 PROJECT_LABEL = 'com.docker.compose.project'
 SERVICE_LABEL = 'com.docker.compose.service'
 # ~250 kB/s of log lines: enough to pass a 100k bound within a second, little enough for a shared engine
-CHATTY = ['sh', '-c', 'line=$(printf "%0500d" 0); while :; do echo "$line"; usleep 2000; done']
+# `$$`: a literal `$` in a compose file (docker-compose v1 rejects a bare `$(`; v2 would interpolate `$line`)
+CHATTY = ['sh', '-c', 'line=$$(printf "%0500d" 0); while :; do echo "$$line"; usleep 2000; done']
 
 take_port = PortRange(PORTS).take
 
