@@ -69,10 +69,10 @@ def container_view(details, image_details, now, restart_window=DEFAULT_RESTART_W
     restarting = status == 'restarting' or bool(state.get('Restarting')) or (
         restarts > 0 and uptime is not None and uptime < restart_window)
     problems = []
-    if not running:
-        problems.append(status if status != 'exited' else 'exited (code %s)' % state.get('ExitCode'))
-    elif restarting:
+    if restarting:
         problems.append('restarting (%d restarts)' % restarts)
+    elif not running:
+        problems.append(status if status != 'exited' else 'exited (code %s)' % state.get('ExitCode'))
     if running and health == 'unhealthy':
         problems.append('unhealthy')
     return dict(
