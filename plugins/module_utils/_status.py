@@ -303,8 +303,9 @@ def status_record(status, gate=None, host=None, project=None):
     problems = []
     if error:
         problems.append('status could not be read: %s' % error)
-    for service in sorted((record.get('services') or {}).values(), key=lambda entry: str(entry)):
-        for box in service.get('containers') or []:
+    services = record.get('services') or {}
+    for name in sorted(services):
+        for box in services[name].get('containers') or []:
             if box.get('problems'):
                 problems.append('container %s %s' % (box['name'], ', '.join(box['problems'])))
     if not error and not (record.get('services') or {}):

@@ -126,7 +126,11 @@ current:
     - Its C(snapshot) lists the paths of its files only.
   returned: always
   type: dict
-  sample: {id: 9f2c1ab, status: good, promoted_at: "2025-01-31T10:02:40.123456Z", services: {web: {image: "registry.example.org/shop/web:9f2c1ab", digest: "sha256:4b1f..."}}}
+  sample:
+    id: 9f2c1ab
+    status: good
+    promoted_at: "2025-01-31T10:02:40.123456Z"
+    services: {web: {image: "registry.example.org/shop/web:9f2c1ab", digest: "sha256:4b1f..."}}
 last_good:
   description: The last good release (the way back), with the keys of RV(current); null when there is none.
   returned: always
@@ -164,7 +168,9 @@ state:
   type: str
   sample: running
 healthy:
-  description: Whether every service of the current release (or every service found, without one) has a container and every container is up - running, not restarting and not Docker C(unhealthy).
+  description:
+    - Whether every service of the current release (or every service found, without one) has a container and every
+      container is up - running, not restarting and not Docker C(unhealthy).
   returned: always
   type: bool
 services:
@@ -198,7 +204,10 @@ drift:
   type: list
   elements: dict
   sample:
-    - {kind: digest, service: web, container: shop-web-1, detail: "container shop-web-1 runs sha256:9c0e1d2f3a4b, not sha256:4b1f5a6b7c8d of the current release"}
+    - kind: digest
+      service: web
+      container: shop-web-1
+      detail: "container shop-web-1 runs sha256:9c0e1d2f3a4b, not sha256:4b1f5a6b7c8d of the current release"
   contains:
     kind:
       description: C(no_ledger), C(ledger) (unreadable), C(no_release), C(missing), C(digest), C(extra), C(files) or C(lock).
@@ -241,6 +250,10 @@ lock:
       returned: always
     file:
       description: Path of the lease file.
+      type: str
+      returned: always
+    error:
+      description: Why the lease file could not be read, or how it is damaged; null otherwise.
       type: str
       returned: always
 logs:

@@ -79,8 +79,8 @@ def test_no_drift_when_everything_runs_the_current_release():
 def test_drift_names_digest_missing_extra_files_and_lock():
     boxes = [view('s-web-1', 'web', digest=D2), view('s-debug-1', 'debug')]
     files = [dict(path='/srv/s/compose.yaml', state='changed'), dict(path='/srv/s/.env', state='missing')]
-    lock = dict(held=True, expired=False, holder=dict(owner='alice', host='h1', run_id='job-7', release='v9',
-                                                     acquired_at='2027-01-15T08:00:00Z'))
+    holder = dict(owner='alice', host='h1', run_id='job-7', release='v9', acquired_at='2027-01-15T08:00:00Z')
+    lock = dict(held=True, expired=False, holder=holder)
     drift = compute_drift('ok', {'web': D1, 'worker': D1}, boxes, files, lock)
     assert [(entry['kind'], entry['service'], entry['container']) for entry in drift] == [
         ('digest', 'web', 's-web-1'), ('missing', 'worker', None), ('extra', 'debug', 's-debug-1'),
