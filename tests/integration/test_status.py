@@ -235,6 +235,10 @@ def test_a_crash_looping_service_is_unhealthy_with_its_last_log_line(stack_b, ru
     assert report['health_checks']['passed'] is False
     message = ' '.join(run.output.split())
     assert 'status_fail_on: unhealthy' in message, message[-2000:]
+    # The last log lines are shown in the play output (and the failure message quotes the last one).
+    shown = run.stdout[run.stdout.index('Show the last log lines of the containers that are not up'):]
+    assert 'fatal: cannot reach database at db:5432' in shown.split('TASK [')[0]
+    assert '(last log line: app v3: ' in message, message[-2000:]  # mid-cycle, the last line may be its start
     assert 'container %s restarting' % box['name'] in message or 'container %s exited' % box['name'] in message, message[-2000:]
 
 

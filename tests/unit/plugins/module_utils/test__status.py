@@ -165,6 +165,9 @@ def test_status_record_combines_containers_and_health_checks():
     assert sick['unhealthy'] == ["health check 'web health' failed: HTTP 500"]
     looping = status_record(status_result(healthy=False, boxes=[view('s-web-1', 'web', restarts=4, started=NOW - 3)]))
     assert looping['unhealthy'] == ['container s-web-1 restarting (4 restarts)']
+    with_logs = status_result(healthy=False, boxes=[view('s-web-1', 'web', status='exited', exit_code=1)])
+    with_logs['logs'] = {'s-web-1': ['app: starting', 'fatal: no database', '']}
+    assert status_record(with_logs)['unhealthy'] == ['container s-web-1 exited (code 1) (last log line: fatal: no database)']
 
 
 def test_a_failed_stack_status_is_a_record_with_its_error():
