@@ -275,3 +275,25 @@ def test_an_engine_that_does_not_answer_is_reported(testbed, run_playbook, tmp_p
         assert 'tcp://127.0.0.1:9' in ' '.join(run.output.split())
     finally:
         stack.cleanup()
+
+
+def test_stack_status_reads_a_damaged_ledger_and_changes_nothing(run_module, tmp_path):
+    project = 'sdt-rec-stmod-%s' % uuid.uuid4().hex[:8]
+    directory = tmp_path / 'state' / project
+    directory.mkdir(parents=True)
+    (directory / 'releases.json').write_text('{"format": 1, "project": "%s", "serial": 3, "rel' % project)
+    before = sorted(path.name for path in directory.iterdir())
+    args = dict(project=project, state_dir=str(tmp_path / 'state'))
+
+    result = run_module('stack_status', args)
+    assert not result.failed and result['changed'] is False, result
+    assert result['ledger']['state'] == 'unreadable' and 'not valid JSON' in result['ledger']['error']
+    assert [entry['kind'] for entry in result['drift']] == ['ledger'] and result['state'] == 'absent'
+    checked = run_module('stack_status', args, check=True)
+    ignore = ('checked_at', 'disk', 'invocation')
+    assert dict((k, v) for k, v in checked.items() if k not in ignore) == dict((k, v) for k, v in result.items()
+                                                                             if k not in ignore)
+    assert sorted(path.name for path in directory.iterdir()) == before  # no backup, no lock, no repair
+
+    invalid = run_module('stack_status', dict(project='../etc', state_dir=str(tmp_path / 'state')))
+    assert invalid.failed and 'invalid project name' in invalid['msg']
