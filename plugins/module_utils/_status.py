@@ -308,8 +308,8 @@ def status_record(status, gate=None, host=None, project=None):
         for box in services[name].get('containers') or []:
             if box.get('problems'):
                 tail = [line for line in record['logs'].get(box['name']) or [] if line.strip()]
-                problems.append('container %s %s%s' % (box['name'], ', '.join(box['problems']),
-                                                        ' (last log line: %s)' % tail[-1] if tail else ''))
+                last = ' (last log line: %s)' % tail[-1] if tail else ''
+                problems.append('container %s %s%s' % (box['name'], ', '.join(box['problems']), last))
     if not error and not (record.get('services') or {}):
         problems.append('no container runs')
     for entry in record['drift']:
