@@ -1,8 +1,8 @@
 """`make demo`: three releases of one stack on this machine, told as a story.
 
 v1 rolls out, v2 rolls out (both pass their health gates), v3 crash-loops: its gate fails within
-seconds, the stack goes back to v2 by itself and the play fails with a summary. Then the ledger and
-a disk-guard report. Everything runs against the local engine and the local registry; the demo
+seconds, the stack goes back to v2 by itself and the play fails with a summary. Then the ledger,
+a disk-guard report, and a status run saying what runs where. Everything runs against the local engine and the local registry; the demo
 removes its stack and its files at the end (pass --keep to leave v2 running).
 """
 
@@ -76,6 +76,25 @@ def describe(report):
         last = tail[-1] if isinstance(tail, list) and tail else tail
         lines.append('  last log line of %s: %s' % (container, last))
     return lines
+
+
+def status_table(output):
+    """The table the status role printed (the lines of its debug task's msg)."""
+    lines = output.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith('TASK [safedeploy.compose.status : Show the table of the host]'):
+            table = []
+            for item in lines[index + 3:]:
+                if not item.strip().startswith('- '):
+                    break
+                table.append(item.strip()[2:].strip('\''))
+            return table
+    return ['(no status table in the output)']
+
+
+def status_report():
+    path = DEMO_ROOT / 'reports' / 'releases' / 'status' / ('localhost-%s.json' % PROJECT)
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def prepare_images(client):
@@ -155,6 +174,23 @@ def main(argv):
         say('  Rolling v2 out again changed nothing (%s in the recap).' % (changed[0] if changed else '?'))
         say('  v3 crash-looped: the gate failed fast, the stack went back to v2 on its own, v3 is marked failed')
         say('  in the ledger, and the play failed with a summary. v2 (%s) is serving.' % ('current: ' + data['current']))
+        say('  The status run below reads it back: v2 current and last good, every container on its digest, healthy.')
+
+        step('Status: what runs where (playbooks/status.yml, read-only)')
+        proc, elapsed = playbook('status.yml')
+        for line in status_table(proc.stdout):
+            say('  ' + line)
+        status = status_report()
+        say('  healthy: %s, drift: %s, lock held: %s; report %s'
+            % (status.get('healthy'), [entry['kind'] for entry in status.get('drift', [])] or 'none',
+               (status.get('lock') or {}).get('held'), DEMO_ROOT / 'reports' / 'releases' / 'status'))
+        say('  gauges: %s' % ', '.join(line for line in (DEMO_ROOT / 'reports' / 'safedeploy_status.prom').read_text().splitlines()
+                                       if line.startswith(('safedeploy_stack_info', 'safedeploy_stack_healthy'))))
+        if proc.returncode != 0 or status.get('healthy') is not True:
+            say(proc.stdout[-6000:])
+            say('%sdemo: the status run says the stack is not healthy on v2%s' % (RED, RESET))
+            return 1
+        say('  %ssucceeded in %.1fs%s' % (GREEN, elapsed, RESET))
         return 0
     finally:
         if not keep:

@@ -101,6 +101,7 @@ class RoleStack(object):
             'rollback_state_dir': str(self.state_dir),
             'vps_recovery_state_dir': str(self.state_dir),
             'disk_guard_state_dir': str(self.state_dir),
+            'status_state_dir': str(self.state_dir),
             'rollout_health_timeout': 30,
             'rollout_health_interval': 1,
             'rollout_lock_wait': 10,
