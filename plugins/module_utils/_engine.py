@@ -31,6 +31,7 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import PROJECT_LABEL
 from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import ImageRef, ImageRefError
+from ansible_collections.safedeploy.compose.plugins.module_utils._log_config import log_config_unbounded
 
 DEFAULT_DOCKER_HOST = 'unix:///var/run/docker.sock'
 
@@ -686,7 +687,6 @@ def _container_log(client, container_id):
         return None
     log_config = (details.get('HostConfig') or {}).get('LogConfig') or {}
     driver = log_config.get('Type') or ''
-    options = log_config.get('Config') or {}
     path = details.get('LogPath') or ''
     total = 0
     if path:
@@ -697,7 +697,7 @@ def _container_log(client, container_id):
         except OSError:
             rotated = []
         total += sum(file_disk_bytes(os.path.join(directory, name)) for name in rotated)
-    bounded = driver != JSON_FILE_DRIVER or bool(options.get('max-size'))
+    bounded = not log_config_unbounded(log_config)
     return dict(path=path, bytes=total, driver=driver, bounded=bounded)
 
 

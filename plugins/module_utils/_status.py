@@ -16,6 +16,8 @@ import hashlib
 import re
 import time
 
+from ansible_collections.safedeploy.compose.plugins.module_utils._log_config import log_config_unbounded
+
 # Docker's restart backoff keeps a crash-looping container `restarting` most of the time, but a look may catch it in
 # the second it runs: a container that restarted and has been up less than this is counted as restarting.
 DEFAULT_RESTART_WINDOW = 120
@@ -89,6 +91,7 @@ def container_view(details, image_details, now, restart_window=DEFAULT_RESTART_W
         started_at=state.get('StartedAt') if started is not None else None,
         uptime_seconds=uptime,
         restarting=restarting,
+        logs_bounded=not log_config_unbounded((details.get('HostConfig') or {}).get('LogConfig')),
         up=running and not restarting and health != 'unhealthy',
         problems=problems,
     )
@@ -321,6 +324,11 @@ def status_record(status, gate=None, host=None, project=None):
     if health and health.get('error'):
         problems.append('health checks could not run: %s' % health['error'])
     record['unhealthy'] = [] if record['healthy'] else (problems or ['not healthy'])
+    unbounded = sorted(set(box.get('service') or box['name'] for service in services.values()
+                           for box in service.get('containers') or [] if box.get('logs_bounded') is False))
+    record['warnings'] = (['the logs of %s grow without bound (json-file without max-size): bound them with '
+                           'rollout_log_bound, a logging: in the compose file, or log-opts in daemon.json'
+                           % ', '.join(unbounded)] if unbounded else [])
     record['drifted'] = [entry['detail'] for entry in record['drift']] + ([error] if error else [])
     return record
 

@@ -261,6 +261,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._engine import 
     describe_engine_error,
     engine_address,
 )
+from ansible_collections.safedeploy.compose.plugins.module_utils._log_config import log_config_unbounded
 
 PULL_RETRY_DELAY = 2
 
@@ -460,17 +461,6 @@ class ComposeUp(object):
         for service, _hash, _state, name, _image in sorted(containers.values(), key=lambda item: (item[0] or '', item[3])):
             grouped.setdefault(service, []).append(name)
         return grouped
-
-
-def log_config_unbounded(log_config):
-    """Whether a container's HostConfig.LogConfig lets its logs grow without bound: the json-file driver with no
-    max-size, or max-size -1 (json-file's "unlimited"). Other drivers rotate (local) or keep nothing on the host's
-    disk for this container (journald, syslog, none...)."""
-    log_config = log_config or {}
-    if (log_config.get('Type') or '') != 'json-file':
-        return False
-    size = str((log_config.get('Config') or {}).get('max-size') or '').strip()
-    return size in ('', '-1')
 
 
 def main():

@@ -174,7 +174,10 @@ healthy:
   returned: always
   type: bool
 services:
-  description: By service name, what the release expects and the containers found.
+  description:
+    - By service name, what the release expects and the containers found.
+    - A container's C(logs_bounded) is V(false) when its log grows without bound (the C(json-file) driver without
+      C(max-size)); the engine's C(daemon.json) log-opts count, they are merged into each container's log configuration.
   returned: always
   type: dict
   sample:
@@ -196,6 +199,7 @@ services:
           started_at: "2025-01-31T10:02:12.913456789Z"
           uptime_seconds: 86400
           restarting: false
+          logs_bounded: true
           up: true
           problems: []
 drift:

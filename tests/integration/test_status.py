@@ -110,6 +110,11 @@ def test_healthy_stack_has_no_drift_and_check_mode_is_the_same(stack_a, run_play
     assert [check['passed'] for check in report['health_checks']['checks']] == [True, True]
     assert report['health_checks']['checks'][0]['name'] == 'web health'
     assert report['logs'] == {} and report['lock']['held'] is False
+    # The test engine has no log-opts and the stack no logging: every log grows without bound, a warning only.
+    assert all(box['logs_bounded'] is False for entry in report['services'].values() for box in entry['containers'])
+    assert len(report['warnings']) == 1 and 'grow without bound' in report['warnings'][0]
+    assert all(service in report['warnings'][0] for service in report['services'])
+    assert 'grow without bound' in run.output
     assert [entry['state'] for entry in report['files']] and set(entry['state'] for entry in report['files']) == {'same'}
     assert report['disk']['total'] > 0 and 0 < report['disk']['percent'] < 100
     assert oct((stack_a.report_dir / 'status').stat().st_mode & 0o777) == '0o700'

@@ -214,3 +214,19 @@ def test_status_table_of_records():
     assert lines[0].startswith('web1  (Docker disk 42.5%')
     assert lines[2].split() == ['shop', 'v1', 'v1', 'running', 'healthy', 'none']
     assert lines[3].split() == ['other', '-', '-', 'error', 'unknown', 'error']
+
+
+def test_a_log_that_grows_without_bound_is_a_warning_not_a_failure():
+    details = inspect('s-web-1', 'web')
+    details['HostConfig'] = dict(LogConfig=dict(Type='json-file', Config={}))
+    unbounded = container_view(details, dict(RepoDigests=['repo/web@' + D1]), NOW)
+    assert unbounded['logs_bounded'] is False and unbounded['up'] is True
+    details['HostConfig'] = dict(LogConfig=dict(Type='json-file', Config={'max-size': '10m', 'max-file': '3'}))
+    assert container_view(details, dict(RepoDigests=['repo/web@' + D1]), NOW)['logs_bounded'] is True
+    details['HostConfig'] = dict(LogConfig=dict(Type='json-file', Config={'max-size': '-1'}))
+    assert container_view(details, dict(RepoDigests=['repo/web@' + D1]), NOW)['logs_bounded'] is False
+    record = status_record(status_result(boxes=[unbounded]), GATE_OK, 'web1', 'shop')
+    assert record['healthy'] is True and record['unhealthy'] == [] and record['drifted'] == []
+    assert len(record['warnings']) == 1
+    assert 'logs of web grow without bound' in record['warnings'][0] and 'rollout_log_bound' in record['warnings'][0]
+    assert status_record(status_result(), GATE_OK, 'web1', 'shop')['warnings'] == []
