@@ -38,6 +38,8 @@ from testbed import testbed as testbed_mod  # noqa: E402  (needs sys.path above)
 
 
 def pytest_configure(config):
+    config.addinivalue_line('markers', 'engine_free: a test that uses no Docker engine, registry or Compose at all '
+                                       '(it may run while the test bed is busy or down)')
     config.addinivalue_line('markers', 'compose_cli: a test whose outcome depends on the Compose CLI; the v1 '
                                        'compatibility leg (make test-compose-v1) runs these with docker-compose v1')
 

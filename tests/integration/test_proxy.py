@@ -1,0 +1,297 @@
+"""traffic_proxy and the runtime API against a real HAProxy, with plain Python HTTP servers as the backends.
+
+ENGINE-FREE: nothing here uses Docker (no engine, no registry, no compose); the test bed is not needed. Every HAProxy
+this file starts runs from its own files in a temporary directory and is stopped at the end of its test; ports come
+from 19100-19199 only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import PortRange
+
+from ansible_collections.safedeploy.compose.plugins.module_utils._haproxy import RuntimeAPI
+
+pytestmark = [
+    pytest.mark.engine_free,
+    pytest.mark.skipif(not shutil.which('haproxy', path=os.environ.get('PATH', '') + ':/usr/sbin'),
+                       reason='HAProxy is not installed (apt-get install haproxy; the test bed installs it)'),
+]
+
+PORTS = PortRange(range(19100, 19200))
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a health check that hangs up early is no news
+
+
+class Backend(object):
+    """An HTTP server on 127.0.0.1 answering its name; /slow answers after `slow` seconds."""
+
+    def __init__(self, name, slow=2.0):
+        self.name = name
+        self.port = PORTS.take()
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def do_GET(self):  # noqa: N802 (the http.server API)
+                if self.path == '/slow':
+                    time.sleep(backend.slow)
+                body = backend.name.encode()
+                self.send_response(200)
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.slow = slow
+        self.server = QuietServer(('127.0.0.1', self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def backends():
+    started = {}
+
+    def make(name, **kwargs):
+        started[name] = Backend(name, **kwargs)
+        return started[name]
+    yield make
+    for backend in started.values():
+        backend.stop()
+
+
+class Proxy(object):
+    """The files of one supervised HAProxy in a temporary directory, and the module arguments that use them."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.config = str(directory / 'haproxy.cfg')
+        self.socket = str(directory / 'admin.sock')
+        self.pid_file = str(directory / 'haproxy.pid')
+        self.api = RuntimeAPI(self.socket, timeout=5)
+
+    def args(self, routes, **extra):
+        args = dict(routes=routes, config_path=self.config, runtime_socket=self.socket, pid_file=self.pid_file,
+                    master_socket=str(self.dir / 'master.sock'), service_manager='process', reload_timeout=20)
+        args.update(extra)
+        return args
+
+    def master(self):
+        try:
+            with open(self.pid_file) as handle:
+                return int(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self):
+        pid = self.master()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.path.exists('/proc/%d' % pid):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def proxy(tmp_path):
+    handle = Proxy(tmp_path)
+    yield handle
+    handle.stop()
+
+
+def get(port, path='/', timeout=10):
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+    try:
+        conn.request('GET', path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def route(name, port, blue, green=None, **extra):
+    entry = dict(name=name, port=port, bind='127.0.0.1', blue=dict(port=blue), check_interval=200, **extra)
+    if green is not None:
+        entry['green'] = dict(port=green)
+    return entry
+
+
+class Load(object):
+    """A bounded client: `rate` requests a second for `seconds` seconds on fresh connections, then it stops."""
+
+    def __init__(self, port, rate=50, seconds=5.0):
+        self.port, self.rate, self.seconds = port, rate, seconds
+        self.ok = 0
+        self.failures = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        start = time.monotonic()
+        for number in range(int(self.rate * self.seconds)):
+            delay = start + number / float(self.rate) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                status, _body = get(self.port, timeout=5)
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append('HTTP %d' % status)
+            except (OSError, http.client.HTTPException) as exc:
+                self.failures.append(repr(exc))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(self.seconds + 30)
+
+
+def test_renders_validates_starts_and_routes_to_blue(run_module, proxy, backends):
+    blue, green = backends('blue'), backends('green')
+    public = PORTS.take()
+    routes = [route('shop', public, blue.port, green.port, health_path='/health')]
+    routes[0]['green']['state'] = 'maint'
+    result = run_module('traffic_proxy', proxy.args(routes))
+    assert not result.failed, result
+    assert result['changed'] and result['started'] and not result['reloaded']
+    assert result['service_manager'] == 'process'
+    assert result['servers']['shop']['servers']['green']['status'] == 'MAINT'
+    assert oct(os.stat(proxy.config).st_mode & 0o777) == '0o644'
+    for _attempt in range(5):
+        assert get(public) == (200, 'blue')
+    # the same routes again: nothing changes, nothing restarts
+    again = run_module('traffic_proxy', proxy.args(routes))
+    assert not again.failed, again
+    assert not again['changed'] and not again['started'] and not again['reloaded']
+    assert again['pid'] == result['pid']
+
+
+def test_reload_drops_no_request(run_module, proxy, backends):
+    blue, green, other = backends('blue'), backends('green'), backends('other')
+    public, second = PORTS.take(), PORTS.take()
+    routes = [route('shop', public, blue.port)]
+    first = run_module('traffic_proxy', proxy.args(routes))
+    assert not first.failed, first
+    master = proxy.master()
+    with Load(public, rate=50, seconds=5.0) as load:
+        time.sleep(1.0)
+        # a new route and the shop's blue server on another port: two reloads while the client runs
+        changed = run_module('traffic_proxy', proxy.args([route('shop', public, green.port),
+                                                          route('api', second, other.port)]))
+        assert not changed.failed, changed
+        assert changed['changed'] and changed['reloaded'] and not changed['started']
+        assert changed['pid'] != first['pid']
+        time.sleep(1.0)
+        back = run_module('traffic_proxy', proxy.args([route('shop', public, blue.port)]))
+        assert not back.failed, back
+        assert back['reloaded']
+    assert load.failures == [], load.failures
+    assert load.ok == 250
+    assert proxy.master() == master  # the same master, new workers
+    assert get(public) == (200, 'blue')
+
+
+def test_invalid_configuration_changes_nothing(run_module, proxy, backends):
+    blue = backends('blue')
+    public = PORTS.take()
+    good = run_module('traffic_proxy', proxy.args([route('shop', public, blue.port)]))
+    assert not good.failed, good
+    with open(proxy.config) as handle:
+        before = handle.read()
+    bad = [route('shop', public, blue.port, backend_options=['frobnicate the servers'])]
+    result = run_module('traffic_proxy', proxy.args(bad))
+    assert result.failed
+    assert 'HAProxy refused the new configuration' in result['msg']
+    assert 'frobnicate' in result['msg'] and '[ALERT]' in result['msg']
+    with open(proxy.config) as handle:
+        assert handle.read() == before
+    assert proxy.api.info()['Pid'] == str(good['pid'])
+    assert get(public) == (200, 'blue')
+    assert not [name for name in os.listdir(proxy.dir) if name.startswith('.')]  # no candidate left behind
+
+
+def test_renderer_errors_name_the_fix(run_module, proxy, backends):
+    result = run_module('traffic_proxy', proxy.args([route('shop', 19150, 19151), route('api', 19150, 19152)]))
+    assert result.failed
+    assert 'both listen on port 19150' in result['msg']
+    assert not os.path.exists(proxy.config)
+
+
+def test_check_mode_changes_nothing_and_shows_the_diff(run_module, proxy, backends):
+    blue = backends('blue')
+    public = PORTS.take()
+    result = run_module('traffic_proxy', proxy.args([route('shop', public, blue.port)]), check=True, diff=True)
+    assert not result.failed, result
+    assert result['changed'] and result['started']
+    assert 'bind 127.0.0.1:%d' % public in result['diff']['after'] and result['diff']['before'] == ''
+    assert not os.path.exists(proxy.config) and proxy.master() is None
+    started = run_module('traffic_proxy', proxy.args([route('shop', public, blue.port)]))
+    assert not started.failed, started
+    other = PORTS.take()
+    check = run_module('traffic_proxy', proxy.args([route('shop', public, other)]), check=True, diff=True)
+    assert check['changed'] and check['reloaded'] and not check['started']
+    assert '127.0.0.1:%d' % other in check['diff']['after'] and '127.0.0.1:%d' % blue.port in check['diff']['before']
+    assert '127.0.0.1:%d' % other not in open(proxy.config).read()
+    assert proxy.api.info()['Pid'] == str(started['pid'])
+
+
+def test_drain_finishes_the_slow_request_and_sends_new_ones_to_green(run_module, proxy, backends):
+    blue, green = backends('blue', slow=2.0), backends('green', slow=2.0)
+    public = PORTS.take()
+    result = run_module('traffic_proxy', proxy.args([route('shop', public, blue.port, green.port)]))
+    assert not result.failed, result
+    proxy.api.set_server_state('shop', 'green', 'maint')
+    slow = {}
+
+    def slow_request():
+        slow['answer'] = get(public, '/slow')
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while proxy.api.stats()['shop']['servers']['blue']['scur'] != 1:
+        assert time.monotonic() < deadline, 'the slow request never reached blue'
+        time.sleep(0.02)
+    proxy.api.set_server_state('shop', 'green', 'ready')
+    proxy.api.set_server_state('shop', 'blue', 'drain')
+    servers = proxy.api.stats()['shop']['servers']
+    assert servers['blue']['status'] == 'DRAIN' and servers['blue']['scur'] == 1
+    assert [get(public)[1] for _n in range(6)] == ['green'] * 6
+    thread.join(10)
+    assert slow['answer'] == (200, 'blue')
+    states = dict((row['srv_name'], row) for row in proxy.api.servers_state('shop'))
+    assert set(states) == {'blue', 'green'}
+    proxy.api.set_server_weight('shop', 'green', 50)
+    assert proxy.api.stats()['shop']['servers']['green']['weight'] == 50
