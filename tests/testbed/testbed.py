@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 STATE = Path(os.environ.get('SAFEDEPLOY_TESTBED_DIR', '/var/lib/safedeploy-testbed'))
 LOGS = STATE / 'logs'
 APT_PACKAGES = ['docker.io', 'docker-compose', 'docker-registry', 'busybox-static', 'apache2-utils',
-                'openssh-server', 'iproute2', 'e2fsprogs', 'util-linux', 'shellcheck', 'sudo']
+                'openssh-server', 'iproute2', 'e2fsprogs', 'util-linux', 'shellcheck', 'sudo', 'haproxy']
 REGISTRY = '127.0.0.1:5000'
 AUTH_REGISTRY = '127.0.0.1:5001'
 AUTH_USER = 'safedeploy'
@@ -95,7 +95,7 @@ def run(argv, check=True, **kwargs):
 def ensure_packages():
     needed = {'dockerd': 'docker.io', 'docker-compose': 'docker-compose', 'docker-registry': 'docker-registry',
               'htpasswd': 'apache2-utils', 'mkfs.ext4': 'e2fsprogs', 'ip': 'iproute2', 'losetup': 'util-linux',
-              'sshd': 'openssh-server', 'shellcheck': 'shellcheck', 'visudo': 'sudo'}
+              'sshd': 'openssh-server', 'shellcheck': 'shellcheck', 'visudo': 'sudo', 'haproxy': 'haproxy'}
     missing = [pkg for cmd, pkg in needed.items() if not shutil.which(cmd, path=os.environ.get('PATH', '') + ':/usr/sbin:/sbin')]
     if run(['dpkg-query', '-W', '-f=${Status}', 'busybox-static'], check=False).stdout != 'install ok installed':
         missing.append('busybox-static')
@@ -106,6 +106,9 @@ def ensure_packages():
     subprocess.run(['apt-get', 'update', '-q'], check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run(['apt-get', 'install', '-y', '-q', '--no-install-recommends'] + APT_PACKAGES,
                    check=True, env=env, stdout=subprocess.DEVNULL)
+    if 'haproxy' in missing and shutil.which('service', path=os.environ.get('PATH', '') + ':/usr/sbin:/sbin'):
+        # The tests run their own HAProxy processes from their own files; the distribution's service stays stopped.
+        run(['service', 'haproxy', 'stop'], check=False)
 
 
 def _compose_version(argv):
