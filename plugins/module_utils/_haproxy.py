@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import signal
 import socket
+import subprocess
+import tempfile
 import time
 
 SERVER_NAMES = ('blue', 'green')
@@ -399,9 +403,6 @@ def alerts(output):
 
 def validate_config(haproxy, text, directory=None):
     """(ok, message): `haproxy -c -f` on a candidate file holding `text`, removed afterwards."""
-    import os
-    import subprocess
-    import tempfile
     fd, candidate = tempfile.mkstemp(prefix='.haproxy-candidate-', suffix='.cfg', dir=directory)
     try:
         with os.fdopen(fd, 'w') as handle:
@@ -445,8 +446,6 @@ def master_pid(pid_file):
 
 def start_master(haproxy, config_path, pid_file, master_socket):
     """Start HAProxy in master-worker mode as a daemon; (ok, message)."""
-    import subprocess
-    import tempfile
     argv = [haproxy, '-W', '-D', '-f', config_path, '-p', pid_file]
     if master_socket:
         argv += ['-S', '%s,mode,600' % master_socket]
@@ -466,8 +465,6 @@ def reload_master(pid, api, timeout):
     listeners`), then the old workers stop accepting and finish their connections: no connection is refused or cut.
     Returns the new worker's pid; HAProxyRuntimeError when no new worker answered within `timeout` seconds.
     """
-    import os
-    import signal
     old = api.wait_ready(timeout).get('Pid')
     os.kill(pid, signal.SIGUSR2)
     return wait_new_worker(api, old, timeout, 'SIGUSR2 to the master (pid %d)' % pid)

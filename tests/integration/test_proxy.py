@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import PortRange
+from conftest import LOCAL_HOST_VARS, PortRange
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._haproxy import RuntimeAPI
 
@@ -295,3 +295,30 @@ def test_drain_finishes_the_slow_request_and_sends_new_ones_to_green(run_module,
     assert set(states) == {'blue', 'green'}
     proxy.api.set_server_weight('shop', 'green', 50)
     assert proxy.api.stats()['shop']['servers']['green']['weight'] == 50
+
+
+def test_role_runs_the_proxy_and_is_idempotent(run_playbook, proxy, backends, tmp_path):
+    blue = backends('blue')
+    public = PORTS.take()
+    playbook = tmp_path / 'traffic.yml'
+    playbook.write_text(
+        '- hosts: proxyhost\n'
+        '  gather_facts: false\n'
+        '  roles:\n'
+        '    - role: safedeploy.compose.traffic\n')
+    inventory = {'all': {'hosts': {'proxyhost': dict(LOCAL_HOST_VARS)}}}
+    extra = dict(traffic_install=False, traffic_service_manager='process', traffic_config_path=proxy.config,
+                 traffic_runtime_socket=proxy.socket, traffic_pid_file=proxy.pid_file,
+                 traffic_master_socket=str(proxy.dir / 'master.sock'),
+                 traffic_routes=[route('shop', public, blue.port)])
+    first = run_playbook(playbook, inventory=inventory, extra_vars=extra, timeout=300)
+    assert first.rc == 0, first.output
+    assert first.recap['proxyhost']['changed'] == 1, first.output
+    assert get(public) == (200, 'blue')
+    assert 'user haproxy' in open(proxy.config).read()
+    again = run_playbook(playbook, inventory=inventory, extra_vars=extra, timeout=300)
+    assert again.rc == 0, again.output
+    assert again.recap['proxyhost']['changed'] == 0, again.output
+    bad = dict(extra, traffic_service_manager='launchd')
+    refused = run_playbook(playbook, inventory=inventory, extra_vars=bad, timeout=300)
+    assert refused.rc != 0 and 'launchd' in refused.output
