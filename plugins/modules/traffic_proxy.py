@@ -20,6 +20,8 @@ description:
     mode; the new workers take over the listening sockets from the old ones (C(expose-fd listeners) on the runtime
     API socket), and the old workers finish their connections, so no connection is refused or cut. When it does not
     run, it is started.
+  - C(haproxy -c) binds no port. When a reload fails all the same (a port taken by another process), the old workers
+    keep serving, the previous file is put back and the task fails.
   - After the task, the state of every server is read from HAProxy's runtime API (O(runtime_socket)).
   - The file is the source of truth for each server's state and weight. A reload starts the new workers from it, so a
     change made only through the runtime API lasts until the next reload.
@@ -322,6 +324,13 @@ def read_text(path):
         return None
 
 
+def restore(path, text):
+    if text is None:
+        os.unlink(path)
+    else:
+        write_file_atomic(path, text.encode('utf-8'), mode=0o644)
+
+
 def systemctl(module, *args):
     rc, out, err = module.run_command([module.get_bin_path('systemctl', required=True)] + list(args))
     return rc, (out + err).strip()
@@ -420,7 +429,16 @@ def main():
                 module.fail_json(msg='HAProxy did not start with %s (a port taken by another process?). HAProxy said:\n%s'
                                      % (params['config_path'], message), **result)
         elif reload:
-            reload_master(running, api, params['reload_timeout'])
+            try:
+                reload_master(running, api, params['reload_timeout'])
+            except HAProxyRuntimeError as exc:
+                # The old workers still serve the old configuration: put the file back so that it says what runs,
+                # and the next run tries again.
+                restore(params['config_path'], before)
+                module.fail_json(msg='HAProxy did not take the new configuration (%s); the old workers keep serving and '
+                                     '%s was put back. A port taken by another process or an address the host does '
+                                     'not have is the usual cause (haproxy -c does not bind)'
+                                     % (exc, params['config_path']), **result)
         info = api.wait_ready(params['reload_timeout'])
         result['pid'] = int(info['Pid'])
         result['servers'] = api.stats()

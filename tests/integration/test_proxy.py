@@ -11,6 +11,7 @@ import http.client
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -322,3 +323,30 @@ def test_role_runs_the_proxy_and_is_idempotent(run_playbook, proxy, backends, tm
     bad = dict(extra, traffic_service_manager='launchd')
     refused = run_playbook(playbook, inventory=inventory, extra_vars=bad, timeout=300)
     assert refused.rc != 0 and 'launchd' in refused.output
+
+
+def test_reload_that_cannot_bind_puts_the_file_back(run_module, proxy, backends):
+    blue = backends('blue')
+    public = PORTS.take()
+    good = run_module('traffic_proxy', proxy.args([route('shop', public, blue.port)]))
+    assert not good.failed, good
+    with open(proxy.config) as handle:
+        before = handle.read()
+    taken = PORTS.take()
+    with socket.socket() as squatter:  # haproxy -c passes; only binding the port fails
+        squatter.bind(('127.0.0.1', taken))
+        squatter.listen(1)
+        result = run_module('traffic_proxy', proxy.args([route('shop', public, blue.port),
+                                                         route('api', taken, PORTS.take())], reload_timeout=5))
+    assert result.failed
+    assert 'did not take the new configuration' in result['msg'] and 'was put back' in result['msg'], result['msg']
+    with open(proxy.config) as handle:
+        assert handle.read() == before
+    assert proxy.api.info()['Pid'] == str(good['pid'])
+    assert get(public) == (200, 'blue')
+    again = run_module('traffic_proxy', proxy.args([route('shop', public, blue.port)]))
+    assert not again.failed and not again['changed'], again
+    green = backends('green')
+    moved = run_module('traffic_proxy', proxy.args([route('shop', public, green.port)]))
+    assert not moved.failed and moved['reloaded'], moved  # the master takes the next reload
+    assert get(public) == (200, 'green')
