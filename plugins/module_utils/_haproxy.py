@@ -483,3 +483,20 @@ def wait_new_worker(api, old, timeout, how):
         time.sleep(0.05)
     raise HAProxyRuntimeError('HAProxy did not start a new worker within %d s after the reload (%s); '
                               'the old worker %s still serves' % (timeout, how, old))
+
+
+# srv_admin_state of `show servers state`: the bits that put a server in maintenance (forced, inherited, DNS
+# resolution, hostname) and the ones that drain it (forced, inherited). The configuration's `disabled` sets 0x04
+# together with 0x01; `set server ... state ready` clears 0x01 and leaves 0x04 as a mere mark (HAProxy 2.6).
+ADMIN_MAINT_BITS = 0x01 | 0x02 | 0x20 | 0x40
+ADMIN_DRAIN_BITS = 0x08 | 0x10
+
+
+def admin_state(bits):
+    """`ready`, `drain` or `maint` from the srv_admin_state bits of `show servers state`."""
+    bits = int(bits)
+    if bits & ADMIN_MAINT_BITS:
+        return 'maint'
+    if bits & ADMIN_DRAIN_BITS:
+        return 'drain'
+    return 'ready'

@@ -350,3 +350,27 @@ def test_reload_that_cannot_bind_puts_the_file_back(run_module, proxy, backends)
     moved = run_module('traffic_proxy', proxy.args([route('shop', public, green.port)]))
     assert not moved.failed and moved['reloaded'], moved  # the master takes the next reload
     assert get(public) == (200, 'green')
+
+
+def test_traffic_server_sets_state_and_weight_idempotently(run_module, proxy, backends):
+    blue, green = backends('blue'), backends('green')
+    public = PORTS.take()
+    routes = [route('shop', public, blue.port, green.port)]
+    routes[0]['green']['state'] = 'maint'
+    assert not run_module('traffic_proxy', proxy.args(routes)).failed
+    args = dict(route='shop', runtime_socket=proxy.socket)
+    read = run_module('traffic_server', dict(args, server='green'))
+    assert not read.failed and not read['changed'] and read['state'] == 'maint', read
+    check = run_module('traffic_server', dict(args, server='green', state='ready'), check=True, diff=True)
+    assert check['changed'] and check['diff']['after'] == dict(state='ready', weight=100), check
+    assert run_module('traffic_server', dict(args, server='green'))['state'] == 'maint'
+    ready = run_module('traffic_server', dict(args, server='green', state='ready', weight=50))
+    assert not ready.failed and ready['changed'] and ready['state'] == 'ready' and ready['weight'] == 50, ready
+    assert not run_module('traffic_server', dict(args, server='green', state='ready', weight=50))['changed']
+    drained = run_module('traffic_server', dict(args, server='blue', state='drain'))
+    assert drained['changed'] and drained['state'] == 'drain' and drained['stats']['status'] == 'DRAIN', drained
+    assert [get(public)[1] for _n in range(4)] == ['green'] * 4
+    missing = run_module('traffic_server', dict(args, route='nope', server='blue'))
+    assert missing.failed and 'has no route nope' in missing['msg']
+    unreachable = run_module('traffic_server', dict(route='shop', server='blue', runtime_socket=str(proxy.dir / 'x.sock')))
+    assert unreachable.failed and 'cannot reach the runtime API' in unreachable['msg']

@@ -13,6 +13,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._haproxy import
     HAProxyConfigError,
     HAProxyRuntimeError,
     RuntimeAPI,
+    admin_state,
     alerts,
     normalize_routes,
     parse_servers_state,
@@ -272,3 +273,9 @@ def test_client_names_a_missing_socket(tmp_path):
         RuntimeAPI(str(tmp_path / 'none.sock'), timeout=1).info()
     with pytest.raises(HAProxyRuntimeError):
         RuntimeAPI(str(tmp_path / 'none.sock'), timeout=1).wait_ready(0.2)
+
+
+@pytest.mark.parametrize('bits, state', [(0, 'ready'), (1, 'maint'), (4, 'ready'), (5, 'maint'), (8, 'drain'),
+                                         (16, 'drain'), (9, 'maint'), ('32', 'maint')])
+def test_admin_state(bits, state):
+    assert admin_state(bits) == state
