@@ -35,6 +35,8 @@ attributes:
     details:
       - Check mode renders and validates the configuration (in a temporary file) and says whether the file would
         change and whether HAProxy would be started or reloaded; it writes, starts and reloads nothing.
+      - When HAProxy is not installed yet (a check run of a play that installs it), check mode renders the
+        configuration without validating it and warns.
   diff_mode:
     support: full
     details:
@@ -372,16 +374,21 @@ def main():
     haproxy = params['haproxy_command']
     if os.sep not in haproxy:
         haproxy = module.get_bin_path(haproxy, opt_dirs=['/usr/sbin', '/usr/local/sbin'])
-    if not haproxy or not os.access(haproxy, os.X_OK):
+    installed = bool(haproxy) and os.access(haproxy, os.X_OK)
+    if not installed and not module.check_mode:
         module.fail_json(msg='HAProxy (%s) is not installed on this host: install the package haproxy (the role '
                              'safedeploy.compose.traffic does) or set haproxy_command' % params['haproxy_command'], **result)
-
-    config_dir = os.path.dirname(params['config_path'])
-    ok, message = validate_config(haproxy, text, directory=config_dir if os.path.isdir(config_dir) and not module.check_mode else None)
-    if not ok:
-        module.fail_json(msg='HAProxy refused the new configuration; %s and the running proxy are unchanged. '
-                             'Fix the routes (or their frontend_options/backend_options). HAProxy said:\n%s'
-                             % (params['config_path'], message), candidate=text, **result)
+    if not installed:
+        module.warn('HAProxy is not installed yet (a check run before the package is installed): the configuration '
+                    'was rendered but not validated')
+    else:
+        config_dir = os.path.dirname(params['config_path'])
+        candidate_dir = config_dir if os.path.isdir(config_dir) and not module.check_mode else None
+        ok, message = validate_config(haproxy, text, directory=candidate_dir)
+        if not ok:
+            module.fail_json(msg='HAProxy refused the new configuration; %s and the running proxy are unchanged. '
+                                 'Fix the routes (or their frontend_options/backend_options). HAProxy said:\n%s'
+                                 % (params['config_path'], message), candidate=text, **result)
 
     before = read_text(params['config_path'])
     file_changed = before != text
@@ -403,6 +410,7 @@ def main():
     if module.check_mode:
         module.exit_json(**result)
 
+    config_dir = os.path.dirname(params['config_path'])
     if file_changed:
         if not os.path.isdir(config_dir):
             os.makedirs(config_dir, 0o755)
@@ -415,7 +423,12 @@ def main():
         os.makedirs(socket_dir, 0o750)
     try:
         if manager == 'systemd':
-            old = api.wait_ready(params['reload_timeout']).get('Pid') if reload else None
+            old = None
+            if reload:
+                try:
+                    old = api.info().get('Pid')
+                except HAProxyRuntimeError:
+                    pass  # the running one may listen elsewhere (the distribution's configuration): any answer will do
             rc, out = systemctl(module, 'reload' if reload else 'start', 'haproxy') if (start or reload) else (0, '')
             if rc == 0 and reload:
                 wait_new_worker(api, old, params['reload_timeout'], 'systemctl reload haproxy')

@@ -374,3 +374,13 @@ def test_traffic_server_sets_state_and_weight_idempotently(run_module, proxy, ba
     assert missing.failed and 'has no route nope' in missing['msg']
     unreachable = run_module('traffic_server', dict(route='shop', server='blue', runtime_socket=str(proxy.dir / 'x.sock')))
     assert unreachable.failed and 'cannot reach the runtime API' in unreachable['msg']
+
+
+def test_haproxy_missing_fails_but_check_mode_only_warns(run_module, proxy):
+    routes = [route('shop', 19160, 19161)]
+    missing = run_module('traffic_proxy', proxy.args(routes, haproxy_command='/nonexistent/haproxy'))
+    assert missing.failed and 'is not installed on this host' in missing['msg'], missing
+    check = run_module('traffic_proxy', proxy.args(routes, haproxy_command='/nonexistent/haproxy'), check=True)
+    assert not check.failed and check['changed'], check
+    assert 'not validated' in repr(check.get('warnings')), check
+    assert not os.path.exists(proxy.config)
