@@ -197,6 +197,18 @@ def run_playbook_fixture():
 LOCAL_HOST_VARS = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}
 
 
+def wait_until(predicate, timeout, what):
+    """predicate()'s first true value, polled every 0.2 s; AssertionError naming `what` after `timeout` seconds."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError('%s did not happen within %ss' % (what, timeout))
+
+
 class PortRange:
     """The ports of one test file's range: take() hands out one nothing listens on, each once per process."""
 

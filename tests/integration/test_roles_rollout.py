@@ -31,7 +31,8 @@ import pytest
 import requests
 import yaml
 
-from conftest import COLLECTIONS, LOCAL_HOST_VARS, ROOT, PortRange, on_compose_under_test, run_module, run_playbook
+from conftest import (COLLECTIONS, LOCAL_HOST_VARS, ROOT, PortRange, on_compose_under_test, run_module, run_playbook,
+                      wait_until)
 from silent_registry import SilentRegistry
 from testbed import testbed as testbed_mod
 
@@ -65,16 +66,6 @@ def health(port, timeout=3):
         return requests.get('http://127.0.0.1:%d/cgi-bin/health' % port, timeout=timeout).json()
     except (requests.RequestException, ValueError):
         return None
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError('%s did not happen within %ss' % (what, timeout))
 
 
 # ---------------------------------------------------------------- images and registries

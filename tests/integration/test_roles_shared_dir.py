@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import LOCAL_HOST_VARS, ROOT, PortRange, run_playbook
+from conftest import LOCAL_HOST_VARS, ROOT, PortRange, run_playbook, wait_until
 from testbed import testbed as testbed_mod
 
 PREFIX = 'sdt-shd'
@@ -35,16 +35,6 @@ SERVICE_LABEL = 'com.docker.compose.service'
 CHATTY = ['sh', '-c', 'line=$$(printf "%0500d" 0); while :; do echo "$$line"; usleep 2000; done']
 
 take_port = PortRange(PORTS).take
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError('%s did not happen within %ss' % (what, timeout))
 
 
 @pytest.fixture(scope='module', autouse=True)
