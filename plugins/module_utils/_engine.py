@@ -345,7 +345,8 @@ class EngineInventory:
             return max(self.volumes.pop(key)['bytes'], 0)
         if kind == 'log':
             log = self.containers[key]['log']
-            freed, log['bytes'] = log['bytes'], 0
+            freed = current_log_bytes(log)
+            log['bytes'], log['current_bytes'] = log['bytes'] - freed, 0
             return freed
         raise ValueError('unknown reclaim candidate kind %r' % kind)
 
@@ -361,9 +362,14 @@ def oversized_logs(inventory, log_max_bytes):
     for container in inventory.containers.values():
         log = container.get('log')
         if (container['state'] not in STOPPED_CONTAINER_STATES and log and log['driver'] == JSON_FILE_DRIVER
-                and log['path'] and log['bytes'] > log_max_bytes):
+                and log['path'] and current_log_bytes(log) > log_max_bytes):
             found.append(container)
-    return sorted(found, key=lambda c: (-c['log']['bytes'], c['name']))
+    return sorted(found, key=lambda c: (-current_log_bytes(c['log']), c['name']))
+
+
+def current_log_bytes(log):
+    """The bytes of a log's current file: what emptying it frees (its rotated files stay)."""
+    return log.get('current_bytes', log['bytes'])
 
 
 def reclaim_candidates(stage, inventory, protection, log_max_bytes=None):
@@ -528,13 +534,14 @@ def disk_accounting(inventory, protection, usage, log_max_bytes=None):
         labels = container.get('labels') or {}
         entries.append(dict(container=container['name'], id=container['id'], state=container['state'],
                             project=labels.get(PROJECT_LABEL, ''), service=labels.get(SERVICE_LABEL_KEY, ''),
-                            driver=log['driver'], bounded=log['bounded'], bytes=log['bytes'], path=log['path']))
+                            driver=log['driver'], bounded=log['bounded'], bytes=log['bytes'],
+                            current_bytes=current_log_bytes(log), path=log['path']))
     entries.sort(key=lambda entry: (-entry['bytes'], entry['container']))
     over = ([e for e in entries if e['state'] not in STOPPED_CONTAINER_STATES and e['driver'] == JSON_FILE_DRIVER
-             and e['bytes'] > log_max_bytes] if log_max_bytes is not None else [])
+             and e['current_bytes'] > log_max_bytes] if log_max_bytes is not None else [])
     logs = dict(bytes=sum(e['bytes'] for e in entries), containers=len(entries),
                 unbounded=sorted(e['container'] for e in entries if not e['bounded']),
-                truncatable_bytes=sum(e['bytes'] for e in over), largest=entries[:TOP_LOGS])
+                truncatable_bytes=sum(e['current_bytes'] for e in over), largest=entries[:TOP_LOGS])
 
     accounted = (images['bytes'] + containers['running_bytes'] + containers['stopped_bytes'] + volumes['in_use_bytes']
                  + volumes['dangling_bytes'] + build_cache['bytes'] + logs['bytes'])
@@ -688,9 +695,9 @@ def _container_log(client, container_id):
     log_config = (details.get('HostConfig') or {}).get('LogConfig') or {}
     driver = log_config.get('Type') or ''
     path = details.get('LogPath') or ''
-    total = 0
+    total = current = 0
     if path:
-        total = file_disk_bytes(path)
+        total = current = file_disk_bytes(path)
         directory, base = os.path.split(path)
         try:
             rotated = [name for name in os.listdir(directory) if re.match(re.escape(base) + r'\.[0-9]+(\.gz)?\Z', name)]
@@ -698,7 +705,7 @@ def _container_log(client, container_id):
             rotated = []
         total += sum(file_disk_bytes(os.path.join(directory, name)) for name in rotated)
     bounded = not log_config_unbounded(log_config)
-    return dict(path=path, bytes=total, driver=driver, bounded=bounded)
+    return dict(path=path, bytes=total, current_bytes=current, driver=driver, bounded=bounded)
 
 
 def truncate_log(path):
@@ -733,6 +740,9 @@ def _remove_image(client, candidate):
 
 def _truncate_candidate_log(candidate):
     path = candidate['refs'][0]
+    if os.path.basename(path) != '%s-json.log' % candidate['id']:
+        # The engine names a json-file log after its container; anything else is not one to empty.
+        return 'its log path %s is not <id>-json.log of the container: left alone' % path
     try:
         truncate_log(path)
     except OSError as exc:

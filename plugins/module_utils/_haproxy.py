@@ -465,7 +465,12 @@ def reload_master(pid, api, timeout):
     listeners`), then the old workers stop accepting and finish their connections: no connection is refused or cut.
     Returns the new worker's pid; HAProxyRuntimeError when no new worker answered within `timeout` seconds.
     """
-    old = api.wait_ready(timeout).get('Pid')
+    try:
+        old = api.wait_ready(min(timeout, 5)).get('Pid')
+    except HAProxyRuntimeError:
+        # The running workers do not answer on this socket (the configuration moved it): the first worker that
+        # answers there after the reload is a new one.
+        old = None
     os.kill(pid, signal.SIGUSR2)
     return wait_new_worker(api, old, timeout, 'SIGUSR2 to the master (pid %d)' % pid)
 

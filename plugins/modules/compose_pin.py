@@ -27,7 +27,8 @@ description:
   - With O(log_bound), the override also gives every service without its own C(logging) a bounded log configuration.
   - Also returns RV(compose_hash), the sha256 of the effective configuration with the override applied, so a changed
     C(.env) or compose file shows as a different release configuration. C(compose config) runs once; the override,
-    which only sets the C(image) key and comes last, is merged in-process the way compose merges it.
+    which only sets the C(image) key (and C(logging) with O(log_bound)) and comes last, is merged in-process the way
+    compose merges it.
   - The version of a standalone C(docker-compose) is remembered in C(~/.cache/safedeploy/compose-cli.json), keyed
     by the binary's path, inode, size and modification time, so an upgraded binary is asked again; v1 takes most
     of a second to answer C(version). The C(docker compose) plugin is asked every time.

@@ -288,7 +288,7 @@ accounting:
           logs above O(log_max_bytes)).
         - C(largest) lists the 20 largest, largest first, each with C(container), C(id), C(state), C(project),
           C(service) (compose labels, empty when none), C(driver), C(bounded), C(bytes) (space on disk, rotated files
-          included) and C(path).
+          included), C(current_bytes) (its current file, what the V(logs) stage empties) and C(path).
       type: dict
       sample:
         bytes: 3758096384
@@ -428,6 +428,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
     ENGINE_ARGUMENT_SPEC,
     RECLAIM_STAGES,
+    STOPPED_CONTAINER_STATES,
     ImageProtection,
     Reclaimer,
     connect_engine,
@@ -603,10 +604,14 @@ class DiskReclaim:
         logs = (self.result['accounting'] or {}).get('logs') or {}
         if 'logs' in stages or not logs.get('truncatable_bytes'):
             return ''
-        largest = logs['largest'][0]
-        return ('; container logs above log_max_bytes hold %s (largest %s, %s%s): add logs to stages to empty them, '
-                'and bound them' % (human_bytes(logs['truncatable_bytes']), largest['container'],
-                                    human_bytes(largest['bytes']), '' if largest['bounded'] else ', unbounded'))
+        limit = self.params['log_max_bytes']
+        # the largest log the logs stage would empty: a live container's json-file log above the limit
+        largest = next((entry for entry in logs['largest'] if entry['state'] not in STOPPED_CONTAINER_STATES
+                        and entry['driver'] == 'json-file' and entry['current_bytes'] > limit), None)
+        named = (' (largest %s, %s%s)' % (largest['container'], human_bytes(largest['current_bytes']),
+                                           '' if largest['bounded'] else ', unbounded')) if largest else ''
+        return ('; container logs above log_max_bytes hold %s%s: add logs to stages to empty them, and bound them'
+                % (human_bytes(logs['truncatable_bytes']), named))
 
     def nothing_to_do(self, path, usage):
         threshold, target, min_free = (self.params['threshold_percent'], self.params['target_percent'],

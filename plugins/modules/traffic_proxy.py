@@ -431,7 +431,16 @@ def main():
                     pass  # the running one may listen elsewhere (the distribution's configuration): any answer will do
             rc, out = systemctl(module, 'reload' if reload else 'start', 'haproxy') if (start or reload) else (0, '')
             if rc == 0 and reload:
-                wait_new_worker(api, old, params['reload_timeout'], 'systemctl reload haproxy')
+                try:
+                    wait_new_worker(api, old, params['reload_timeout'], 'systemctl reload haproxy')
+                except HAProxyRuntimeError as exc:
+                    # As in the supervised case: the old workers serve the old configuration, so the file says so
+                    # again and the next run tries again.
+                    restore(params['config_path'], before)
+                    module.fail_json(msg='HAProxy did not take the new configuration (%s); the old workers keep '
+                                         'serving and %s was put back. A port taken by another process or an address '
+                                         'the host does not have is the usual cause (haproxy -c does not bind)'
+                                         % (exc, params['config_path']), **result)
             if rc != 0:
                 module.fail_json(msg='systemctl %s haproxy failed (%s); the new configuration is in %s. See '
                                      '`journalctl -u haproxy`' % ('reload' if reload else 'start', out, params['config_path']),

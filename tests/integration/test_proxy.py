@@ -200,6 +200,21 @@ def test_renders_validates_starts_and_routes_to_blue(run_module, proxy, backends
     assert again['pid'] == result['pid']
 
 
+def test_a_moved_runtime_socket_is_taken_by_a_reload(run_module, proxy, backends):
+    blue = backends('blue')
+    public = PORTS.take()
+    routes = [route('shop', public, blue.port)]
+    first = run_module('traffic_proxy', proxy.args(routes))
+    assert not first.failed, first
+    moved = str(proxy.dir / 'api.sock')
+    # The running workers do not answer on the new path: the reload must not wait for them there.
+    second = run_module('traffic_proxy', proxy.args(routes, runtime_socket=moved))
+    assert not second.failed, second
+    assert second['changed'] and second['reloaded'] and second['pid'] != first['pid']
+    assert int(RuntimeAPI(moved, timeout=5).info()['Pid']) == second['pid']
+    assert get(public) == (200, 'blue')
+
+
 def test_reload_drops_no_request(run_module, proxy, backends):
     blue, green, other = backends('blue'), backends('green'), backends('other')
     public, second = PORTS.take(), PORTS.take()

@@ -132,6 +132,34 @@ def test_logs_stage_in_check_mode_stops_at_the_target_and_forgets_the_bytes():
     assert inventory.containers['chatty' * 8]['log']['bytes'] == 0
 
 
+def test_rotated_files_count_on_disk_but_the_stage_empties_and_estimates_the_current_file_only():
+    inventory = host()
+    rotated = dict(path='/b.log', bytes=250 * MB, current_bytes=40 * MB, driver='json-file', bounded=True)
+    inventory.containers['bounded' * 8] = container('bounded', 'a' * 64, log=rotated)
+    # 250 MiB on disk, but emptying frees its 40 MiB current file: below a 100 MiB limit, not a candidate
+    assert [c['name'] for c in engine.reclaim_candidates('logs', inventory, protection(), 100 * MB)] == ['chatty']
+    account = engine.disk_accounting(inventory, protection(), usage(2048 * MB), log_max_bytes=30 * MB)
+    entry = [e for e in account['logs']['largest'] if e['container'] == 'bounded'][0]
+    assert (entry['bytes'], entry['current_bytes']) == (250 * MB, 40 * MB)
+    assert account['logs']['truncatable_bytes'] == (900 + 40) * MB
+    reclaimer = engine.Reclaimer(None, protection(), target_percent=0, log_max_bytes=30 * MB)
+    reclaimer.run(['logs'], usage(3000 * MB), inventory)
+    assert [(item['name'], item['estimated_bytes']) for item in reclaimer.stages[0]['removed']] == [
+        ('chatty', 900 * MB), ('bounded', 40 * MB)]
+    assert inventory.containers['bounded' * 8]['log']['bytes'] == 210 * MB  # the rotated files are still there
+
+
+def test_a_log_path_that_is_not_the_containers_json_log_is_left_alone(tmp_path):
+    other = tmp_path / 'precious.db'
+    other.write_bytes(b'keep me')
+    reason = engine.remove_reclaim_candidate(None, dict(kind='log', id='c' * 64, name='web', refs=[str(other)]))
+    assert 'left alone' in reason and other.read_bytes() == b'keep me'
+    real = tmp_path / ('%s-json.log' % ('c' * 64))
+    real.write_bytes(b'{"log":"x"}\n' * 100)
+    assert engine.remove_reclaim_candidate(None, dict(kind='log', id='c' * 64, name='web', refs=[str(real)])) is None
+    assert real.exists() and real.stat().st_size == 0
+
+
 def test_logs_stage_runs_after_images_and_before_volumes():
     order = list(engine.RECLAIM_STAGES)
     assert order.index('unused_images') < order.index('logs') < order.index('volumes')
@@ -164,7 +192,7 @@ def test_truncate_log_refuses_a_symlink(tmp_path):
 
 
 def test_a_log_file_not_on_this_host_is_skipped_with_a_reason(tmp_path):
-    reason = engine.remove_reclaim_candidate(None, dict(kind='log', id='c', name='web', refs=[str(tmp_path / 'nope.log')]))
+    reason = engine.remove_reclaim_candidate(None, dict(kind='log', id='c', name='web', refs=[str(tmp_path / 'c-json.log')]))
     assert 'not on this host' in reason
 
 
@@ -199,7 +227,8 @@ def test_container_log_counts_rotated_files_and_reads_the_bound_from_the_log_con
     bounded = engine._container_log(client, 'bounded')  # pylint: disable=protected-access
     one_file = engine.file_disk_bytes(str(current))
     assert one_file >= 40000
-    assert bounded == dict(path=str(current), bytes=3 * one_file, driver='json-file', bounded=True)
+    assert bounded == dict(path=str(current), bytes=3 * one_file, current_bytes=one_file, driver='json-file', bounded=True)
     assert engine._container_log(client, 'unbounded')['bounded'] is False  # pylint: disable=protected-access
-    assert engine._container_log(client, 'journald') == dict(path='', bytes=0, driver='journald', bounded=True)  # pylint: disable=protected-access
+    assert engine._container_log(client, 'journald') == dict(  # pylint: disable=protected-access
+        path='', bytes=0, current_bytes=0, driver='journald', bounded=True)
     assert engine._container_log(client, 'vanished') is None  # pylint: disable=protected-access
