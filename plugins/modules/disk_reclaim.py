@@ -608,8 +608,10 @@ class DiskReclaim:
         # the largest log the logs stage would empty: a live container's json-file log above the limit
         largest = next((entry for entry in logs['largest'] if entry['state'] not in STOPPED_CONTAINER_STATES
                         and entry['driver'] == 'json-file' and entry['current_bytes'] > limit), None)
-        named = (' (largest %s, %s%s)' % (largest['container'], human_bytes(largest['current_bytes']),
-                                           '' if largest['bounded'] else ', unbounded')) if largest else ''
+        named = ''
+        if largest:
+            named = ' (largest %s, %s%s)' % (largest['container'], human_bytes(largest['current_bytes']),
+                                             '' if largest['bounded'] else ', unbounded')
         return ('; container logs above log_max_bytes hold %s%s: add logs to stages to empty them, and bound them'
                 % (human_bytes(logs['truncatable_bytes']), named))
 
