@@ -537,6 +537,11 @@ class TestOneStack(object):
         override = chain.override.read_bytes()
         assert None not in serving.values()
         fake = StallingRegistry(take_port())
+        for service in ('web', 'worker'):  # what another test left under this address would spare the engine its pull
+            try:
+                client.images.remove('%s/%s/%s@%s' % (fake.address, PREFIX, service, images['r2'][service]))
+            except docker.errors.ImageNotFound:
+                pass
         try:
             stalled = chain.stack_vars(images=dict(
                 (service, '%s/%s/%s:r2' % (fake.address, PREFIX, service)) for service in ('web', 'worker')))
