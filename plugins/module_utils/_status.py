@@ -17,6 +17,7 @@ import re
 import time
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._log_config import log_config_unbounded
+from ansible_collections.safedeploy.compose.plugins.module_utils._units import human_bytes
 
 # Docker's restart backoff keeps a crash-looping container `restarting` most of the time, but a look may catch it in
 # the second it runs: a container that restarted and has been up less than this is counted as restarting.
@@ -251,15 +252,6 @@ def _row(cells):
     for (_name, width), cell in zip(TABLE_COLUMNS, cells):
         parts.append(clip(cell, width).ljust(width) if width else str(cell))
     return ' '.join(parts).rstrip()
-
-
-def human_bytes(count):
-    value = float(count)
-    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-        if value < 1024 or unit == 'TiB':
-            return ('%d %s' % (value, unit)) if unit == 'B' else '%.1f %s' % (value, unit)
-        value /= 1024
-    return '%d B' % count
 
 
 def clip_log_line(line):

@@ -447,17 +447,9 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._release_state 
     list_projects,
     protected_images,
 )
+from ansible_collections.safedeploy.compose.plugins.module_utils._units import human_bytes
 
 DEFAULT_STAGES = ['containers', 'dangling_images', 'build_cache', 'unused_images']
-
-
-def human_bytes(count):
-    value = float(count)
-    for unit in ('B', 'KiB', 'MiB', 'GiB'):
-        if abs(value) < 1024 or unit == 'GiB':
-            return ('%d %s' % (value, unit)) if unit == 'B' else ('%.1f %s' % (value, unit))
-        value /= 1024.0
-    return '%d B' % count  # pragma: no cover - the loop always returns
 
 
 class DiskReclaim:
