@@ -14,6 +14,7 @@ StartedAt, the ledger file keeps its bytes, no mixed versions, no secret in any 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -87,6 +88,22 @@ def push_release(client, repo_prefix, release, tags, auth_config=None):
             digests[service] = testbed_mod.registry_digest(
                 ref, auth=(auth_config['username'], auth_config['password']) if auth_config else None)
     return digests
+
+
+def unseen_release(client, name):
+    """Push <REPO>/{web,worker}:<name>-<hex>, the v2 app image with a label of its own: a manifest and a config no
+    engine has pulled, so a pull of it must ask the registry. Nothing of it stays on the engine; return the tag."""
+    tag = '%s-%s' % (name, uuid.uuid4().hex[:8])
+    base = '%s:v2' % testbed_mod.APP_REPO
+    for service in ('web', 'worker'):
+        ref = '%s/%s:%s' % (REPO, service, tag)
+        dockerfile = io.BytesIO(('FROM %s\nLABEL org.safedeploy.test.unseen=%s\n' % (base, tag)).encode())
+        image, _ = client.images.build(fileobj=dockerfile, tag=ref, rm=True, pull=False)
+        try:
+            testbed_mod.push(client, ref)
+        finally:
+            client.images.remove(image.id, force=True)
+    return tag
 
 
 @pytest.fixture(scope='module')
@@ -536,15 +553,13 @@ class TestOneStack(object):
         snapshot, serving = chain.snapshot(client), chain.versions()
         override = chain.override.read_bytes()
         assert None not in serving.values()
+        # the engine keeps every manifest it pulled and asks no registry for it again, whatever the address: the
+        # release must be one it has never seen
+        tag = unseen_release(client, 'rstall')
         fake = StallingRegistry(take_port())
-        for service in ('web', 'worker'):  # what another test left under this address would spare the engine its pull
-            try:
-                client.images.remove('%s/%s/%s@%s' % (fake.address, PREFIX, service, images['r2'][service]))
-            except docker.errors.ImageNotFound:
-                pass
         try:
             stalled = chain.stack_vars(images=dict(
-                (service, '%s/%s/%s:r2' % (fake.address, PREFIX, service)) for service in ('web', 'worker')))
+                (service, '%s/%s/%s:%s' % (fake.address, PREFIX, service, tag)) for service in ('web', 'worker')))
             run = Background('rollout.yml', chain.inventory(stalled, rollout_pull_timeout=5), {'release': 'rstall'})
             wait_until(lambda: fake.stalled, 60, 'the engine asking the stalling registry for the release')
             serving_during_stall = chain.versions()
