@@ -13,9 +13,10 @@
 #     non-interactive mode: it answers one line and closes), bounded by a timeout; `show stat` parsed into counters per
 #     route and server, `show servers state`, `set server <route>/<server> state|weight`.
 #
-# The configuration is the source of truth for a server's state and weight: a reload starts new workers from the file,
-# so a change made through the runtime API alone lasts until the next reload. Whoever changes a server through the
-# runtime API for good (the later flip and canary) writes the same state into the routes too.
+# The configuration holds the routes, their ports and each server's first state; the runtime API holds the states and
+# weights after that. A reload starts new workers from the file, so whoever changes a server through the runtime API
+# saves `show servers state` into the server-state file (save_server_state), which the configuration tells HAProxy to
+# load at every start and reload (`server-state-file`, `load-server-state-from-file global`): a flip survives reloads.
 
 from __future__ import annotations
 
@@ -190,9 +191,12 @@ def _check_path(value, what):
     return value
 
 
-def render_config(routes, stats_socket, timeouts=None, user=None, group=None, hard_stop_after=None):
+def render_config(routes, stats_socket, timeouts=None, user=None, group=None, hard_stop_after=None,
+                  server_state_file=None):
     """The text of haproxy.cfg for `routes`; deterministic (same input, same text)."""
     _check_path(stats_socket, 'the runtime API socket')
+    if server_state_file is not None:
+        _check_path(server_state_file, 'the server-state file')
     merged = dict(DEFAULT_TIMEOUTS)
     for key, value in (timeouts or {}).items():
         if key not in DEFAULT_TIMEOUTS:
@@ -210,6 +214,8 @@ def render_config(routes, stats_socket, timeouts=None, user=None, group=None, ha
         '    stats socket %s mode 600 level admin expose-fd listeners' % stats_socket,
         '    stats timeout 30s',
     ]
+    if server_state_file is not None:
+        out.append('    server-state-file %s' % server_state_file)
     if hard_stop_after is not None:
         out.append('    hard-stop-after %dms' % _int(hard_stop_after, 'hard_stop_after (ms)', 1, 86400000))
     if user:
@@ -217,6 +223,8 @@ def render_config(routes, stats_socket, timeouts=None, user=None, group=None, ha
     if group:
         out.append('    group %s' % group)
     out += ['', 'defaults', '    mode http', '    option redispatch', '    retries 3']
+    if server_state_file is not None:
+        out.append('    load-server-state-from-file global')
     for key in sorted(merged):
         out.append('    timeout %s %dms' % (key, merged[key]))
     for route in normalized:
@@ -391,6 +399,56 @@ class RuntimeAPI(object):
         for value in (backend, server):
             if not isinstance(value, str) or not NAME_RE.match(value):
                 raise HAProxyRuntimeError('backend and server names are letters, digits, _ and -, got %r' % (value,))
+
+
+def save_server_state(api, path, routes=None):
+    """Write `show servers state` to `path` atomically (0600), for HAProxy to load at its next start or reload.
+
+    HAProxy takes a server's address and port from that file too, so with `routes` (normalized, the configuration about
+    to be loaded) only the servers that keep their route, name and port are written: a moved server starts as its route
+    says instead of at its old port.
+    """
+    text = api.command('show servers state')
+    if not text.lstrip().startswith('1'):
+        raise HAProxyRuntimeError('show servers state answered no state (format version line): %r' % text[:200])
+    if routes is not None:
+        ports = dict(((route['name'], name), server['port'])
+                     for route in routes for name, server in route['servers'].items())
+        kept = []
+        header = None
+        for line in text.splitlines():
+            if not line.strip() or line.startswith('#') or header is None:
+                kept.append(line)
+                if line.startswith('# '):
+                    header = line[2:].split()
+                continue
+            row = dict(zip(header, line.split()))
+            if ports.get((row.get('be_name'), row.get('srv_name'))) == _port_of(row) and row.get('srv_addr') == '127.0.0.1':
+                kept.append(line)
+        text = '\n'.join(kept)
+    directory = os.path.dirname(path) or '.'
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o750)
+    fd, temp = tempfile.mkstemp(prefix='.server-state-', dir=directory)
+    try:
+        with os.fdopen(fd, 'w') as handle:
+            handle.write(text if text.endswith('\n') else text + '\n')
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o600)
+        os.rename(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+    return text
+
+
+def _port_of(row):
+    try:
+        return int(row.get('srv_port'))
+    except (TypeError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------- the process (validate, start, reload)

@@ -180,6 +180,16 @@ options:
     description: Seconds to wait for HAProxy to answer on the runtime API after a start or a reload.
     type: int
     default: 30
+  server_state_file:
+    description:
+      - The file in which the servers' states and weights (set through the runtime API by
+        M(safedeploy.compose.traffic_switch) and M(safedeploy.compose.traffic_server)) are kept. The configuration tells
+        HAProxy to load it at every start and reload, and the module saves C(show servers state) into it before a
+        reload, so that a flip or a canary weight survives reloads and restarts. A server the file does not name starts
+        as its route says.
+      - An empty string leaves the states to the configuration alone.
+    type: path
+    default: /var/lib/haproxy/safedeploy-server-state
 notes:
   - HAProxy must be installed; the role P(safedeploy.compose.traffic#role) installs it from the distribution's packages.
   - The configuration file is written with mode C(0644); it holds no secret.
@@ -295,6 +305,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._haproxy import
     master_pid,
     normalize_routes,
     reload_master,
+    save_server_state,
     render_config,
     start_master,
     validate_config,
@@ -353,6 +364,7 @@ def main():
             group=dict(type='str'),
             hard_stop_after=dict(type='int'),
             reload_timeout=dict(type='int', default=30),
+            server_state_file=dict(type='path', default='/var/lib/haproxy/safedeploy-server-state'),
         ),
         supports_check_mode=True,
     )
@@ -367,7 +379,8 @@ def main():
     try:
         result['routes'] = normalize_routes(routes)
         text = render_config(routes, params['runtime_socket'], timeouts=params['timeouts'], user=params['user'],
-                             group=params['group'], hard_stop_after=params['hard_stop_after'])
+                             group=params['group'], hard_stop_after=params['hard_stop_after'],
+                             server_state_file=params['server_state_file'] or None)
     except HAProxyConfigError as exc:
         module.fail_json(msg='The routes cannot make a HAProxy configuration: %s' % exc, **result)
 
@@ -421,6 +434,13 @@ def main():
     socket_dir = os.path.dirname(params['runtime_socket'])
     if not os.path.isdir(socket_dir):
         os.makedirs(socket_dir, 0o750)
+    if reload and params['server_state_file']:
+        # the servers' states and weights set through the runtime API (a flip, a canary weight) outlive the reload
+        try:
+            save_server_state(api, params['server_state_file'], routes=result['routes'])
+        except HAProxyRuntimeError as exc:
+            module.warn('The servers\' states could not be saved before the reload (%s): the new workers start them '
+                        'as the configuration says' % exc)
     try:
         if manager == 'systemd':
             old = None

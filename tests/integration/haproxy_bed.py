@@ -1,0 +1,145 @@
+"""A real HAProxy and plain Python HTTP backends for the engine-free traffic tests (no Docker): the files of one
+supervised HAProxy in a temporary directory, backends answering their name, and a bounded client."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ansible_collections.safedeploy.compose.plugins.module_utils._haproxy import RuntimeAPI
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a health check that hangs up early is no news
+
+
+class Backend(object):
+    """An HTTP server on 127.0.0.1 answering its name; /slow answers after `slow` seconds."""
+
+    def __init__(self, name, port, slow=2.0):
+        self.name = name
+        self.port = port
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def do_GET(self):  # noqa: N802 (the http.server API)
+                if self.path == '/slow':
+                    time.sleep(backend.slow)
+                body = backend.name.encode()
+                self.send_response(200)
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.slow = slow
+        self.server = QuietServer(('127.0.0.1', self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Proxy(object):
+    """The files of one supervised HAProxy in a temporary directory, and the module arguments that use them."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.config = str(directory / 'haproxy.cfg')
+        self.socket = str(directory / 'admin.sock')
+        self.pid_file = str(directory / 'haproxy.pid')
+        self.state_file = str(directory / 'server-state')
+        self.api = RuntimeAPI(self.socket, timeout=5)
+
+    def args(self, routes, **extra):
+        args = dict(routes=routes, config_path=self.config, runtime_socket=self.socket, pid_file=self.pid_file,
+                    master_socket=str(self.dir / 'master.sock'), service_manager='process', reload_timeout=20,
+                    server_state_file=self.state_file)
+        args.update(extra)
+        return args
+
+    def master(self):
+        try:
+            with open(self.pid_file) as handle:
+                return int(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self):
+        pid = self.master()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.path.exists('/proc/%d' % pid):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+
+
+def get(port, path='/', timeout=10):
+    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+    try:
+        conn.request('GET', path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def route(name, port, blue, green=None, **extra):
+    entry = dict(name=name, port=port, bind='127.0.0.1', blue=dict(port=blue), check_interval=200, **extra)
+    if green is not None:
+        entry['green'] = dict(port=green)
+    return entry
+
+
+class Load(object):
+    """A bounded client: `rate` requests a second for `seconds` seconds on fresh connections, then it stops."""
+
+    def __init__(self, port, rate=50, seconds=5.0):
+        self.port, self.rate, self.seconds = port, rate, seconds
+        self.ok = 0
+        self.failures = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        start = time.monotonic()
+        for number in range(int(self.rate * self.seconds)):
+            delay = start + number / float(self.rate) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                status, _body = get(self.port, timeout=5)
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append('HTTP %d' % status)
+            except (OSError, http.client.HTTPException) as exc:
+                self.failures.append(repr(exc))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(self.seconds + 30)
