@@ -417,13 +417,14 @@ def services_of(config):
     return found
 
 
-def with_images(config, images, logging=None):
+def with_images(config, images, logging=None, scale=None):
     """A copy of a parsed configuration with services' `image` replaced, as an override that sets only
     `image:` and comes last among the -f files merges (compose gives the last file the last word).
-    `logging` ({service: logging mapping}) sets `logging:` too, for services that have none of their own."""
+    `logging` ({service: logging mapping}) sets `logging:` too, for services that have none of their own, and `scale`
+    ({service: n}) sets `scale:` (the routed services compose_slot runs, scaled to 0 in the project)."""
     merged = json.loads(json.dumps(config))
     services = merged.setdefault('services', {})
-    for key, values in (('image', images), ('logging', logging or {})):
+    for key, values in (('image', images), ('logging', logging or {}), ('scale', scale or {})):
         for service, value in values.items():
             spec = services.get(service)
             if not isinstance(spec, dict):

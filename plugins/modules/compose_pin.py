@@ -131,6 +131,17 @@ options:
         type: str
         choices: [json-file, local]
         default: json-file
+  slotted:
+    description:
+      - Services that run in the blue and green slots of a routed stack (M(safedeploy.compose.compose_slot)), not in
+        the project itself. The override pins their image like any other (the slots are rendered from it) and scales
+        them to 0 (C(scale) 0), so an C(up) of the project runs none of their containers and removes the ones that
+        ran in place before the stack was routed.
+      - Needs Compose v2 (docker-compose v1 does not read C(scale) in every file format).
+      - Every service named must be in the configuration and have an image.
+    type: list
+    elements: str
+    default: []
   registry_auth:
     description:
       - Credentials per registry. They take precedence over the Docker client configuration.
@@ -509,12 +520,12 @@ def services_to_bound(config, bound):
     return sorted(name for name, spec in services.items() if not (spec or {}).get('logging'))
 
 
-def render_override(release, project_name, pins, built=(), logging=None):
+def render_override(release, project_name, pins, built=(), logging=None, slotted=()):
     """The override file's text: a header, then each service pinned; stable for the same input.
 
     Built services (allow_build) appear as empty entries: an override without any service would be
     read by docker-compose v1 as a version 1 file and rejected. `logging` maps services to the
-    `logging:` mapping the override gives them (log_bound).
+    `logging:` mapping the override gives them (log_bound). `slotted` services get `scale: 0` (they run in slots).
     """
     logging = logging or {}
     lines = [
@@ -530,6 +541,8 @@ def render_override(release, project_name, pins, built=(), logging=None):
         lines.append('  %s:' % _yaml_key(service))
         if service in pins:
             lines.append('    image: %s' % json.dumps(pins[service]))
+        if service in slotted:
+            lines.append('    scale: 0  # routed: runs in the blue and green slots (compose_slot), not in the project')
         if service in logging:
             lines.append('    logging:  # log_bound: this service has no logging of its own')
             lines.append('      driver: %s' % json.dumps(logging[service]['driver']))
@@ -618,6 +631,13 @@ class ComposePin(object):
             self.fail('compose_pin: compose project %s (%s) defines no services: check files and project_src' % (
                 project.project_name, ', '.join(project.files)))
         plan = self.plan(services)
+        unknown = sorted(set(self.params['slotted']) - set(plan))
+        built_slotted = sorted(service for service in self.params['slotted'] if plan.get(service, '') is None)
+        if unknown or built_slotted:
+            self.fail('compose_pin: slotted names %s, which project %s %s; a routed service must be a service of the '
+                      'compose files with an image. Nothing was written.' % (
+                          ', '.join(unknown or built_slotted), project.project_name,
+                          'does not define' if unknown else 'builds on the host'))
         resolved = self.resolve(plan)
         pins = {}
         for service, ref in plan.items():
@@ -635,8 +655,10 @@ class ComposePin(object):
         bound = self.params['log_bound']
         logging = dict((service, log_config(bound)) for service in services_to_bound(config, bound))
         self.result['log_bounded'] = sorted(logging)
-        text = render_override(self.result['release'], project.project_name, pins, built, logging)
-        self.result['compose_hash'] = compose_hash(with_images(config, pins, logging))
+        slotted = self.params['slotted']
+        text = render_override(self.result['release'], project.project_name, pins, built, logging, slotted)
+        self.result['compose_hash'] = compose_hash(with_images(config, pins, logging, scale=dict(
+            (service, 0) for service in slotted)))
         self.result['files'] = list(project.files) + [self.override_file]
         self.write(text, pins)
         self.remove_legacy_override(project.files)
@@ -980,6 +1002,7 @@ def new_module():
         timeout=dict(type='int', default=60),
         validate_certs=dict(type='bool', default=True),
         estimate_download=dict(type='bool', default=False),
+        slotted=dict(type='list', elements='str', default=[]),
         compose_command=dict(type='str', choices=['auto', 'v2', 'v1'], default='auto'),
     )
     argument_spec.update(ENGINE_ARGUMENT_SPEC)

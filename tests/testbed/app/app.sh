@@ -1,6 +1,6 @@
 #!/bin/sh
-# The safedeploy.compose test application: busybox httpd on 127.0.0.1:$APP_PORT whose
-# behaviour is chosen by APP_MODE (baked in at build time, overridable at run time):
+# The safedeploy.compose test application: busybox httpd on ${APP_BIND:-127.0.0.1}:$APP_PORT (APP_BIND=0.0.0.0
+# behind a published port) whose behaviour is chosen by APP_MODE (baked in at build time, overridable at run time):
 #   healthy    /cgi-bin/health answers 200 with {"status":"ok",...} at once
 #   slow       starts listening only after APP_DELAY seconds (default 8)
 #   crash      logs a fatal error and exits 1 after a second (a restart policy makes it loop)
@@ -36,6 +36,6 @@ case "$mode" in
 esac
 echo "app: listening on 127.0.0.1:$port"
 # As PID 1 httpd would ignore SIGTERM and every stop would wait out Docker's grace period.
-httpd -f -p "127.0.0.1:$port" -h "$state/www" &
+httpd -f -p "${APP_BIND:-127.0.0.1}:$port" -h "$state/www" &
 trap 'kill "$!" 2>/dev/null; exit 0' TERM INT
 wait "$!"
