@@ -13,7 +13,7 @@ class ModuleDocFragment:
 options:
   stack_lock:
     description:
-      - The run that holds the stack lock of O(project_name) (taken with M(safedeploy.compose.stack_lock)).
+      - The run that holds the stack lock of O(project_name) (or of O(stack_lock.project)) (taken with M(safedeploy.compose.stack_lock)).
       - When given, right before each step that changes the stack the module checks that this run still holds the
         lock and renews its lease for another ttl. A run whose lease was taken over, released or broken fails there
         with RV(lease_lost=true), naming the holder, and changes nothing more.
@@ -28,4 +28,9 @@ options:
         description: The directory holding the stack locks, as given to M(safedeploy.compose.stack_lock).
         type: path
         default: /var/lib/safedeploy
+      project:
+        description:
+          - The project whose stack lock it is, when that is not O(project_name); the slots of a routed stack
+            (C(<project>-blue), C(<project>-green)) run under the lock of their stack C(<project>).
+        type: str
 '''

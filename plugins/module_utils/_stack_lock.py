@@ -82,6 +82,7 @@ STACK_LOCK_HOLD_SPEC = dict(
     stack_lock=dict(type='dict', options=dict(
         run_id=dict(type='str', required=True),
         state_dir=dict(type='path', default='/var/lib/safedeploy'),
+        project=dict(type='str'),
     )),
 )
 

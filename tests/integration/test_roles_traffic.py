@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import LOCAL_HOST_VARS, ROOT, PortRange, run_module, run_playbook
+from conftest import LOCAL_HOST_VARS, ROOT, PortRange, run_module, run_playbook, wait_until
 from test_roles_rollout import push_release
 
 pytestmark = [
@@ -201,6 +201,13 @@ def assert_failed(run):
     assert run.rc != 0, run.output[-6000:]
 
 
+def answers(port):
+    try:
+        return version_at(port)
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+
+
 def version_at(port):
     conn = http.client.HTTPConnection('127.0.0.1', port, timeout=5)
     try:
@@ -225,6 +232,7 @@ class TestBlueGreen(object):
         client = testbed.client()
         up = run_playbook_compose(chain, ['up', '-d'])
         assert up.returncode == 0, up.stderr
+        wait_until(lambda: answers(chain.public), 30, 'the in-place web answering')
         assert version_at(chain.public) == 'v1'  # the container publishes the public port itself
         run = chain.rollout('r1')
         assert_ok(run)
