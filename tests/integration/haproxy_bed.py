@@ -143,3 +143,42 @@ class Load(object):
 
     def __exit__(self, *exc):
         self.thread.join(self.seconds + 30)
+
+
+class FaultyBackend(object):
+    """An HTTP server on 127.0.0.1 answering its name after `delay` seconds, and HTTP 500 to `error_ratio` of the
+    requests, evenly spread (with 0.25, every fourth request), so that a window of requests holds that ratio."""
+
+    def __init__(self, name, port, error_ratio=0.0, delay=0.0):
+        self.name, self.port = name, port
+        self.error_ratio, self.delay = error_ratio, delay
+        self.served = 0
+        self.lock = threading.Lock()
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def do_GET(self):  # noqa: N802 (the http.server API)
+                with backend.lock:
+                    backend.served += 1
+                    number = backend.served
+                failing = int(number * backend.error_ratio) > int((number - 1) * backend.error_ratio)
+                if backend.delay:
+                    time.sleep(backend.delay)
+                body = (b'failing ' if failing else b'') + backend.name.encode()
+                self.send_response(500 if failing else 200)
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = QuietServer(('127.0.0.1', self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
