@@ -98,7 +98,7 @@ def unseen_release(client, name):
     for service in ('web', 'worker'):
         ref = '%s/%s:%s' % (REPO, service, tag)
         dockerfile = io.BytesIO(('FROM %s\nLABEL org.safedeploy.test.unseen=%s\n' % (base, tag)).encode())
-        image, _ = client.images.build(fileobj=dockerfile, tag=ref, rm=True, pull=False)
+        image, _log = client.images.build(fileobj=dockerfile, tag=ref, rm=True, pull=False)
         try:
             testbed_mod.push(client, ref)
         finally:
