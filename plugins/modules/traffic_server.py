@@ -13,8 +13,9 @@ description:
   - Changes one server (C(blue) or C(green)) of one route of the running HAProxy through its runtime API, at once and
     without a reload. V(drain) takes no new traffic and lets the requests in flight finish; V(maint) takes nothing.
   - Reads the server's counters (C(show stat)) before and after.
-  - The change lasts until the next reload, which starts from the configuration file that
-    M(safedeploy.compose.traffic_proxy) owns. To keep a state, write it in the routes too.
+  - After a change the servers' states are saved into O(server_state_file), which the configuration of
+    M(safedeploy.compose.traffic_proxy) tells HAProxy to load at every start and reload, so that the change survives
+    them. Without that file the change lasts until the next reload, which starts from the configuration file.
   - Without O(state) and O(weight) the module only reads.
 author:
   - safedeploy.compose contributors (@safedeploy)
@@ -58,12 +59,21 @@ options:
     description: The Unix socket of HAProxy's runtime API.
     type: path
     default: /run/haproxy/admin.sock
+  server_state_file:
+    description:
+      - After a change, C(show servers state) is saved into this file, for HAProxy to load at its next start or reload.
+        Use the same path as the O(safedeploy.compose.traffic_proxy#module:server_state_file) of
+        M(safedeploy.compose.traffic_proxy).
+      - An empty string saves nothing; the change then lasts until the next reload.
+    type: path
+    default: /var/lib/haproxy/safedeploy-server-state
   timeout:
     description: Seconds one runtime API command may take.
     type: float
     default: 5
 seealso:
   - module: safedeploy.compose.traffic_proxy
+  - module: safedeploy.compose.traffic_switch
 '''
 
 EXAMPLES = r'''
@@ -122,6 +132,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._haproxy import
     HAProxyRuntimeError,
     RuntimeAPI,
     admin_state,
+    save_server_state,
 )
 
 
@@ -145,6 +156,7 @@ def main():
             state=dict(type='str', choices=['ready', 'drain', 'maint']),
             weight=dict(type='int'),
             runtime_socket=dict(type='path', default='/run/haproxy/admin.sock'),
+            server_state_file=dict(type='path', default='/var/lib/haproxy/safedeploy-server-state'),
             timeout=dict(type='float', default=5.0),
         ),
         supports_check_mode=True,
@@ -168,6 +180,14 @@ def main():
             after = read(api, route, server)
     except HAProxyRuntimeError as exc:
         module.fail_json(msg=str(exc))
+    if changed and not module.check_mode and params['server_state_file']:
+        try:
+            save_server_state(api, params['server_state_file'])
+        except (HAProxyRuntimeError, OSError) as exc:
+            module.fail_json(msg='%s/%s was changed, but the servers\' states could not be saved to %s (%s): a reload '
+                                 'would start them as the configuration says. Fix the path or its permissions and run '
+                                 'again, or set server_state_file to an empty string'
+                                 % (route, server, params['server_state_file'], exc), changed=True)
     result = dict(changed=changed, state=want_state if module.check_mode else after['state'],
                   weight=want_weight if module.check_mode else after['weight'], stats=after['stats'], before=before)
     if module._diff:

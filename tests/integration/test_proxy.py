@@ -241,7 +241,7 @@ def test_traffic_server_sets_state_and_weight_idempotently(run_module, proxy, ba
     routes = [route('shop', public, blue.port, green.port)]
     routes[0]['green']['state'] = 'maint'
     assert not run_module('traffic_proxy', proxy.args(routes)).failed
-    args = dict(route='shop', runtime_socket=proxy.socket)
+    args = dict(route='shop', runtime_socket=proxy.socket, server_state_file=proxy.state_file)
     read = run_module('traffic_server', dict(args, server='green'))
     assert not read.failed and not read['changed'] and read['state'] == 'maint', read
     check = run_module('traffic_server', dict(args, server='green', state='ready'), check=True, diff=True)
