@@ -36,7 +36,7 @@ installed="$PWD/$out/installed"
 ANSIBLE_COLLECTIONS_PATH="$installed" .venv/bin/ansible-galaxy collection install --force -p "$installed" "$tarball" > /dev/null
 printf '[defaults]\n' > "$out/ansible.cfg"  # nothing of this checkout's ansible.cfg
 cp -r "$installed/ansible_collections/safedeploy/compose/inventories/example" "$out/my-inventory"
-for playbook in rollout rollback recover disk_guard status; do
+for playbook in rollout rollback recover disk_guard status promote; do
   ANSIBLE_COLLECTIONS_PATH="$installed" ANSIBLE_CONFIG="$PWD/$out/ansible.cfg" \
     .venv/bin/ansible-playbook "safedeploy.compose.$playbook" -i "$out/my-inventory/hosts.yml" --syntax-check \
     -e release=9f2c1ab > "$out/syntax-$playbook.log" 2>&1 || {

@@ -33,6 +33,7 @@ REPO = '127.0.0.1:5000/' + PREFIX
 RELEASES = {  # release -> (web image tag, worker image tag)
     'r1': ('v1', 'v1'),
     'r2': ('v2', 'v2'),
+    'r3': ('v1', 'v1'),
     'rcrash': ('v3', 'v2'),      # web crash-loops
     'rwrong': ('wrongport', 'v2'),  # web listens on another port than its route says
     'rbad': ('error500', 'v2'),  # web answers 500 (its container runs; the proxy checks by connecting)
@@ -147,15 +148,19 @@ class RoutedStack(object):
         hostvars.update(host_vars)
         return {'all': {'hosts': {'localhost': hostvars}}}
 
-    def rollout(self, release, stack=None, **host_vars):
+    def rollout(self, release, stack=None, args=(), **host_vars):
         return run_playbook(ROOT / 'playbooks' / 'rollout.yml', inventory=self.inventory(stack, **host_vars),
+                            extra_vars={'release': release}, args=args)
+
+    def promote(self, release, stack=None):
+        return run_playbook(ROOT / 'playbooks' / 'promote.yml', inventory=self.inventory(stack),
                             extra_vars={'release': release})
 
-    def rollback(self, to=None, **host_vars):
+    def rollback(self, to=None, stack=None, **host_vars):
         extra = {'apply': True}
         if to:
             extra['to'] = to
-        return run_playbook(ROOT / 'playbooks' / 'rollback.yml', inventory=self.inventory(None, **host_vars),
+        return run_playbook(ROOT / 'playbooks' / 'rollback.yml', inventory=self.inventory(stack, **host_vars),
                             extra_vars=extra)
 
     def containers(self, client, project):
@@ -328,3 +333,66 @@ def test_a_canary_that_answers_errors_is_aborted_and_the_stable_slot_keeps_servi
         assert stack.slot_states(client)['green'][0][1] != 'running'
     finally:
         stack.down(client)
+
+
+class TestHeldCanary(object):
+    """A canary held at its step for a human: finished by promote.yml, or aborted by rollback.yml."""
+
+    @pytest.fixture(scope='class')
+    def held(self, testbed, tmp_path_factory, images):
+        stack = RoutedStack(tmp_path_factory.mktemp('held'), 'held')
+        stack.spec = stack.stack(canary={'steps': [25], 'interval': 2, 'threshold': 1, 'min_requests': 5,
+                                         'hold': True})
+        yield stack
+        stack.down(testbed.client())
+
+    def test_check_mode_shows_the_traffic_plan_and_changes_nothing(self, held, testbed):
+        assert_ok(held.rollout('r1', stack=held.spec))
+        client = testbed.client()
+        before = held.slot_states(client)
+        run = held.rollout('r2', stack=held.spec, args=['--check'])
+        assert_ok(run)
+        shown = ' '.join(run.output.split())
+        assert '%s-web: blue (r1) -> green (r2), canary steps 25%%' % held.project in shown, shown[-3000:]
+        assert '(check mode: nothing moved)' in shown
+        assert held.slot_states(client) == before
+        assert version_at(held.public) == 'v1'
+
+    def test_a_held_canary_serves_its_share_until_promote_finishes_it(self, held, testbed):
+        client = testbed.client()
+        with Client(held.public) as load:
+            run = held.rollout('r2', stack=held.spec)
+            assert_ok(run)
+            assert 'held there: finish it with playbooks/promote.yml' in ' '.join(run.output.split())
+            ledger = held.ledger()
+            assert ledger['current']['id'] == 'r1' and ledger['status']['r2'] == 'candidate'
+            time.sleep(3)
+            mixed = dict(load.versions)
+            promoted = held.promote('r2', stack=held.spec)
+            time.sleep(1)
+        assert_ok(promoted)
+        assert load.failures == [], load.failures[:10]
+        assert mixed.get('v1') and mixed.get('v2'), mixed  # both served while held
+        assert load.last_version() == 'v2'
+        ledger = held.ledger()
+        assert ledger['current']['id'] == 'r2' and ledger['status']['r2'] == 'good'
+        assert held.slot_states(client) == {'blue': [('web', 'exited', 'r1')], 'green': [('web', 'running', 'r2')]}
+        again = held.promote('r2', stack=held.spec)
+        assert_failed(again)
+        assert 'is not a held canary' in again.output
+
+    def test_rollback_aborts_a_held_canary(self, held, testbed):
+        client = testbed.client()
+        with Client(held.public) as load:
+            assert_ok(held.rollout('r3', stack=held.spec))  # a new canary, in blue
+            assert held.ledger()['status']['r3'] == 'candidate'
+            run = held.rollback(stack=held.spec)
+            time.sleep(1)
+        assert_ok(run)
+        assert load.failures == [], load.failures[:10]
+        assert load.last_version() == 'v2'
+        ledger = held.ledger()
+        assert ledger['current']['id'] == 'r2'
+        reasons = dict((r['id'], r['reason']) for r in ledger['releases'])
+        assert ledger['status']['r3'] == 'failed' and 'canary aborted' in reasons['r3'], ledger['releases']
+        assert held.slot_states(client) == {'blue': [('web', 'exited', 'r3')], 'green': [('web', 'running', 'r2')]}
