@@ -12,7 +12,9 @@ version_added: 0.4.0
 description:
   - Reads, and only reads, one compose project on one host - its release ledger (the current and the last good
     release), the containers the engine runs for it (found by their C(com.docker.compose.project) label, one-off
-    C(compose run) containers left out), the image digest, state, Docker health, restart count and uptime of each,
+    C(compose run) containers left out; for a routed stack also the running containers of the current release in its
+    blue or green slot, C(<project>-blue) or C(<project>-green)), the image digest, state, Docker health, restart
+    count and uptime of each,
     the holder of its stack lock, and the files of the current release's snapshot as they are on disk now.
   - Returns the drift, every way what runs differs from what the ledger says should run - a container on another
     digest than the current release's, a service of the release without a container, a container of a service the
@@ -324,6 +326,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._status import 
     stack_healthy,
     stack_state,
 )
+from ansible_collections.safedeploy.compose.plugins.module_utils._slots import RELEASE_LABEL, SLOTS, slot_project
 
 try:
     from docker import errors as docker_errors
@@ -373,13 +376,16 @@ def read_lock_view(state_dir, project, now):
     return dict(held=not expired, expired=expired, holder=holder, file=path, error=None)
 
 
-def read_containers(client, project, now, restart_window):
-    """container_view()s of the project's service containers (one-offs left out), sorted by service and name."""
+def read_containers(client, project, now, restart_window, release=None):
+    """container_view()s of the project's service containers (one-offs left out), sorted by service and name; with
+    `release`, only the running ones of that release (a slot of a routed stack)."""
     views = []
     images = {}
     for entry in client.api.containers(all=True, filters={'label': '%s=%s' % (PROJECT_LABEL, project)}):
         labels = entry.get('Labels') or {}
         if str(labels.get(ONEOFF_LABEL, '')).lower() == 'true':
+            continue
+        if release is not None and (labels.get(RELEASE_LABEL) != release or entry.get('State') != 'running'):
             continue
         try:
             details = client.api.inspect_container(entry['Id'])
@@ -438,6 +444,12 @@ def stack_status(client, params, now=None):
     good = last_good(ledger) if ledger else None
     lock = read_lock_view(state_dir, project, now)
     containers = read_containers(client, project, now, params['restart_window'])
+    if current:
+        # a routed stack's routed services run in the slot that serves: its running containers of the current release
+        for slot in SLOTS:
+            containers += read_containers(client, slot_project(project, slot), now, params['restart_window'],
+                                          release=current['id'])
+        containers.sort(key=lambda box: (box['service'], box['name']))
     snapshot = (current or {}).get('snapshot') or {}
     files = file_states(snapshot.get('files') or [], _read_file)
     expected = dict((name, entry['digest']) for name, entry in current['services'].items()) if current else None

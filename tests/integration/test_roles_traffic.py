@@ -262,6 +262,11 @@ class TestBlueGreen(object):
         report = chain.report('r2')
         assert report['slot'] == 'green' and report['traffic'][-1]['slot'] == 'green', report
         assert chain.ledger()['current']['id'] == 'r2'
+        # the status counts the serving slot's containers as the stack's (the kept blue one is not drift)
+        status = run_module('stack_status', {'project': chain.project, 'state_dir': str(chain.state_dir), 'disk': False})
+        assert not status.failed, status.get('msg')
+        assert status['healthy'] is True and status['drift'] == [], (status['msg'], status['drift'])
+        assert [box['name'] for box in status['services']['web']['containers']] == ['%s-green-web-1' % chain.project]
 
     def test_a_crash_looping_release_never_takes_traffic(self, chain, testbed):
         client = testbed.client()
