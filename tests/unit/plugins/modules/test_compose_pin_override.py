@@ -196,3 +196,14 @@ def test_compose_hash_changes_with_the_bound():
 ])
 def test_unbounded_log_config(log_config_, unbounded):
     assert log_config_unbounded(log_config_) is unbounded
+
+
+def test_slotted_services_are_scaled_to_zero_in_the_override_and_the_hash():
+    pins = {'web': 'r/web:1@sha256:' + 'a' * 64, 'worker': 'r/worker:1@sha256:' + 'b' * 64}
+    text = render_override('r1', 'shop', pins, slotted=['web'])
+    rendered = yaml.safe_load(text)
+    assert rendered['services']['web'] == {'image': pins['web'], 'scale': 0}
+    assert rendered['services']['worker'] == {'image': pins['worker']}
+    config = {'services': {'web': {'image': 'r/web:1'}, 'worker': {'image': 'r/worker:1'}}}
+    assert compose_hash(with_images(config, pins, scale={'web': 0})) != compose_hash(with_images(config, pins))
+    assert yaml.safe_load(render_override('r1', 'shop', pins))['services']['web'] == {'image': pins['web']}
