@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from ansible_collections.safedeploy.compose.plugins.module_utils._haproxy import RuntimeAPI
+
+# The marks of an engine-free test file that needs HAProxy.
+HAPROXY_MARKS = [
+    pytest.mark.engine_free,
+    pytest.mark.skipif(not shutil.which('haproxy', path=os.environ.get('PATH', '') + ':/usr/sbin'),
+                       reason='HAProxy is not installed (apt-get install haproxy; the test bed installs it)'),
+]
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -182,3 +192,31 @@ class FaultyBackend(object):
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def backends_fixture(ports, faulty_class=None):
+    """A `backends` fixture for a test file: make(name, faulty=False, **kwargs) starts a backend on a port of `ports`;
+    every backend it started is stopped at the end of the test."""
+    @pytest.fixture
+    def backends():
+        started = []
+
+        def make(name, faulty=False, **kwargs):
+            backend = (faulty_class if faulty else Backend)(name, ports.take(), **kwargs)
+            started.append(backend)
+            return backend
+        yield make
+        for backend in started:
+            backend.stop()
+    return backends
+
+
+def proxy_fixture():
+    """A `proxy` fixture for a test file: the files of one supervised HAProxy in the test's temporary directory; its
+    master is stopped at the end of the test."""
+    @pytest.fixture
+    def proxy(tmp_path):
+        handle = Proxy(tmp_path)
+        yield handle
+        handle.stop()
+    return proxy

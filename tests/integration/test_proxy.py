@@ -8,44 +8,20 @@ from 19100-19199 only.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
 
-import pytest
-
 from conftest import LOCAL_HOST_VARS, PortRange
-from haproxy_bed import Backend, Load, Proxy, get, route
+from haproxy_bed import backends_fixture, get, HAPROXY_MARKS, Load, proxy_fixture, route
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._haproxy import RuntimeAPI
 
-pytestmark = [
-    pytest.mark.engine_free,
-    pytest.mark.skipif(not shutil.which('haproxy', path=os.environ.get('PATH', '') + ':/usr/sbin'),
-                       reason='HAProxy is not installed (apt-get install haproxy; the test bed installs it)'),
-]
+pytestmark = HAPROXY_MARKS
 
 PORTS = PortRange(range(19100, 19200))
-
-
-@pytest.fixture
-def backends():
-    started = {}
-
-    def make(name, **kwargs):
-        started[name] = Backend(name, PORTS.take(), **kwargs)
-        return started[name]
-    yield make
-    for backend in started.values():
-        backend.stop()
-
-
-@pytest.fixture
-def proxy(tmp_path):
-    handle = Proxy(tmp_path)
-    yield handle
-    handle.stop()
+backends = backends_fixture(PORTS)
+proxy = proxy_fixture()
 
 
 def test_renders_validates_starts_and_routes_to_blue(run_module, proxy, backends):

@@ -50,8 +50,8 @@ class Client(object):
     """A bounded client on the public port: `rate` GETs of /cgi-bin/health a second, each on a new connection,
     until stopped or `seconds` passed. Tallies the statuses and the versions that answered."""
 
-    def __init__(self, port, rate=40, seconds=240):
-        self.port, self.rate, self.seconds = port, rate, seconds
+    def __init__(self, port, rate=40, seconds=240, watch=None):
+        self.port, self.rate, self.seconds, self.watch = port, rate, seconds, watch
         self.ok, self.failures, self.versions, self.stamps = 0, [], {}, []
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -73,7 +73,7 @@ class Client(object):
                     self.ok += 1
                     version = json.loads(body).get('version')
                     self.versions[version] = self.versions.get(version, 0) + 1
-                    self.stamps.append((time.monotonic(), version))
+                    self.stamps.append((time.monotonic(), version, self.watch() if self.watch else None))
                 else:
                     self.failures.append('HTTP %d' % response.status)
             except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -91,6 +91,10 @@ class Client(object):
 
     def last_version(self):
         return self.stamps[-1][1] if self.stamps else None
+
+    def first(self, version):
+        """(time, version, watched value) of the first answer of `version`."""
+        return next((stamp for stamp in self.stamps if stamp[1] == version), None)
 
 
 class RoutedStack(object):
@@ -251,10 +255,13 @@ class TestBlueGreen(object):
 
     def test_a_release_flips_to_green_and_no_request_fails(self, chain, testbed):
         client = testbed.client()
-        with Client(chain.public) as load:
+        lock = chain.state_dir / chain.project / 'lock.json'
+        with Client(chain.public, watch=lock.exists) as load:
             run = chain.rollout('r2')
             time.sleep(1)
         assert_ok(run)
+        assert load.first('v2')[2] is True, 'the flip happened outside the stack lock'
+        assert not lock.exists()
         assert load.failures == [], load.failures[:10]
         assert load.versions.get('v1') and load.versions.get('v2'), load.versions
         assert load.last_version() == 'v2'
@@ -340,16 +347,16 @@ def test_a_canary_that_answers_errors_is_aborted_and_the_stable_slot_keeps_servi
         stack.down(client)
 
 
+@pytest.fixture(scope='class')
+def held(testbed, tmp_path_factory, images):
+    stack = RoutedStack(tmp_path_factory.mktemp('held'), 'held')
+    stack.spec = stack.stack(canary={'steps': [25], 'interval': 2, 'threshold': 1, 'min_requests': 5, 'hold': True})
+    yield stack
+    stack.down(testbed.client())
+
+
 class TestHeldCanary(object):
     """A canary held at its step for a human: finished by promote.yml, or aborted by rollback.yml."""
-
-    @pytest.fixture(scope='class')
-    def held(self, testbed, tmp_path_factory, images):
-        stack = RoutedStack(tmp_path_factory.mktemp('held'), 'held')
-        stack.spec = stack.stack(canary={'steps': [25], 'interval': 2, 'threshold': 1, 'min_requests': 5,
-                                         'hold': True})
-        yield stack
-        stack.down(testbed.client())
 
     def test_check_mode_shows_the_traffic_plan_and_changes_nothing(self, held, testbed):
         assert_ok(held.rollout('r1', stack=held.spec))

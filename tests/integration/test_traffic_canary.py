@@ -8,47 +8,21 @@ from 19300-19399 only. Windows are 1 to 3 seconds, so the whole file takes well 
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 import time
 
-import pytest
-
 from conftest import PortRange
-from haproxy_bed import Backend, FaultyBackend, Load, Proxy, get, route
+from haproxy_bed import backends_fixture, FaultyBackend, get, HAPROXY_MARKS, Load, proxy_fixture, route
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._canary import number
 
-pytestmark = [
-    pytest.mark.engine_free,
-    pytest.mark.skipif(not shutil.which('haproxy', path=os.environ.get('PATH', '') + ':/usr/sbin'),
-                       reason='HAProxy is not installed (apt-get install haproxy; the test bed installs it)'),
-]
+pytestmark = HAPROXY_MARKS
 
 PORTS = PortRange(range(19300, 19400))
+backends = backends_fixture(PORTS, faulty_class=FaultyBackend)
+proxy = proxy_fixture()
 # blue 100, green 33: green, the canary, takes a quarter of the requests (round-robin by weight)
 CANARY_WEIGHT = 33
-
-
-@pytest.fixture
-def backends():
-    started = []
-
-    def make(name, faulty=False, **kwargs):
-        backend = (FaultyBackend if faulty else Backend)(name, PORTS.take(), **kwargs)
-        started.append(backend)
-        return backend
-    yield make
-    for backend in started:
-        backend.stop()
-
-
-@pytest.fixture
-def proxy(tmp_path):
-    handle = Proxy(tmp_path)
-    yield handle
-    handle.stop()
 
 
 def start(run_module, proxy, blue, green, *others):

@@ -8,41 +8,17 @@ end of its test; ports come from 19200-19299 only.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 
-import pytest
-
 from conftest import PortRange
-from haproxy_bed import Backend, Load, Proxy, get, route
+from haproxy_bed import backends_fixture, get, HAPROXY_MARKS, Load, proxy_fixture, route
 
-pytestmark = [
-    pytest.mark.engine_free,
-    pytest.mark.skipif(not shutil.which('haproxy', path=os.environ.get('PATH', '') + ':/usr/sbin'),
-                       reason='HAProxy is not installed (apt-get install haproxy; the test bed installs it)'),
-]
+pytestmark = HAPROXY_MARKS
 
 PORTS = PortRange(range(19200, 19300))
-
-
-@pytest.fixture
-def backends():
-    started = {}
-
-    def make(name, **kwargs):
-        started[name] = Backend(name, PORTS.take(), **kwargs)
-        return started[name]
-    yield make
-    for backend in started.values():
-        backend.stop()
-
-
-@pytest.fixture
-def proxy(tmp_path):
-    handle = Proxy(tmp_path)
-    yield handle
-    handle.stop()
+backends = backends_fixture(PORTS)
+proxy = proxy_fixture()
 
 
 def serve(run_module, proxy, blue_port, green_port, **extra):
