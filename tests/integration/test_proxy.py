@@ -170,7 +170,7 @@ def test_role_runs_the_proxy_and_is_idempotent(run_playbook, proxy, backends, tm
     extra = dict(traffic_install=False, traffic_service_manager='process', traffic_config_path=proxy.config,
                  traffic_runtime_socket=proxy.socket, traffic_pid_file=proxy.pid_file,
                  traffic_master_socket=str(proxy.dir / 'master.sock'),
-                 traffic_routes=[route('shop', public, blue.port)])
+                 traffic_server_state_file=proxy.state_file, traffic_routes=[route('shop', public, blue.port)])
     first = run_playbook(playbook, inventory=inventory, extra_vars=extra, timeout=300)
     assert first.rc == 0, first.output
     assert first.recap['proxyhost']['changed'] == 1, first.output

@@ -46,7 +46,7 @@ def test_a_clean_canary_at_a_quarter_passes(run_module, proxy, backends):
     public = PORTS.take()
     assert not run_module('traffic_proxy', proxy.args([route('shop', public, blue.port, green.port)])).failed
     weighted = run_module('traffic_server', dict(route='shop', server='green', weight=CANARY_WEIGHT,
-                                                 runtime_socket=proxy.socket))
+                                                 runtime_socket=proxy.socket, server_state_file=proxy.state_file))
     assert not weighted.failed and weighted['weight'] == CANARY_WEIGHT, weighted
     with Load(public, rate=40, seconds=4.5) as load:
         result = run_module('traffic_canary', canary_args(proxy, window=3, max_latency_ms=500))
