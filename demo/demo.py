@@ -191,8 +191,8 @@ class LiveClient(object):
 def zero_downtime(client):
     """The routed stack's part of the story; returns an exit code."""
     step('Zero downtime: %s, web in blue/green slots behind HAProxy on 127.0.0.1:%d' % (SHOP, SHOP_PORT))
-    say('  (inventories/local/traffic.yml: routes, a canary step of 20%% for 4 s; a client sends 40 requests a second)')
-    plan = (('v1', True, 'moves behind the proxy, in the blue slot'),
+    say('  (inventories/local/traffic.yml: routes, a canary step of 20% for 4 s; a client sends 40 requests a second)')
+    plan = (('v1', True, 'the first release, in the blue slot (nothing answers before it: those requests fail)'),
             ('v2', True, 'canary at 20%, judged from the proxy\'s counters, then the flip: no request fails'),
             ('v3', False, 'crash-loops in its slot: the gate fails, the traffic never moves, no request fails'),
             ('v4', False, 'answers 500 under traffic: its canary is aborted, only its share of requests failed'))
