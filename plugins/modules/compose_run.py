@@ -195,8 +195,8 @@ def main():
         result['lease_lost'] = True  # until the check below says otherwise
         try:
             _lease, warning = hold_stack_lock(params['stack_lock']['state_dir'],
-                                             params['stack_lock'].get('project') or params['project_name'],
-                                             params['stack_lock']['run_id'], 'running ' + what)
+                                              params['stack_lock'].get('project') or params['project_name'],
+                                              params['stack_lock']['run_id'], 'running ' + what)
         except LeaseLost as exc:
             module.fail_json(msg='compose_run: %s' % exc, **result)
         except Exception as exc:  # a lock that cannot be read is not known to be held

@@ -288,7 +288,7 @@ class ComposeUp(object):
             return
         try:
             _lease, warning = hold_stack_lock(lock['state_dir'], lock.get('project') or self.params['project_name'], lock['run_id'],
-                                             before)
+                                              before)
         except LeaseLost as exc:
             self.fail('compose_up: %s' % exc, lease_lost=True)
         except Exception as exc:  # the lock cannot be read: as good as lost, since nothing says this run holds it
