@@ -1,7 +1,8 @@
 """What the safety of safedeploy.compose costs, measured side by side against plain Compose on this machine.
 
-    make bench          # .venv/bin/python bench/run.py            the full run (about 20 minutes on 2 cores)
-    make bench-smoke    # .venv/bin/python bench/run.py --smoke    one pass of every figure on small stacks (~1 min)
+    make bench          # .venv/bin/python bench/run.py            the full run (over an hour on 2 cores; figure 7 ~25 min)
+    make bench-smoke    # .venv/bin/python bench/run.py --smoke    one pass of every figure on small stacks (~5 min;
+                        #                                          figure 7, six playbook runs, ~3 of them)
 
 Every figure compares A with B in the same run, alternating which goes first, and reports the median with
 [min-max] of the repetitions (the ratio is taken within each pair of the same repetition):
@@ -15,6 +16,11 @@ Every figure compares A with B in the same run, alternating which goes first, an
   5 scale      stacks of 1, 5, 20 services; a fleet of 1, 10, 50 simulated hosts (one compose project each,
                connection local, forks 10, batches of 10) vs the floor run 10 projects at a time
   6 disk       disk_reclaim vs docker system prune -af on the small-disk engine: time, bytes, rollback images lost
+  7 traffic    a bounded client (40 requests a second, a new connection each) on the public port of a two-service
+               stack through (a) a healthy rollout, (b) a crash-looping release, (c) a release on the wrong port,
+               (d) a canary abort, (e) a manual rollback: the traffic layer (blue/green slots behind a private HAProxy,
+               playbooks/rollout.yml and rollback.yml) vs plain up -d of the same stack; failed requests, p99 latency
+               over the switch window, time to flip back (bench/traffic.py)
 
 Prints a table and writes bench/results/bench-<UTC time>[-smoke].json. Exits non-zero when the bench breaks (a
 rollout that should pass fails, a rerun changes something, a rollback does not restore service...), never because
@@ -553,7 +559,7 @@ class Bench(object):
         self.stacks += [routed, plain]
         lead, tail = (0.5, 0.5) if self.smoke else (1.0, 2.0)  # the client runs this long before and after a change
         data = {'rate': TRAFFIC_RATE, 'canary': canary, 'health_timeout': routed.health_timeout,
-                'lead': lead, 'tail': tail, 'cases': dict((case, {'collection': [], 'plain': []}) for case, _, _ in TRAFFIC_CASES)}
+                'lead': lead, 'tail': tail, 'cases': dict((case, {'collection': [], 'plain': []}) for case, _label, _tag in TRAFFIC_CASES)}
         pushed = {}  # release -> {service: digest}, for retire_traffic
         decided = {}  # case -> the collection's last time from its bad slot coming up to its decision: the plain side waits it
 
@@ -646,7 +652,7 @@ class Bench(object):
 
         for index in range(self.reps):
             for case in TRAFFIC_ORDER:
-                base_tag = dict((name, tag) for name, _, tag in TRAFFIC_CASES)[case]
+                base_tag = dict((name, tag) for name, _label, tag in TRAFFIC_CASES)[case]
                 release = self.traffic_release(base_tag, pushed) if base_tag else None
                 steps = (collection_step, plain_step) if index % 2 == 0 else (plain_step, collection_step)
                 for step in steps:
@@ -901,7 +907,7 @@ def machine():
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
-    parser.add_argument('--smoke', action='store_true', help='one repetition of every figure on small stacks (about a minute)')
+    parser.add_argument('--smoke', action='store_true', help='one repetition of every figure on small stacks (about five minutes)')
     parser.add_argument('--reps', type=int, help='repetitions per figure (default 5, smoke 1)')
     parser.add_argument('--only', default='', help='comma-separated figures to run: rollout,gate,crash,fleet,disk,traffic')
     parser.add_argument('--sizes', help='stack sizes of figures 1/4/5, comma-separated (default 1,5,20; the rerun and '
