@@ -1,7 +1,8 @@
 """What the safety of safedeploy.compose costs, measured side by side against plain Compose on this machine.
 
-    make bench          # .venv/bin/python bench/run.py            the full run (about 20 minutes on 2 cores)
-    make bench-smoke    # .venv/bin/python bench/run.py --smoke    one pass of every figure on small stacks (~1 min)
+    make bench          # .venv/bin/python bench/run.py            the full run (over an hour on 2 cores; figure 7 ~25 min)
+    make bench-smoke    # .venv/bin/python bench/run.py --smoke    one pass of every figure on small stacks (~5 min;
+                        #                                          figure 7, six playbook runs, ~3 of them)
 
 Every figure compares A with B in the same run, alternating which goes first, and reports the median with
 [min-max] of the repetitions (the ratio is taken within each pair of the same repetition):
@@ -15,6 +16,11 @@ Every figure compares A with B in the same run, alternating which goes first, an
   5 scale      stacks of 1, 5, 20 services; a fleet of 1, 10, 50 simulated hosts (one compose project each,
                connection local, forks 10, batches of 10) vs the floor run 10 projects at a time
   6 disk       disk_reclaim vs docker system prune -af on the small-disk engine: time, bytes, rollback images lost
+  7 traffic    a bounded client (40 requests a second, a new connection each) on the public port of a two-service
+               stack through (a) a healthy rollout, (b) a crash-looping release, (c) a release on the wrong port,
+               (d) a canary abort, (e) a manual rollback: the traffic layer (blue/green slots behind a private HAProxy,
+               playbooks/rollout.yml and rollback.yml) vs plain up -d of the same stack; failed requests, p99 latency
+               over the switch window, time to flip back (bench/traffic.py)
 
 Prints a table and writes bench/results/bench-<UTC time>[-smoke].json. Exits non-zero when the bench breaks (a
 rollout that should pass fails, a rerun changes something, a rollback does not restore service...), never because
@@ -46,8 +52,9 @@ sys.path.insert(0, str(ROOT / 'tests'))
 import docker  # noqa: E402
 
 from releases import ReleasePusher  # noqa: E402
-from stacks import REGISTRY, REPO_PREFIX, Stack, Watcher, children_cpu, gated_rollout  # noqa: E402
+from stacks import REGISTRY, REPO_PREFIX, Stack, Watcher, children_cpu, gated_rollout, playbook_run  # noqa: E402
 from testbed import testbed  # noqa: E402
+from traffic import LoadClient, PlainStack, RoutedStack, measure, push_release, release_refs, seen, wait_answer  # noqa: E402
 
 RESULTS = HERE / 'results'
 GATE_INTERVAL = 2.0  # the rollout role's default rollout_health_interval, which the bench leaves alone
@@ -56,7 +63,17 @@ BATCH = 10
 
 # Port plan (18800-19999): each stack gets a block, one port per service.
 PORTS = {'g1': 18800, 'f1': 18801, 'g2': 18802, 'f2': 18804, 'g5': 18810, 'f5': 18820, 'g20': 18840, 'f20': 18870, 'lat': 18900,
-         'tasks': 18920, 'fleet_g': 19000, 'fleet_f': 19100}  # tasks: bench/tasks.py, up to 20 services
+         'tasks': 18920, 'fleet_g': 19000, 'fleet_f': 19100,  # tasks: bench/tasks.py, up to 20 services
+         'traffic_routed': 19600, 'traffic_plain': 19610}  # figure 7 (19600-19699): public, 2 slots, worker; public, worker
+
+# Figure 7: the cases, in the order of the table, and the web image each one rolls out (the worker is always v2)
+TRAFFIC_CASES = (('healthy', '(a) healthy rollout', 'v2'), ('crash', '(b) crash-looping release', 'v3'),
+                 ('wrongport', '(c) release on the wrong port', 'wrongport'), ('canary', '(d) canary abort', 'error500'),
+                 ('rollback', '(e) manual rollback', None))
+TRAFFIC_ORDER = ('healthy', 'rollback', 'crash', 'wrongport', 'canary')  # (e) takes back what (a) rolled out, by a flip
+TRAFFIC_RATE = 40  # requests a second, each on a new connection
+TRAFFIC_CANARY = {'steps': [25], 'interval': 4, 'threshold': 1, 'min_requests': 10}  # smoke: interval 2
+TRAFFIC_HEALTH_TIMEOUT = 10  # the gates' timeout (rollout_ and rollback_health_timeout): when (c) fails; smoke: 6
 
 TARGETS = {
     'rollout': 'gated <= 1.3x floor (5 services)',
@@ -66,6 +83,7 @@ TARGETS = {
     'rerun': 'rerun <= 0.3x rollout, changed=0',
     'fleet': 'wall time grows with batches, not with hosts inside a batch',
     'disk': 'keeps every rollback image prune deletes',
+    'traffic': '0 failed requests (collection)',
 }
 
 
@@ -154,6 +172,15 @@ def phases(run):
 def task_end(run, marker, role='rollout'):
     for task in run.timeline.get('tasks') or []:
         if (': %s' % marker) in task['name'] and task['name'].startswith('safedeploy.compose.%s' % role) and task['end']:
+            return task['end']
+    return None
+
+
+def failed_task_end(run, markers, role='rollout'):
+    """When the first task of the role named by one of markers failed (its result came back): where its rescue began."""
+    for task in run.timeline.get('tasks') or []:
+        if (task['name'].startswith('safedeploy.compose.%s' % role) and 'failed' in task['hosts'].values()
+                and any((': %s' % marker) in task['name'] for marker in markers)):
             return task['end']
     return None
 
@@ -520,6 +547,138 @@ class Bench(object):
         data['bytes_ratio'] = [a / float(b) for a, b in zip(data['reclaim_bytes'], data['prune_bytes']) if b]
         return data
 
+    # ------------------------------------------------------------ figure 7 (traffic)
+
+    def figure_traffic(self):
+        """The five cases on a routed stack (the collection) and a plain one (up -d), a client on each public port."""
+        base = PORTS['traffic_routed']
+        canary = dict(TRAFFIC_CANARY, interval=2) if self.smoke else TRAFFIC_CANARY
+        routed = RoutedStack('trf-c', base, (base + 1, base + 2), base + 3, self.workdir, self.client,
+                             health_timeout=6 if self.smoke else TRAFFIC_HEALTH_TIMEOUT)
+        plain = PlainStack('trf-p', PORTS['traffic_plain'], PORTS['traffic_plain'] + 1, self.workdir, self.client)
+        self.stacks += [routed, plain]
+        lead, tail = (0.5, 0.5) if self.smoke else (1.0, 2.0)  # the client runs this long before and after a change
+        data = {'rate': TRAFFIC_RATE, 'canary': canary, 'health_timeout': routed.health_timeout,
+                'lead': lead, 'tail': tail, 'cases': dict((case, {'collection': [], 'plain': []}) for case, _label, _tag in TRAFFIC_CASES)}
+        pushed = {}  # release -> {service: digest}, for retire_traffic
+        decided = {}  # case -> the collection's last time from its bad slot coming up to its decision: the plain side waits it
+
+        log('traffic: first release on both stacks (setup)')
+        first = self.traffic_release('v2', pushed)
+        run = playbook_run('rollout.yml', {'localhost': [routed]}, routed.host_vars(), {'release': first})
+        if run.rc != 0:
+            raise BenchBroken('traffic: first routed rollout of %s failed:\n%s' % (first, run.tail()))
+        plain.pull(first)
+        plain.up(first)
+        for stack in (routed, plain):
+            if not wait_answer(stack.public, first):
+                raise BenchBroken('traffic: %s does not serve its first release %s' % (stack.project, first))
+            stack.good.append(first)
+
+        def collection_step(case, release, index):
+            old = routed.good[-1]
+            routed.canary = canary if case == 'canary' else None
+            with LoadClient(routed.public, TRAFFIC_RATE) as load:
+                time.sleep(lead)
+                if case == 'rollback':
+                    old = routed.good[-2]
+                    run = playbook_run('rollback.yml', {'localhost': [routed]}, routed.host_vars(), {'apply': True, 'to': old})
+                else:
+                    run = playbook_run('rollout.yml', {'localhost': [routed]}, routed.host_vars(), {'release': release})
+                time.sleep(tail)
+            operation = (run.started, run.ended)
+            row = {'rc': run.rc, 'wall': run.wall}
+            if case == 'healthy':
+                if run.rc != 0:
+                    raise BenchBroken('traffic (a): routed rollout of %s failed:\n%s' % (release, run.tail()))
+                row.update(measure(load.samples, operation))
+                routed.good.append(release)
+                final = release
+            elif case == 'rollback':
+                if run.rc != 0:
+                    raise BenchBroken('traffic (e): rollback of %s to %s failed:\n%s' % (routed.project, old, run.tail()))
+                row.update(measure(load.samples, operation, old=old, decision=run.started))
+                routed.good.append(old)
+                final = old
+            else:
+                decision = failed_task_end(run, ('Gate on real health', 'Abort the canary'))
+                slot_up = task_end(run, 'Pull and bring up')
+                if run.rc == 0 or decision is None or slot_up is None:
+                    raise BenchBroken('traffic %s: the routed rollout of %s should have failed at its gate or canary (rc=%s):\n%s'
+                                      % (case, release, run.rc, run.tail()))
+                row.update(measure(load.samples, operation, old=old, decision=decision))
+                row['decision_after_up'] = decision - slot_up
+                decided[case] = decision - slot_up
+                final = old
+            check_final(routed, case, load.samples, final, row)
+            data['cases'][case]['collection'].append(row)
+            log('  %s rep %d collection: %s' % (case, index + 1, describe(row)))
+
+        def plain_step(case, release, index):
+            old = plain.good[-1]
+            with LoadClient(plain.public, TRAFFIC_RATE) as load:
+                time.sleep(lead)
+                started = time.time()
+                decision = None
+                if case == 'healthy':
+                    plain.pull(release)
+                    plain.up(release)
+                    final = release
+                elif case == 'rollback':
+                    old = final = plain.good[-2]
+                    decision = time.time()
+                    plain.up(old)
+                else:
+                    plain.pull(release)
+                    plain.up(release)
+                    # the operator notices when the collection decided (same time after the bad release came up)
+                    time.sleep(max(0.0, decided[case]))
+                    decision = time.time()
+                    plain.up(old)
+                    final = old
+                served = load.first_answer(final, decision or started)
+                ended = time.time()
+                time.sleep(tail)
+            if served is None:
+                raise BenchBroken('traffic %s: the plain stack never served %s' % (case, final))
+            row = dict(measure(load.samples, (started, ended), old=final if decision else None, decision=decision),
+                       wall=ended - started)
+            if decision is not None and case != 'rollback':
+                row['decision_after_up'] = decided[case]
+            check_final(plain, case, load.samples, final, row)
+            plain.good.append(final)
+            data['cases'][case]['plain'].append(row)
+            log('  %s rep %d plain:      %s' % (case, index + 1, describe(row)))
+
+        for index in range(self.reps):
+            for case in TRAFFIC_ORDER:
+                base_tag = dict((name, tag) for name, _label, tag in TRAFFIC_CASES)[case]
+                release = self.traffic_release(base_tag, pushed) if base_tag else None
+                steps = (collection_step, plain_step) if index % 2 == 0 else (plain_step, collection_step)
+                for step in steps:
+                    step(case, release, index)
+            self.retire_traffic(pushed, set(routed.good[-2:] + plain.good[-2:]))
+        return data
+
+    def traffic_release(self, web_base, pushed):
+        release = self.release()
+        pushed[release] = push_release(self.pusher, release, web_base)
+        return release
+
+    def retire_traffic(self, pushed, keep):
+        """Figure 7's retire(): remove the local images of its releases but the ones a case may still go back to."""
+        for release in [release for release in pushed if release not in keep]:
+            in_use = False
+            for ref in release_refs(release, pushed[release]):
+                try:
+                    self.client.images.remove(ref)
+                except docker.errors.ImageNotFound:
+                    pass
+                except docker.errors.APIError:  # a stopped slot of a failed release keeps it: next time
+                    in_use = True
+            if not in_use:
+                del pushed[release]
+
     # ------------------------------------------------------------ cleanup
 
     def cleanup(self):
@@ -557,6 +716,25 @@ def run_module(name, args, timeout=600):
         return json.loads(proc.stdout[proc.stdout.index('{'):])
     except ValueError:
         raise BenchBroken('module %s printed no JSON (rc=%s): %s' % (name, proc.returncode, proc.stderr[-2000:]))
+
+
+def check_final(stack, case, samples, version, row):
+    """The bench breaks when a case did not end with `version` serving (the release rolled out, or the one kept)."""
+    answered = [seen(sample) for sample in samples if seen(sample)]
+    if not answered or answered[-1] != version or (row.get('decision') is not None and row.get('flip_back') is None):
+        raise BenchBroken('traffic %s: %s ended serving %s, not %s (versions seen: %s)'
+                          % (case, stack.project, answered[-1] if answered else 'nothing', version, row.get('versions')))
+
+
+def describe(row):
+    parts = ['%d requests, %d failed %s' % (row['requests'], row['failed'], row['failures'] or ''),
+             'p99 %s' % ('%.0f ms' % (row['p99'] * 1000) if row['p99'] is not None else '-')]
+    if row.get('flip_back') is not None:
+        parts.append('flip back %.2fs' % row['flip_back'])
+    if row.get('decision_after_up') is not None:
+        parts.append('decided %.2fs after up' % row['decision_after_up'])
+    parts.append('%.1fs' % row['wall'])
+    return ', '.join(parts)
 
 
 # ---------------------------------------------------------------- report
@@ -663,7 +841,43 @@ def build_report(bench, figures):
         rows.append(('    bytes freed', fmt(summary(disk['reclaim_bytes']), ' MB', 1.0 / (1 << 20), 0),
                      fmt(summary(disk['prune_bytes']), ' MB', 1.0 / (1 << 20), 0), fmt(summary(disk['bytes_ratio']), 'x'), '', ''))
         doc['figures']['disk'] = dict((key, summary(value) if isinstance(value, list) else value) for key, value in disk.items())
+    traffic = figures.get('traffic')
+    if traffic:
+        rows.extend(traffic_rows(traffic))
+        doc['figures']['traffic'] = dict(
+            (case, dict((side, dict((key, summary([row.get(key) for row in traffic['cases'][case][side]]))
+                                    for key in ('requests', 'failed', 'p99', 'flip_back', 'decision_after_up')))
+                        for side in ('collection', 'plain')))
+            for case, _label, _tag in TRAFFIC_CASES if traffic['cases'][case]['collection'])
     return rows, doc
+
+
+def traffic_rows(traffic):
+    """Per case: failed requests (target 0 for the collection), p99 latency over the switch window, time to flip back."""
+    rows = []
+    for case, label, _tag in TRAFFIC_CASES:
+        sides = traffic['cases'][case]
+        if not sides['collection']:
+            continue
+
+        def values(side, key):
+            return [row.get(key) for row in sides[side]]
+        failed = summary(values('collection', 'failed'))
+        requests = summary(values('collection', 'requests'))
+        rows.append(('7 %s: failed requests' % label, '%s of %d' % (fmt(failed, '', digits=0), requests['median']),
+                     '%s of %d' % (fmt(summary(values('plain', 'failed')), '', digits=0), summary(values('plain', 'requests'))['median']),
+                     '', TARGETS['traffic'], verdict(failed['max'] == 0)))
+        p99 = [a / b for a, b in zip(values('collection', 'p99'), values('plain', 'p99')) if a is not None and b]
+        rows.append(('    p99 latency, switch window', fmt(summary(values('collection', 'p99')), ' ms', 1000.0, 0),
+                     fmt(summary(values('plain', 'p99')), ' ms', 1000.0, 0), fmt(summary(p99), 'x'), '', ''))
+        if case == 'healthy':
+            continue
+        back = [a / b for a, b in zip(values('collection', 'flip_back'), values('plain', 'flip_back')) if a is not None and b]
+        decided = summary(values('collection', 'decision_after_up'))
+        rows.append(('    time to flip back', fmt(summary(values('collection', 'flip_back'))),
+                     fmt(summary(values('plain', 'flip_back'))), fmt(summary(back), 'x'),
+                     'decided %s after the bad release came up' % fmt(decided) if decided['n'] else 'decided at the rollback\'s start', ''))
+    return rows
 
 
 def verdict(ok, detail=''):
@@ -693,9 +907,9 @@ def machine():
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
-    parser.add_argument('--smoke', action='store_true', help='one repetition of every figure on small stacks (about a minute)')
+    parser.add_argument('--smoke', action='store_true', help='one repetition of every figure on small stacks (about five minutes)')
     parser.add_argument('--reps', type=int, help='repetitions per figure (default 5, smoke 1)')
-    parser.add_argument('--only', default='', help='comma-separated figures to run: rollout,gate,crash,fleet,disk')
+    parser.add_argument('--only', default='', help='comma-separated figures to run: rollout,gate,crash,fleet,disk,traffic')
     parser.add_argument('--sizes', help='stack sizes of figures 1/4/5, comma-separated (default 1,5,20; the rerun and '
                         'crash figures use 5, or the largest given below 5)')
     parser.add_argument('--fleet', help='fleet sizes of figure 5, comma-separated (default 1,10,50)')
@@ -743,6 +957,9 @@ def main(argv):
         if wanted('disk'):
             log('figure 6: disk_reclaim vs docker system prune -af on the small-disk engine')
             figures['disk'] = bench.figure_disk(disk_images)
+        if wanted('traffic'):
+            log('figure 7: a client at %d requests a second through five cases, traffic layer vs plain up -d' % TRAFFIC_RATE)
+            figures['traffic'] = bench.figure_traffic()
     except BenchBroken as exc:
         broken = str(exc)
     except (Exception, KeyboardInterrupt):  # report what was measured so far, then fail

@@ -4,7 +4,8 @@
   then a tight loop on the health endpoints until every one serves the new release. The floor: nothing safer
   can be faster.
 - ``gated_rollout``: ``playbooks/rollout.yml`` of this collection on an inventory whose hosts run the stacks
-  (``connection: local``), timed from outside and task by task through the ``bench_timeline`` callback.
+  (``connection: local``), timed from outside and task by task through the ``bench_timeline`` callback
+  (``playbook_run`` runs another playbook, ``rollback.yml``, the same way).
 
 Every stack is a compose project ``sdb-<name>`` of busybox-httpd services on the host network, one port
 each, in a directory under the bench's work dir; its ledger and stack lock live there too.
@@ -233,7 +234,7 @@ class Watcher(object):
 
 
 class GatedRun(object):
-    """One ansible-playbook run of playbooks/rollout.yml with its timeline."""
+    """One ansible-playbook run (of playbooks/rollout.yml, or rollback.yml) with its timeline."""
 
     def __init__(self, rc, wall, started, ended, timeline, stdout, stderr, cpu=None):
         self.rc = rc
@@ -289,16 +290,21 @@ def inventory(hosts, common):
 
 def gated_rollout(hosts, release, common, forks=10, batches=None, extra_env=None, timeout=1800):
     """Run playbooks/rollout.yml for release on the hosts; returns a GatedRun."""
+    extra = {'release': release}
+    if batches is not None:
+        extra['rollout_batches'] = batches
+    return playbook_run('rollout.yml', hosts, common, extra, forks=forks, extra_env=extra_env, timeout=timeout)
+
+
+def playbook_run(playbook, hosts, common, extra, forks=10, extra_env=None, timeout=1800):
+    """Run playbooks/<playbook> with the extra vars on the hosts, timed with the bench_timeline callback."""
     with tempfile.TemporaryDirectory(prefix='sdb-run-') as tmp:
         inv = Path(tmp) / 'hosts.yml'
         inv.write_text(yaml.safe_dump(inventory(hosts, common)))
         timeline_path = Path(tmp) / 'timeline.json'
-        extra = {'release': release}
-        if batches is not None:
-            extra['rollout_batches'] = batches
         extra_file = Path(tmp) / 'extra.json'
         extra_file.write_text(json.dumps(extra))
-        argv = [str(BIN / 'ansible-playbook'), '-i', str(inv), str(ROOT / 'playbooks' / 'rollout.yml'),
+        argv = [str(BIN / 'ansible-playbook'), '-i', str(inv), str(ROOT / 'playbooks' / playbook),
                 '-e', '@' + str(extra_file), '--forks', str(forks)]
         env = ansible_env(dict(extra_env or {}, SAFEDEPLOY_BENCH_TIMELINE=str(timeline_path)))
         cpu_before = children_cpu()
