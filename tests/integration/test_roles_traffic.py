@@ -314,6 +314,18 @@ class TestBlueGreen(object):
         assert chain.ledger()['current']['id'] == 'r2'
         assert elapsed < 120
 
+    def test_a_rerun_starts_the_proxy_that_died_and_changes_nothing_else(self, chain, testbed):
+        client = testbed.client()
+        before = chain.slot_states(client)
+        with open(chain.proxy_dir / 'haproxy.pid') as handle:
+            os.kill(int(handle.read().split()[0]), signal.SIGKILL)
+        wait_until(lambda: answers(chain.public) is None, 10, 'the public port going silent')
+        run = chain.rollout('r2')
+        assert_ok(run)
+        assert 'was already running and healthy' in ' '.join(run.output.split()), run.output[-3000:]
+        assert version_at(chain.public) == 'v2'  # the proxy runs again, on the slot that served
+        assert chain.slot_states(client) == before
+
 
 def run_playbook_compose(stack, args):
     import subprocess
