@@ -318,7 +318,7 @@ class TestBlueGreen(object):
         client = testbed.client()
         before = chain.slot_states(client)
         with open(chain.proxy_dir / 'haproxy.pid') as handle:
-            os.kill(int(handle.read().split()[0]), signal.SIGKILL)
+            os.kill(int(handle.read().split()[0]), signal.SIGTERM)
         wait_until(lambda: answers(chain.public) is None, 10, 'the public port going silent')
         run = chain.rollout('r2')
         assert_ok(run)
