@@ -180,7 +180,7 @@ def check_routes(routes):
     return problems
 
 
-def _route_ports(project, routes):
+def route_ports(project, routes):
     """[(route, {'blue': port, 'green': port})] of a stack's routes."""
     pairs = []
     for route in routes:
@@ -201,7 +201,7 @@ def proxy_routes(stacks):
     routes = []
     for stack in stacks or []:
         project = stack.get('name') or stack.get('project')
-        for route, ports in _route_ports(project, stack.get('routes') or []):
+        for route, ports in route_ports(project, stack.get('routes') or []):
             entry = {'name': route.get('name') or route_name(project, route['service']), 'port': int(route['port']),
                      'bind': route.get('bind') or '0.0.0.0', 'mode': route.get('mode') or 'http',
                      'blue': {'port': ports['blue'], 'state': 'maint'},
@@ -230,7 +230,7 @@ def slot_checks(checks, project, routes, slot, digests=None, only_slot=False):
     digests = dict(digests or {})
     by_port = {}
     routed = set()
-    for route, ports in _route_ports(project, routes):
+    for route, ports in route_ports(project, routes):
         by_port[int(route['port'])] = ports[slot]
         routed.add(route['service'])
     out = []

@@ -218,24 +218,11 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._slots import (
     RELEASE_LABEL,
     SlotError,
     render_slot,
-    slot_ports,
+    route_ports,
     slot_project,
 )
 
 SERVICE_LABEL = 'com.docker.compose.service'
-
-
-def allocated(project, routes):
-    """{service: {'blue': port, 'green': port}}."""
-    ports = {}
-    for route in routes:
-        given = route.get('slot_ports')
-        if given:
-            ports[route['service']] = {'blue': int(given[0]), 'green': int(given[1])}
-        else:
-            blue, green = slot_ports(project, route['service'])
-            ports[route['service']] = {'blue': blue, 'green': green}
-    return ports
 
 
 def read_containers(client, name, routed):
@@ -300,7 +287,7 @@ def main():
         if route.get('slot_ports') and len(route['slot_ports']) != 2:
             module.fail_json(msg='compose_slot: slot_ports of %s must be two ports, blue then green' % route['service'],
                              **result)
-    ports = allocated(project, routes)
+    ports = dict((route['service'], pair) for route, pair in route_ports(project, routes))
     result['slot_ports'] = ports
     result['ports'] = dict((service, pair[slot]) for service, pair in ports.items())
     client = connect_engine(module, result)
