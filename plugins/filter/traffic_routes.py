@@ -13,7 +13,7 @@ description:
     (each stack's C(routes)). One route C(<stack>-<service>) on the service's public C(port), its servers C(blue) and
     C(green) on the slot ports (the stack's C(slot_ports), or the ports the collection allocates from the names,
     20000-27999), both starting in maintenance until a rollout moves traffic to one.
-  - The keys C(bind), C(mode), C(health_path), C(check_interval), C(rise), C(fall), C(retries), C(frontend_options) and
+  - The keys C(bind), C(mode), C(health_path), C(check_interval), C(rise), C(fall), C(retries), C(retry_on), C(frontend_options) and
     C(backend_options) of a stack's route are passed on.
 author:
   - safedeploy.compose contributors (@safedeploy)

@@ -26,7 +26,7 @@ VERDICTS = ('pass', 'fail', 'inconclusive')
 INCONCLUSIVE_POLICIES = ('fail', 'pass', 'extend')
 RESPONSE_CLASSES = ('hrsp_1xx', 'hrsp_2xx', 'hrsp_3xx', 'hrsp_4xx', 'hrsp_5xx', 'hrsp_other')
 # The cumulative counters a verdict reads; any of them going down between two readings is a reset.
-COUNTERS = ('stot', 'econ', 'eresp') + RESPONSE_CLASSES
+COUNTERS = ('stot', 'econ', 'eresp', 'wredis') + RESPONSE_CLASSES
 # At most this many seconds between two readings within a window: a DOWN or a reset is seen while it lasts.
 SAMPLE_SECONDS = 1.0
 # Ratios are compared after rounding to this many decimals, so that 0.04 - 0.03 is not above a limit of 0.01.
@@ -79,18 +79,23 @@ def counter_reset(before, after):
 def server_window(name, before, after):
     """What one server did between two snapshots of its `show stat` counters.
 
-    HTTP: requests are the responses of every class plus the connection and response errors, errors are the 5xx
-    responses plus those errors. TCP (no response classes): requests are the sessions (stot), errors the connection and
-    response errors. rtime_ms is HAProxy's moving average at the second snapshot, None on TCP, which has none.
+    HTTP: requests are the responses of every class plus the requests the server failed without a response the
+    client saw; errors are the 5xx responses plus those failures. A failure is a connection error (econ), a response
+    error (eresp), or a request HAProxy took away from the server to retry it on the other one (wredis): with the
+    routes' retries (option redispatch 1, retry-on ... 500 502 503 504) a canary that answers 500 shows neither a 5xx
+    nor an error of its own, only wredis (HAProxy 2.6: the server that failed the request counts it, once, whether its
+    connection was refused, it closed without answering or it answered 500). TCP (no response classes): requests are
+    the sessions (stot), errors the connection and response errors and the redispatched sessions. rtime_ms is
+    HAProxy's moving average at the second snapshot, None on TCP, which has none.
     """
     http = after.get('hrsp_2xx') is not None
-    failed = _delta(before, after, 'econ') + _delta(before, after, 'eresp')
+    failed = sum(_delta(before, after, key) for key in ('econ', 'eresp', 'wredis'))
     if http:
         requests = sum(_delta(before, after, key) for key in RESPONSE_CLASSES) + failed
         errors = _delta(before, after, 'hrsp_5xx') + failed
     else:
-        requests = _delta(before, after, 'stot')
         errors = failed
+        requests = max(_delta(before, after, 'stot'), errors)
     return {
         'server': name,
         'requests': requests,

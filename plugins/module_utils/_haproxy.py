@@ -38,6 +38,14 @@ HEALTH_PATH_RE = re.compile(r'^/[\x21-\x7e]*$')
 ADDRESS_RE = re.compile(r'^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$')
 DEFAULT_TIMEOUTS = {'connect': 5000, 'client': 60000, 'server': 60000, 'check': 2000, 'queue': 30000}
 MAX_WEIGHT = 256
+# HTTP routes retry a request on the other server when the first one failed it: refused or broken connections, and
+# for safe methods (GET, HEAD, OPTIONS) a response the server could not give (empty) or a 500/502/503/504. So a canary
+# or a slot that fails a request costs the client nothing while the other server answers, and the judge still sees it
+# (the failing server counts the request in `wredis`, see _canary.py).
+RETRY_ON_KEYWORDS = ('none', 'conn-failure', 'empty-response', 'junk-response', 'response-timeout', '0rtt-rejected',
+                     'all-retryable-errors', '401', '403', '404', '408', '425', '500', '501', '502', '503', '504')
+DEFAULT_RETRY_ON = ('conn-failure', 'empty-response', '500', '502', '503', '504')
+DEFAULT_RETRIES = 1
 
 # `show stat` counters the traffic layer reads (the canary judges by the response classes and the times).
 STAT_FIELDS = ('status', 'weight', 'scur', 'smax', 'stot', 'qcur', 'hrsp_1xx', 'hrsp_2xx', 'hrsp_3xx', 'hrsp_4xx',
@@ -114,7 +122,7 @@ def normalize_route(route):
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise HAProxyConfigError('route name %r is not valid: a letter, then up to 62 letters, digits, _ or -' % (name,))
     known = {'name', 'port', 'bind', 'mode', 'blue', 'green', 'health_path', 'check_interval', 'rise', 'fall',
-             'retries', 'frontend_options', 'backend_options'}
+             'retries', 'retry_on', 'frontend_options', 'backend_options'}
     unknown = sorted(set(route) - known)
     if unknown:
         raise HAProxyConfigError('route %s has unknown keys %s (known: %s)' % (name, ', '.join(unknown), ', '.join(sorted(known))))
@@ -129,6 +137,7 @@ def normalize_route(route):
             raise HAProxyConfigError('route %s: health_path needs mode http (a tcp route is checked by connecting)' % name)
         if not isinstance(health_path, str) or not HEALTH_PATH_RE.match(health_path):
             raise HAProxyConfigError('route %s: health_path must start with / and hold no spaces, got %r' % (name, health_path))
+    retry_on = _retry_on(route.get('retry_on'), mode, name)
     if route.get('blue') is None:
         raise HAProxyConfigError('route %s needs a blue server (blue.port: the loopback port of the live slot)' % name)
     servers = {'blue': _server(name, 'blue', route['blue'])}
@@ -144,10 +153,30 @@ def normalize_route(route):
         'check_interval': _int(route.get('check_interval') or 2000, 'route %s: check_interval (ms)' % name, 100, 3600000),
         'rise': _int(route.get('rise') or 2, 'route %s: rise' % name, 1, 100),
         'fall': _int(route.get('fall') or 3, 'route %s: fall' % name, 1, 100),
-        'retries': _int(3 if route.get('retries') is None else route['retries'], 'route %s: retries' % name, 0, 100),
+        'retries': _int(DEFAULT_RETRIES if route.get('retries') is None else route['retries'],
+                        'route %s: retries' % name, 0, 100),
+        'retry_on': retry_on,
         'frontend_options': _raw_lines(route.get('frontend_options'), 'route %s: frontend_options' % name),
         'backend_options': _raw_lines(route.get('backend_options'), 'route %s: backend_options' % name),
     }
+
+
+def _retry_on(value, mode, name):
+    """The `retry-on` keywords of a route: HTTP only (TCP retries failed connections, HAProxy's own rule)."""
+    if value is None:
+        return list(DEFAULT_RETRY_ON) if mode == 'http' else None
+    if mode != 'http':
+        raise HAProxyConfigError('route %s: retry_on needs mode http (a tcp route retries failed connections only)' % name)
+    words = value.split() if isinstance(value, str) else value
+    if not isinstance(words, (list, tuple)) or not words or not all(isinstance(word, str) for word in words):
+        raise HAProxyConfigError('route %s: retry_on must be a non-empty list of keywords, got %r' % (name, value))
+    unknown = [word for word in words if word not in RETRY_ON_KEYWORDS]
+    if unknown:
+        raise HAProxyConfigError('route %s: retry_on keyword %s is not known (known: %s)'
+                                 % (name, ', '.join(unknown), ', '.join(RETRY_ON_KEYWORDS)))
+    if 'none' in words and len(words) > 1:
+        raise HAProxyConfigError('route %s: retry_on none cannot be combined with other keywords' % name)
+    return list(words)
 
 
 def normalize_routes(routes):
@@ -222,7 +251,7 @@ def render_config(routes, stats_socket, timeouts=None, user=None, group=None, ha
         out.append('    user %s' % user)
     if group:
         out.append('    group %s' % group)
-    out += ['', 'defaults', '    mode http', '    option redispatch', '    retries 3']
+    out += ['', 'defaults', '    mode http', '    option redispatch 1', '    retries %d' % DEFAULT_RETRIES]
     if server_state_file is not None:
         out.append('    load-server-state-from-file global')
     for key in sorted(merged):
@@ -234,7 +263,12 @@ def render_config(routes, stats_socket, timeouts=None, user=None, group=None, ha
         out += ['    %s' % line for line in route['frontend_options']]
         out.append('    default_backend %s' % name)
         out += ['', 'backend %s' % name, '    mode %s' % route['mode'], '    balance roundrobin',
-                '    option redispatch', '    retries %d' % route['retries']]
+                '    option redispatch 1', '    retries %d' % route['retries']]
+        if route['retry_on']:
+            # Every retry goes to another server when there is one (redispatch 1). Unsafe methods are retried only
+            # when the connection failed (the server never saw the request): a 500 to a POST may have done its work.
+            out += ['    retry-on %s' % ' '.join(route['retry_on']),
+                    '    http-request disable-l7-retry if !METH_GET !METH_OPTIONS']
         if route['health_path']:
             out.append('    option httpchk GET %s' % route['health_path'])
         out += ['    %s' % line for line in route['backend_options']]

@@ -206,7 +206,7 @@ def proxy_routes(stacks):
                      'bind': route.get('bind') or '0.0.0.0', 'mode': route.get('mode') or 'http',
                      'blue': {'port': ports['blue'], 'state': 'maint'},
                      'green': {'port': ports['green'], 'state': 'maint'}}
-            for key in ('health_path', 'check_interval', 'rise', 'fall', 'retries', 'frontend_options',
+            for key in ('health_path', 'check_interval', 'rise', 'fall', 'retries', 'retry_on', 'frontend_options',
                         'backend_options'):
                 if route.get(key) is not None:
                     entry[key] = route[key]

@@ -109,9 +109,26 @@ options:
         default: 3
       retries:
         description:
-          - Times a failed connection to a server is retried; the last retry goes to another server (C(option redispatch)).
+          - Times a failed request is retried; every retry goes to another server when the route has one
+            (C(option redispatch 1)), so one retry moves a request a failing slot could not serve to the other slot.
+          - Each retry costs the failing request one more attempt, also when only one server takes traffic (a request
+            the live release answers with a 500 is then tried twice).
         type: int
-        default: 3
+        default: 1
+      retry_on:
+        description:
+          - For an V(http) route, what makes HAProxy retry a request (its C(retry-on) keywords), for example
+            V(conn-failure), V(empty-response), V(response-timeout), V(500), V(502), V(503), V(504) or V(none).
+          - Not set, V([conn-failure, empty-response, 500, 502, 503, 504]), so a canary or a new slot that refuses a
+            connection, closes it without an answer or answers 500/502/503/504 costs the client nothing while the
+            other server answers. The failing server counts each such request in C(wredis), which
+            M(safedeploy.compose.traffic_canary) counts as its error.
+          - Requests whose method is not C(GET), C(HEAD) or C(OPTIONS) are retried only when their connection failed
+            (the server never saw them): a C(POST) answered 500 may have done its work, so it is never sent twice.
+            Requests with a body larger than HAProxy's buffer (16 kB) are not retried.
+          - Must not be set on a V(tcp) route, which retries failed connections only.
+        type: list
+        elements: str
       frontend_options:
         description:
           - Extra configuration lines for the frontend, one line each, as HAProxy reads them. They are validated by
@@ -242,7 +259,8 @@ routes:
       check_interval: 2000
       rise: 2
       fall: 3
-      retries: 3
+      retries: 1
+      retry_on: [conn-failure, empty-response, 500, 502, 503, 504]
       frontend_options: []
       backend_options: []
 config_path:
@@ -323,7 +341,8 @@ ROUTE_SPEC = dict(
     check_interval=dict(type='int', default=2000),
     rise=dict(type='int', default=2),
     fall=dict(type='int', default=3),
-    retries=dict(type='int', default=3),
+    retries=dict(type='int', default=1),
+    retry_on=dict(type='list', elements='str'),
     frontend_options=dict(type='list', elements='str', default=[]),
     backend_options=dict(type='list', elements='str', default=[]),
 )

@@ -106,10 +106,10 @@ class Proxy(object):
             time.sleep(0.05)
 
 
-def get(port, path='/', timeout=10):
+def get(port, path='/', timeout=10, method='GET', body=None):
     conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
     try:
-        conn.request('GET', path)
+        conn.request(method, path, body=body)
         response = conn.getresponse()
         return response.status, response.read().decode()
     finally:
@@ -170,6 +170,9 @@ class FaultyBackend(object):
             protocol_version = 'HTTP/1.1'
 
             def do_GET(self):  # noqa: N802 (the http.server API)
+                length = int(self.headers.get('Content-Length') or 0)
+                if length:
+                    self.rfile.read(length)
                 with backend.lock:
                     backend.served += 1
                     number = backend.served
@@ -181,6 +184,8 @@ class FaultyBackend(object):
                 self.send_header('Content-Length', str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_POST = do_GET  # noqa: N815 (the http.server API)
 
             def log_message(self, *args):
                 pass

@@ -13,14 +13,14 @@ import threading
 import time
 
 from conftest import LOCAL_HOST_VARS, PortRange
-from haproxy_bed import backends_fixture, get, HAPROXY_MARKS, Load, proxy_fixture, route
+from haproxy_bed import backends_fixture, FaultyBackend, get, HAPROXY_MARKS, Load, proxy_fixture, route
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._haproxy import RuntimeAPI
 
 pytestmark = HAPROXY_MARKS
 
 PORTS = PortRange(range(19100, 19200))
-backends = backends_fixture(PORTS)
+backends = backends_fixture(PORTS, FaultyBackend)
 proxy = proxy_fixture()
 
 
@@ -42,6 +42,26 @@ def test_renders_validates_starts_and_routes_to_blue(run_module, proxy, backends
     assert not again.failed, again
     assert not again['changed'] and not again['started'] and not again['reloaded']
     assert again['pid'] == result['pid']
+
+
+def test_a_get_a_server_failed_is_answered_by_the_other_one_and_a_post_is_never_sent_twice(run_module, proxy,
+                                                                                          backends):
+    blue = backends('blue', faulty=True)
+    green = backends('green', faulty=True, error_ratio=1.0)  # answers 500 to everything, accepts connections
+    public = PORTS.take()
+    result = run_module('traffic_proxy', proxy.args([route('shop', public, blue.port, green.port)]))
+    assert not result.failed, result
+    gets = [get(public) for _number in range(20)]
+    assert gets == [(200, 'blue')] * 20, gets  # green's 500s were retried on blue
+    assert green.served >= 5, green.served  # green had its share of them all the same
+    served_before = green.served
+    posts = [get(public, method='POST', body=b'order=1') for _number in range(20)]
+    failed = [answer for answer in posts if answer[0] != 200]
+    # a POST green answered 500 reaches the client: it may have done its work, so it is never retried
+    assert failed and all(answer == (500, 'failing green') for answer in failed), posts
+    assert green.served - served_before == len(failed), (green.served, served_before, posts)
+    stats = RuntimeAPI(proxy.socket).stats()['shop']['servers']['green']
+    assert stats['wredis'] == served_before and stats['hrsp_5xx'] == len(failed), stats
 
 
 def test_a_moved_runtime_socket_is_taken_by_a_reload(run_module, proxy, backends):

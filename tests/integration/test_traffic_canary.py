@@ -77,7 +77,10 @@ def test_a_canary_answering_500s_fails_naming_its_error_ratio_also_in_check_mode
                                     "max_error_ratio 0.01" % (number(canary['error_ratio']), canary['errors'],
                                                               canary['requests'])), result['reasons']
     assert 'max_error_ratio_delta 0.01' in result['reasons'][1]
-    assert 'HTTP 500' in load.failures
+    # the route retries a GET the canary failed on the stable server: the clients saw none of the canary's 500s,
+    # the judge saw every one (the canary's wredis)
+    assert load.failures == [], load.failures
+    assert green.served > canary['requests'] / 2, (green.served, canary)
 
 
 def test_a_slow_canary_fails_the_latency_limits(run_module, proxy, backends):

@@ -16,12 +16,13 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._canary import 
 )
 
 
-def http(stot=None, ok=0, e5=0, e4=0, other=0, econ=0, eresp=0, rtime=2, status='UP'):
+def http(stot=None, ok=0, e5=0, e4=0, other=0, econ=0, eresp=0, wredis=0, wretr=None, rtime=2, status='UP'):
     """The counters of one HTTP server, as RuntimeAPI.stats() gives them (stot: by default one session a request)."""
     if stot is None:
-        stot = ok + e5 + e4 + other + econ + eresp
+        stot = ok + e5 + e4 + other + econ + eresp + wredis
     return dict(status=status, weight=100, scur=0, stot=stot, hrsp_1xx=0, hrsp_2xx=ok, hrsp_3xx=0, hrsp_4xx=e4,
-                hrsp_5xx=e5, hrsp_other=other, econ=econ, eresp=eresp, wretr=0, wredis=0, rtime=rtime)
+                hrsp_5xx=e5, hrsp_other=other, econ=econ, eresp=eresp, wretr=wredis if wretr is None else wretr,
+                wredis=wredis, rtime=rtime)
 
 
 def tcp(stot=0, econ=0, eresp=0, status='UP'):
@@ -52,6 +53,23 @@ def test_http_requests_count_every_response_class_and_the_failures_errors_count_
     assert window['errors'] == 4 + 2 + 3
     assert window['error_ratio'] == pytest.approx(9 / 42.0)
     assert window['rtime_ms'] == 17 and window['status'] == 'UP' and window['server'] == 'green'
+
+
+def test_requests_retried_on_the_other_server_are_the_canarys_errors():
+    # HAProxy 2.6 with the routes' retries, a canary answering 500 to a GET: the client gets the stable server's 200,
+    # the canary shows no 5xx and no error, only wretr and wredis (26 of 26 in the hand check); a refused connection
+    # shows only wredis. Both are counted once, by wredis.
+    answered_500 = server_window('green', http(ok=10), http(ok=10, wredis=26))
+    refused = server_window('green', http(ok=10), http(ok=10, wredis=26, wretr=0))
+    assert answered_500['requests'] == answered_500['errors'] == 26
+    assert refused['requests'] == refused['errors'] == 26 and refused['error_ratio'] == 1.0
+    verdict = judge(snap(http(ok=100), http(ok=10)), after(http(ok=200), http(ok=10, wredis=30)), 'green')
+    assert verdict['verdict'] == 'fail' and verdict['canary']['errors'] == 30, verdict
+
+
+def test_a_wredis_going_down_is_a_counter_reset():
+    message = counter_reset(snap(http(ok=5), http(stot=20, ok=5, wredis=4)), snap(http(ok=6), http(stot=21, ok=6, wredis=1)))
+    assert 'the counter wredis of server green went down from 4 to 1' in message, message
 
 
 def test_tcp_requests_are_sessions_and_errors_connection_and_response_errors():

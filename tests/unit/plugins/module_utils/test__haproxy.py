@@ -44,8 +44,33 @@ def test_render_is_deterministic_and_sorted():
     assert '    option httpchk GET /healthz\n' in text
     assert '    server blue 127.0.0.1:18080 check weight 100\n' in text
     assert '    server green 127.0.0.1:18081 check weight 100\n' in text
-    assert '    option redispatch\n' in text and '    retries 3\n' in text
+    assert '    option redispatch 1\n' in text and '    retries 1\n' in text
+    assert '    retry-on conn-failure empty-response 500 502 503 504\n' in text
+    assert '    http-request disable-l7-retry if !METH_GET !METH_OPTIONS\n' in text
     assert text.endswith('\n')
+
+
+def test_http_routes_retry_failed_requests_on_the_other_server_and_tcp_routes_only_connections():
+    text = render_config([shop(retry_on=['conn-failure', '503'], retries=2),
+                          dict(name='db', port=5432, mode='tcp', blue=dict(port=25432))], SOCKET)
+    shop_backend = text[text.index('backend shop'):]
+    db_backend = text[text.index('backend db'):text.index('frontend shop')]
+    assert '    retry-on conn-failure 503\n' in shop_backend and '    retries 2\n' in shop_backend
+    assert 'retry-on' not in db_backend and 'disable-l7-retry' not in db_backend
+    assert '    option redispatch 1\n' in db_backend
+    assert 'retry-on none\n' in render_config([shop(retry_on='none')], SOCKET)
+
+
+@pytest.mark.parametrize('route, fragment', [
+    (dict(retry_on=['500', 'teapot']), 'retry_on keyword teapot is not known'),
+    (dict(retry_on=[]), 'non-empty list'),
+    (dict(retry_on=['none', '500']), 'none cannot be combined'),
+    (dict(mode='tcp', retry_on=['conn-failure']), 'retry_on needs mode http'),
+])
+def test_bad_retry_on_is_refused_naming_the_route(route, fragment):
+    with pytest.raises(HAProxyConfigError, match=fragment) as caught:
+        render_config([shop(**route)], SOCKET)
+    assert 'route shop' in str(caught.value)
 
 
 def test_render_states_weights_and_options():
