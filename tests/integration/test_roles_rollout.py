@@ -508,6 +508,16 @@ class TestOneStack(object):
         for service in ('web', 'worker'):
             assert '%s: %s -> %s' % (service, images[current][service], images[target][service]) in shown, shown
 
+        # --check wins over apply=true: the apply's plan is shown, nothing is restored, pulled or started
+        files = dict((path, path.read_bytes()) for path in sorted(chain.src.iterdir()) if path.is_file())
+        dry = chain.rollback(apply=True, args=['--check'])
+        assert_ok(dry, changed=0)
+        assert '%s: %s -> %s (plan only, nothing changed; check mode: run without --check to apply)' % (
+            chain.project, current, target) in ' '.join(dry.stdout.split()), dry.stdout
+        assert chain.snapshot(client) == snapshot and chain.ledger_bytes() == ledger_bytes
+        assert dict((path, path.read_bytes()) for path in sorted(chain.src.iterdir()) if path.is_file()) == files
+        assert not chain.lock_file.exists()
+
         applied = chain.rollback(apply=True)
         assert_ok(applied)
         assert applied.recap['localhost']['changed'] >= 1
