@@ -71,6 +71,8 @@ TRAFFIC_CASES = (('healthy', '(a) healthy rollout', 'v2'), ('crash', '(b) crash-
                  ('wrongport', '(c) release on the wrong port', 'wrongport'), ('canary', '(d) canary abort', 'error500'),
                  ('rollback', '(e) manual rollback', None))
 TRAFFIC_ORDER = ('healthy', 'rollback', 'crash', 'wrongport', 'canary')  # (e) takes back what (a) rolled out, by a flip
+# The smoke run checks that the figure works, not its numbers: (b) and (c) have their tests (test_roles_traffic.py).
+TRAFFIC_SMOKE = ('healthy', 'rollback', 'canary')
 TRAFFIC_RATE = 40  # requests a second, each on a new connection
 TRAFFIC_CANARY = {'steps': [25], 'interval': 4, 'threshold': 1, 'min_requests': 10}  # smoke: interval 2
 TRAFFIC_HEALTH_TIMEOUT = 10  # the gates' timeout (rollout_ and rollback_health_timeout): when (c) fails; smoke: 6
@@ -176,6 +178,13 @@ def task_end(run, marker, role='rollout'):
     return None
 
 
+def task_start(run, marker, role='rollout'):
+    for task in run.timeline.get('tasks') or []:
+        if (': %s' % marker) in task['name'] and task['name'].startswith('safedeploy.compose.%s' % role):
+            return task['start']
+    return None
+
+
 def failed_task_end(run, markers, role='rollout'):
     """When the first task of the role named by one of markers failed (its result came back): where its rescue began."""
     for task in run.timeline.get('tasks') or []:
@@ -198,6 +207,7 @@ class Bench(object):
     def __init__(self, smoke, reps, workdir):
         self.smoke = smoke
         self.reps = reps
+        self.traffic_cases = TRAFFIC_SMOKE if smoke else TRAFFIC_ORDER
         self.workdir = Path(workdir)
         self.state_dir = self.workdir / 'state'
         self.pusher = ReleasePusher(REGISTRY)
@@ -578,6 +588,9 @@ class Bench(object):
         def collection_step(case, release, index):
             old = routed.good[-1]
             routed.canary = canary if case == 'canary' else None
+            # (a) keeps the slot it leaves running (in maintenance), so that (e), the manual rollback right after it,
+            # is the flip the issue asks for; the other cases stop it (the default)
+            routed.previous_slot = 'running' if case == 'healthy' else 'stopped'
             with LoadClient(routed.public, TRAFFIC_RATE) as load:
                 time.sleep(lead)
                 if case == 'rollback':
@@ -598,6 +611,11 @@ class Bench(object):
                 if run.rc != 0:
                     raise BenchBroken('traffic (e): rollback of %s to %s failed:\n%s' % (routed.project, old, run.tail()))
                 row.update(measure(load.samples, operation, old=old, decision=run.started))
+                # the same flip, from the start of the rollback's switch task: what is left once the run got there
+                switch = task_start(run, 'Move the traffic of each route', role='rollback')
+                if switch is not None:
+                    row['flip_from_switch'] = measure(load.samples, operation, old=old, decision=switch)['flip_back']
+                    row['switch_after_start'] = switch - run.started
                 routed.good.append(old)
                 final = old
             else:
@@ -651,7 +669,7 @@ class Bench(object):
             log('  %s rep %d plain:      %s' % (case, index + 1, describe(row)))
 
         for index in range(self.reps):
-            for case in TRAFFIC_ORDER:
+            for case in [case for case in TRAFFIC_ORDER if case in self.traffic_cases]:
                 base_tag = dict((name, tag) for name, _label, tag in TRAFFIC_CASES)[case]
                 release = self.traffic_release(base_tag, pushed) if base_tag else None
                 steps = (collection_step, plain_step) if index % 2 == 0 else (plain_step, collection_step)
@@ -733,6 +751,8 @@ def describe(row):
         parts.append('flip back %.2fs' % row['flip_back'])
     if row.get('decision_after_up') is not None:
         parts.append('decided %.2fs after up' % row['decision_after_up'])
+    if row.get('flip_from_switch') is not None:
+        parts.append('switch task %.2fs after the start, flip %.2fs from it' % (row['switch_after_start'], row['flip_from_switch']))
     parts.append('%.1fs' % row['wall'])
     return ', '.join(parts)
 
@@ -846,7 +866,8 @@ def build_report(bench, figures):
         rows.extend(traffic_rows(traffic))
         doc['figures']['traffic'] = dict(
             (case, dict((side, dict((key, summary([row.get(key) for row in traffic['cases'][case][side]]))
-                                    for key in ('requests', 'failed', 'p99', 'flip_back', 'decision_after_up')))
+                                    for key in ('requests', 'failed', 'p99', 'flip_back', 'decision_after_up',
+                                                'flip_from_switch', 'switch_after_start')))
                         for side in ('collection', 'plain')))
             for case, _label, _tag in TRAFFIC_CASES if traffic['cases'][case]['collection'])
     return rows, doc
@@ -877,6 +898,11 @@ def traffic_rows(traffic):
         rows.append(('    time to flip back', fmt(summary(values('collection', 'flip_back'))),
                      fmt(summary(values('plain', 'flip_back'))), fmt(summary(back), 'x'),
                      'decided %s after the bad release came up' % fmt(decided) if decided['n'] else 'decided at the rollback\'s start', ''))
+        switch = summary([value for value in values('collection', 'flip_from_switch') if value is not None])
+        if switch['n']:
+            reached = summary([value for value in values('collection', 'switch_after_start') if value is not None])
+            rows.append(('    flip, from the switch task', fmt(switch), '', '',
+                         'the switch task began %s after the rollback\'s start' % fmt(reached), ''))
     return rows
 
 
@@ -913,6 +939,8 @@ def main(argv):
     parser.add_argument('--sizes', help='stack sizes of figures 1/4/5, comma-separated (default 1,5,20; the rerun and '
                         'crash figures use 5, or the largest given below 5)')
     parser.add_argument('--fleet', help='fleet sizes of figure 5, comma-separated (default 1,10,50)')
+    parser.add_argument('--traffic-cases', help='cases of figure 7, comma-separated, from %s (default all; smoke: %s); '
+                        'rollback needs healthy' % (','.join(TRAFFIC_ORDER), ','.join(TRAFFIC_SMOKE)))
     parser.add_argument('--keep', action='store_true', help='leave the stacks and the work dir in place')
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.smoke else 5)
@@ -936,6 +964,11 @@ def main(argv):
     load_before = os.getloadavg()
     workdir = tempfile.mkdtemp(prefix='sdb-bench-')
     bench = Bench(args.smoke, reps, workdir)
+    if args.traffic_cases:
+        bench.traffic_cases = tuple(args.traffic_cases.split(','))
+        unknown = sorted(set(bench.traffic_cases) - set(TRAFFIC_ORDER))
+        if unknown or ('rollback' in bench.traffic_cases and 'healthy' not in bench.traffic_cases):
+            parser.error('--traffic-cases: from %s, and rollback needs healthy' % ','.join(TRAFFIC_ORDER))
     figures = {}
     started = time.time()
     broken = None

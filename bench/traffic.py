@@ -268,6 +268,7 @@ class RoutedStack(object):
         self.client = client
         self.good = []  # releases that went live, oldest first (a rollback's target goes live again)
         self.canary = None  # the canary of the next rollout (a mapping), or None for a flip
+        self.previous_slot = 'stopped'  # rollout_previous_slot of the next rollout
         services = {
             'web': {'image': '%s/%s:unpinned' % (REGISTRY, WEB_REPO), 'restart': 'unless-stopped',
                     'environment': {'APP_PORT': str(CONTAINER_PORT), 'APP_BIND': '0.0.0.0'},
@@ -308,6 +309,7 @@ class RoutedStack(object):
             'traffic_pid_file': str(proxy / 'haproxy.pid'), 'traffic_master_socket': str(proxy / 'master.sock'),
             'traffic_server_state_file': str(proxy / 'server-state'), 'traffic_user': '', 'traffic_group': '',
             'rollout_drain_timeout': 10, 'rollback_drain_timeout': 10,
+            'rollout_previous_slot': self.previous_slot,
         }
 
     def containers(self, project):
