@@ -354,6 +354,23 @@ class ComposeProject(object):
     def services(self, config):
         return services_of(config)
 
+    def service_hashes(self, extra_files=()):
+        """{service: config hash} as compose computes it (`config --hash=*`): the label
+        com.docker.compose.config-hash a container of the files would carry, so a container whose label differs is
+        one `up` would recreate. Both CLIs have it (checked: v2.40, v1.29)."""
+        out = self.run(self.argv(['config', '--hash=*'], extra_files), action='hashing the services (compose config --hash)')
+        hashes = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                hashes[parts[0]] = parts[1]
+        return hashes
+
+    def scale_argv(self, service, count, extra_files=()):
+        """`up` of one service to `count` containers, keeping the ones that run (new ones get the files' config)."""
+        return self.argv(['up', '-d', '--no-deps', '--no-recreate', '--scale', '%s=%d' % (service, count), service],
+                         extra_files)
+
 
 # The arguments of a module that runs commands of one compose project (doc fragment _compose_project).
 COMPOSE_PROJECT_ARGUMENT_SPEC = dict(

@@ -23,6 +23,7 @@ description:
     config hash) before and after.
   - With O(stack_lock), it renews the run's stack lock before each pull attempt and before it touches a container, and
     stops there when the run no longer holds it.
+  - With O(start_first), the services named there are started new-before-old, before the rest of the project comes up.
 author:
   - safedeploy.compose contributors (@safedeploy)
 extends_documentation_fragment:
@@ -100,9 +101,29 @@ options:
   up_timeout:
     description:
       - Seconds C(compose up) may take before it is stopped.
-      - Also the deadline of C(compose config), which check mode runs to predict RV(changed).
+      - Also the deadline of C(compose config), which check mode runs to predict RV(changed), and of each service of
+        O(start_first) becoming ready.
     type: int
     default: 300
+  start_first:
+    description:
+      - Services whose new containers start next to the running ones, and replace them only once they run (healthy,
+        when the image has a C(HEALTHCHECK); otherwise running for 2 seconds without a restart). So a worker never
+        stops before its successor works, and a successor that cannot start leaves the old container untouched.
+      - Only for services that tolerate two copies for a few seconds (queue consumers, stateless workers), never for
+        schedulers, singletons or anything holding a lock on a file. Your call; the collection cannot know it.
+      - "For each service named: when its running containers carry another configuration than the files (compose's
+        config hash, C(compose config --hash)), C(up --no-deps --no-recreate --scale <service>=<twice the running>)
+        starts the new ones, the module waits for them, then stops the old ones (their stop grace period) and removes
+        them; the project's C(up) that follows keeps the new ones. A service whose containers are current, or that has
+        none running, comes up with the rest."
+      - A service with C(container_name) or a published host port is refused before anything is pulled or touched
+        (two containers cannot share either).
+      - When a new container exits, restarts, is C(unhealthy) or not ready within O(up_timeout), it is removed, the
+        old ones keep running and the module fails naming the service; no other service was touched.
+    type: list
+    elements: str
+    default: []
 notes:
   - The modules run in the host's Python, which needs the docker library (the engine is read for RV(changed) and the
     leftovers).
@@ -153,6 +174,15 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+started_first:
+  description:
+    - The services of O(start_first) started new-before-old in this run, in order, each with the containers it
+      replaced (C(old)), the ones that replaced them (C(new)) and the seconds from the start of the new ones to the
+      removal of the old ones. Empty when none needed it, and in check mode.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{service: worker, old: [shop-worker-1], new: [shop-worker-2], seconds: 3.1}]
 changed:
   description: Whether a container of the project was created, recreated or removed (read from the engine).
   returned: always
@@ -272,7 +302,7 @@ class ComposeUp(object):
         self.module = module
         self.params = module.params
         self.result = dict(changed=False, authenticated=[], pulled=False, touched=False, leftovers=[], containers={},
-                           compose_argv=[], compose_version='', lease_lost=False, unbounded_logs=[])
+                           compose_argv=[], compose_version='', lease_lost=False, unbounded_logs=[], started_first=[])
 
     def fail(self, msg, **extra):
         self.result.update(extra)
@@ -425,9 +455,114 @@ class ComposeUp(object):
         stale = [name for name, image in wanted.items() if running.get(name) != set([image])]
         return bool(orphans or stale)
 
+    def check_start_first(self, project):
+        """Refuse, before anything is pulled or touched, a start_first service that cannot run twice."""
+        try:
+            _text, config = project.load_config()
+        except ComposeTimeout:
+            self.fail('compose_up: reading the configuration of %s (compose config) did not finish within %ss and was '
+                      'stopped; nothing was changed. Raise up_timeout.' % (self.params['project_name'], self.params['up_timeout']))
+        except ComposeError as exc:
+            self.fail('compose_up: the compose files of %s are not valid: %s' % (self.params['project_name'], exc.message))
+        services = config.get('services') or {}
+        for name in self.params['start_first']:
+            spec = services.get(name)
+            if not isinstance(spec, dict):
+                self.fail('compose_up: start_first names %s, which is not a service of %s (services: %s); nothing was '
+                          'changed' % (name, self.params['project_name'], ', '.join(sorted(services))))
+            published = [port for port in spec.get('ports') or [] if isinstance(port, dict) and port.get('published')
+                         or isinstance(port, str) and ':' in port]
+            if spec.get('container_name') or published:
+                self.fail('compose_up: service %s of %s cannot start new-before-old: %s; two containers cannot share it. '
+                          'Remove it from start_first (or make it a routed service, which runs in blue/green slots); '
+                          'nothing was changed' % (name, self.params['project_name'],
+                                                   'it sets container_name' if spec.get('container_name')
+                                                   else 'it publishes a host port'))
+
+    def start_first(self, project, client, before):
+        """Each start_first service whose running containers are not current: new ones next to them, ready, then the
+        old ones stopped and removed. Fails (new ones removed, old ones untouched) when the new ones do not get ready."""
+        params = self.params
+        hashes = None
+        for name in params['start_first']:
+            mine = dict((cid, entry) for cid, entry in before.items() if entry[0] == name)
+            running = [cid for cid, entry in mine.items() if entry[2] == 'running']
+            if not running:
+                continue
+            if hashes is None:
+                try:
+                    hashes = project.service_hashes()
+                except ComposeError as exc:
+                    self.fail('compose_up: %s' % exc.message)
+            if all(mine[cid][1] == hashes.get(name) for cid in running):
+                continue
+            self.hold_lock('starting the new containers of %s next to the old ones' % name)
+            self.result['touched'] = True
+            started = time.monotonic()
+            argv = project.scale_argv(name, len(mine) + len(running))
+            try:
+                rc, out, err = project.runner.run(argv, timeout=params['up_timeout'], cwd=project.project_dir)
+            except ComposeTimeout as exc:
+                rc, out, err = None, '', exc.stderr or ''
+            now = self.engine_call('list the containers of project %s' % params['project_name'],
+                                   lambda: self.containers(client))
+            new = sorted(cid for cid, entry in now.items() if entry[0] == name and cid not in mine)
+            problem = None
+            if rc != 0:
+                problem = ('compose up --scale %s ended with rc=%s: %s' % (name, rc, (tail_lines(err or out) or '(no output)')
+                                                                          .splitlines()[-1]))
+            elif not new:
+                problem = 'compose started no new container'
+            else:
+                problem = self.wait_ready(client, new, started + params['up_timeout'])
+            if problem:
+                for cid in new:
+                    self.engine_call('remove the new container %s' % now[cid][3],
+                                     lambda cid=cid: client.api.remove_container(cid, force=True))
+                self.fail('compose_up: the new container(s) of %s (start_first) did not get ready: %s. They were '
+                          'removed; the old one(s) (%s) keep running and no other service of %s was touched.'
+                          % (name, problem, ', '.join(sorted(mine[cid][3] for cid in running)), params['project_name']))
+            for cid in sorted(mine):
+                self.engine_call('stop the old container %s' % mine[cid][3],
+                                 lambda cid=cid: client.api.stop(cid))
+                self.engine_call('remove the old container %s' % mine[cid][3],
+                                 lambda cid=cid: client.api.remove_container(cid))
+            self.result['started_first'].append({
+                'service': name, 'old': sorted(mine[cid][3] for cid in mine), 'new': sorted(now[cid][3] for cid in new),
+                'seconds': round(time.monotonic() - started, 2)})
+
+    def wait_ready(self, client, ids, deadline):
+        """None once every container runs (healthy with a HEALTHCHECK, else 2 s without a restart); else why not."""
+        steady = {}
+        while True:
+            waiting = []
+            for cid in ids:
+                attrs = self.engine_call('inspect the new container %s' % cid[:12],
+                                         lambda cid=cid: client.api.inspect_container(cid))
+                state = attrs.get('State') or {}
+                name = (attrs.get('Name') or cid[:12]).lstrip('/')
+                health = (state.get('Health') or {}).get('Status')
+                if state.get('Status') != 'running' or state.get('Restarting'):
+                    return '%s is %s (exit code %s)' % (name, state.get('Status'), state.get('ExitCode'))
+                if health == 'unhealthy':
+                    return '%s is unhealthy (its HEALTHCHECK failed)' % name
+                key = (state.get('StartedAt'), attrs.get('RestartCount'))
+                if steady.get(cid, (None, None))[0] != key:
+                    steady[cid] = (key, time.monotonic())
+                ready = health == 'healthy' if health else time.monotonic() - steady[cid][1] >= 2.0
+                if not ready:
+                    waiting.append(name)
+            if not waiting:
+                return None
+            if time.monotonic() >= deadline:
+                return 'not ready within up_timeout (%ss): %s' % (self.params['up_timeout'], ', '.join(waiting))
+            time.sleep(0.5)
+
     def run(self):
         params = self.params
         project = self.project()
+        if params['start_first'] and params['state'] == 'started':
+            self.check_start_first(project)
         client = connect_engine(self.module, self.result)
         before = self.engine_call('list the containers of project %s' % params['project_name'],
                                   lambda: self.containers(client))
@@ -450,6 +585,9 @@ class ComposeUp(object):
         for leftover in leftovers:
             self.engine_call('remove the leftover container %s' % leftover['name'],
                              lambda leftover=leftover: client.api.remove_container(leftover['id'], force=True))
+        if params['start_first']:
+            removed = set(leftover['id'] for leftover in leftovers)
+            self.start_first(project, client, dict((cid, entry) for cid, entry in before.items() if cid not in removed))
         self.up(project)
         after = self.engine_call('list the containers of project %s' % params['project_name'],
                                  lambda: self.containers(client))
@@ -478,6 +616,7 @@ def main():
         pull_timeout=dict(type='int', default=600),
         pull_retries=dict(type='int', default=3),
         up_timeout=dict(type='int', default=300),
+        start_first=dict(type='list', elements='str', default=[]),
     )
     argument_spec.update(COMPOSE_PROJECT_ARGUMENT_SPEC)
     argument_spec.update(STACK_LOCK_HOLD_SPEC)

@@ -189,3 +189,72 @@ def test_a_registry_that_never_answers_is_cut_off_at_pull_timeout_and_the_engine
         assert [(c.id, c.attrs['State']['StartedAt']) for c in project.containers()] == before
     finally:
         silent.close()
+
+
+def engine_events(testbed, project_name, since, until):
+    """(action, container name) of the project's container events between since and until (engine clock)."""
+    client = testbed.client()
+    events = client.events(since=since, until=until, decode=True,
+                           filters={'type': 'container', 'label': 'com.docker.compose.project=%s' % project_name})
+    return [(event.get('status') or event.get('Action'), event['Actor']['Attributes'].get('name')) for event in events]
+
+
+def test_start_first_runs_the_new_container_before_the_old_one_stops(project, run_module, testbed):
+    assert not run_module(MODULE, project.args(start_first=['web'])).failed  # nothing runs yet: an ordinary up
+    (old,) = project.containers()
+    project.write('v2')
+    since = int(time.time()) - 1
+    up = run_module(MODULE, project.args(start_first=['web']))
+    assert not up.failed, up.get('msg')
+    assert up['changed'] is True
+    (first,) = up['started_first']
+    assert first['service'] == 'web' and first['old'] == [old.name] and len(first['new']) == 1, first
+    (new,) = project.containers()
+    assert new.name == first['new'][0] and new.attrs['Config']['Image'] == testbed.images['v2']['ref']
+    events = engine_events(testbed, project.name, since, int(time.time()) + 1)
+    started = events.index(('start', new.name))
+    stopped = min(events.index((action, old.name)) for action in ('kill', 'die', 'stop') if (action, old.name) in events)
+    assert started < stopped, events  # the new one ran before the old one was told to stop
+    # current containers: nothing to start first, nothing changes
+    again = run_module(MODULE, project.args(start_first=['web'], pull=False))
+    assert not again.failed and again['changed'] is False and again['started_first'] == []
+    assert [c.id for c in project.containers()] == [new.id]
+
+
+def test_start_first_keeps_the_old_container_when_the_new_one_crashes(project, run_module, testbed):
+    assert not run_module(MODULE, project.args()).failed
+    (old,) = project.containers()
+    project.write('v3')  # exits at once
+    failed = run_module(MODULE, project.args(start_first=['web'], up_timeout=30))
+    assert failed.failed
+    assert 'the new container(s) of web (start_first) did not get ready' in failed['msg'], failed['msg']
+    assert old.name in failed['msg'] and 'keep running' in failed['msg']
+    (still,) = project.containers()  # the crashed one was removed
+    assert still.id == old.id and still.status == 'running'
+    assert still.attrs['State']['StartedAt'] == old.attrs['State']['StartedAt']  # never restarted
+
+
+def test_start_first_waits_for_the_healthcheck(project, run_module, testbed):
+    assert not run_module(MODULE, project.args()).failed
+    project.write('hc-v1')
+    up = run_module(MODULE, project.args(start_first=['web']))
+    assert not up.failed, up.get('msg')
+    (new,) = project.containers()
+    assert new.attrs['State']['Health']['Status'] == 'healthy'  # it was healthy before the old one went
+    assert up['started_first'][0]['seconds'] >= 1
+
+
+def test_start_first_refuses_a_service_that_cannot_run_twice_before_touching_anything(project, run_module, testbed):
+    assert not run_module(MODULE, project.args()).failed
+    (old,) = project.containers()
+    (project.src / 'compose.yaml').write_text(
+        'services:\n  web:\n    image: %s\n    container_name: %s-fixed\n' % (testbed.images['v2']['ref'], project.name))
+    refused = run_module(MODULE, project.args(start_first=['web']))
+    assert refused.failed and 'cannot start new-before-old: it sets container_name' in refused['msg'], refused['msg']
+    (project.src / 'compose.yaml').write_text(
+        'services:\n  web:\n    image: %s\n    ports: ["127.0.0.1:19099:8080"]\n' % testbed.images['v2']['ref'])
+    published = run_module(MODULE, project.args(start_first=['web']))
+    assert published.failed and 'it publishes a host port' in published['msg'], published['msg']
+    unknown = run_module(MODULE, project.args(start_first=['nope']))
+    assert unknown.failed and 'start_first names nope, which is not a service' in unknown['msg'], unknown['msg']
+    assert [(c.id, c.status) for c in project.containers()] == [(old.id, 'running')]
