@@ -118,7 +118,8 @@ options:
         them; the project's C(up) that follows keeps the new ones. A service whose containers are current, or that has
         none running, comes up with the rest."
       - A service with C(container_name) or a published host port is refused before anything is pulled or touched
-        (two containers cannot share either).
+        (two containers cannot share either). A service on the host's network that listens on a port cannot run twice
+        either; its new container fails to bind, is removed, and the old one keeps running.
       - When a new container exits, restarts, is C(unhealthy) or not ready within O(up_timeout), it is removed, the
         old ones keep running and the module fails naming the service; no other service was touched.
     type: list
