@@ -510,8 +510,8 @@ class ComposeUp(object):
             new = sorted(cid for cid, entry in now.items() if entry[0] == name and cid not in mine)
             problem = None
             if rc != 0:
-                problem = ('compose up --scale %s ended with rc=%s: %s' % (name, rc, (tail_lines(err or out) or '(no output)')
-                                                                          .splitlines()[-1]))
+                last = (tail_lines(err or out) or '(no output)').splitlines()[-1]
+                problem = 'compose up --scale %s ended with rc=%s: %s' % (name, rc, last)
             elif not new:
                 problem = 'compose started no new container'
             else:

@@ -124,7 +124,7 @@ options:
             other server answers. The failing server counts each such request in C(wredis), which
             M(safedeploy.compose.traffic_canary) counts as its error.
           - Requests whose method is not C(GET), C(HEAD) or C(OPTIONS) are retried only when their connection failed
-            (the server never saw them): a C(POST) answered 500 may have done its work, so it is never sent twice.
+            (the server never saw them); a C(POST) answered 500 may have done its work, so it is never sent twice.
             Requests with a body larger than HAProxy's buffer (16 kB) are not retried.
           - Must not be set on a V(tcp) route, which retries failed connections only.
         type: list

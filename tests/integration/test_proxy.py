@@ -44,8 +44,8 @@ def test_renders_validates_starts_and_routes_to_blue(run_module, proxy, backends
     assert again['pid'] == result['pid']
 
 
-def test_a_get_a_server_failed_is_answered_by_the_other_one_and_a_post_is_never_sent_twice(run_module, proxy,
-                                                                                          backends):
+def test_a_get_a_server_failed_is_answered_by_the_other_one_and_a_post_is_never_sent_twice(
+        run_module, proxy, backends):
     blue = backends('blue', faulty=True)
     green = backends('green', faulty=True, error_ratio=1.0)  # answers 500 to everything, accepts connections
     public = PORTS.take()
