@@ -302,6 +302,7 @@ class ComposeUp(object):
     def __init__(self, module):
         self.module = module
         self.params = module.params
+        self._config = None
         self.result = dict(changed=False, authenticated=[], pulled=False, touched=False, leftovers=[], containers={},
                            compose_argv=[], compose_version='', lease_lost=False, unbounded_logs=[], started_first=[])
 
@@ -439,15 +440,21 @@ class ComposeUp(object):
             self.fail('compose_up: compose up of %s failed (rc=%s): %s' % (
                 params['project_name'], rc, tail.splitlines()[-1] if tail else '(no output)'), stderr_tail=tail)
 
+    def config(self, project):
+        """The effective configuration (`compose config`), read once a run."""
+        if self._config is None:
+            try:
+                _text, self._config = project.load_config()
+            except ComposeTimeout:
+                self.fail('compose_up: reading the configuration of %s (compose config) did not finish within %ss and was '
+                          'stopped; nothing was changed. Raise up_timeout.' % (self.params['project_name'], self.params['up_timeout']))
+            except ComposeError as exc:
+                self.fail('compose_up: the compose files of %s are not valid: %s' % (self.params['project_name'], exc.message))
+        return self._config
+
     def predict(self, project, before):
         """Check mode: would up create, recreate or remove a container?"""
-        try:
-            _text, config = project.load_config()
-        except ComposeTimeout:
-            self.fail('compose_up: reading the configuration of %s (compose config) did not finish within %ss and was '
-                      'stopped; nothing was changed. Raise up_timeout.' % (self.params['project_name'], self.params['up_timeout']))
-        except ComposeError as exc:
-            self.fail('compose_up: the compose files of %s are not valid: %s' % (self.params['project_name'], exc.message))
+        config = self.config(project)
         wanted = dict((name, spec['image']) for name, spec in services_of(config).items())
         running = {}
         for service, _hash, _state, _name, image in before.values():
@@ -458,14 +465,7 @@ class ComposeUp(object):
 
     def check_start_first(self, project):
         """Refuse, before anything is pulled or touched, a start_first service that cannot run twice."""
-        try:
-            _text, config = project.load_config()
-        except ComposeTimeout:
-            self.fail('compose_up: reading the configuration of %s (compose config) did not finish within %ss and was '
-                      'stopped; nothing was changed. Raise up_timeout.' % (self.params['project_name'], self.params['up_timeout']))
-        except ComposeError as exc:
-            self.fail('compose_up: the compose files of %s are not valid: %s' % (self.params['project_name'], exc.message))
-        services = config.get('services') or {}
+        services = self.config(project).get('services') or {}
         for name in self.params['start_first']:
             spec = services.get(name)
             if not isinstance(spec, dict):
