@@ -213,7 +213,7 @@ options:
         layers by their uncompressed digests (the config's C(rootfs.diff_ids)), and the engine skips a layer only when
         it holds the same layer on the same parent layers, so that is what is compared.
       - Costs up to three registry requests per image not on the host, all within O(timeout), one engine call, and,
-        when some image is not on the host, one engine call per local image not seen before: an image id names its
+        when some image is not on the host, one engine call per local image not seen before. An image id names its
         content, so the layers of each local image are remembered in C(~/.cache/safedeploy/image-chains.json) (mode
         0600, only the images of the last look) and never inspected twice. Needs the C(docker) Python library.
         Only with O(resolve=registry).

@@ -179,7 +179,7 @@ options:
       running_for:
         description:
           - In a V(containers) check, seconds each container must have been running, by the engine's C(StartedAt) (read
-            with the host's clock), to count as up: one look at a container that has run that long shows it ran that
+            with the host's clock), to count as up. One look at a container that has run that long shows it ran that
             long without a restart.
           - Judges a stack that was already running (the rollout role's check of a rerun) in one round. Right after an
             C(up), every new container fails it until it has run that long, so leave it unset (V(0)) for a release gate.
