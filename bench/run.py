@@ -879,8 +879,9 @@ def build_report(bench, figures):
                 rows.append(('5m fleet %d hosts, mitogen (opt-in) vs floor' % size,
                              fmt(summary(row['mitogen']), digits=1), fmt(summary(row['floor']), digits=1),
                              fmt(summary(row['mitogen_ratio']), 'x'),
-                             'per batch %s, CPU/host %s' % (fmt(summary(row['mitogen_per_batch']), digits=1),
-                                                           fmt(summary(row['mitogen_cpu_per_host']), ' CPU-s', digits=1)), ''))
+                             'per batch %s, CPU/host %s' % (
+                                 fmt(summary(row['mitogen_per_batch']), digits=1),
+                                 fmt(summary(row['mitogen_cpu_per_host']), ' CPU-s', digits=1)), ''))
             per_size[size] = dict((key, summary(value)) for key, value in row.items() if isinstance(value, list))
             per_size[size]['batches'] = row['batches']
         within = growth = None
