@@ -22,6 +22,10 @@ Every figure compares A with B in the same run, alternating which goes first, an
                playbooks/rollout.yml and rollback.yml) vs plain up -d of the same stack; failed requests, p99 latency
                over the switch window, time to flip back (bench/traffic.py)
 
+With --mitogen (make bench), figure 1 (the main size) and every fleet size get a third leg beside A and B: the same
+gated rollout with the opt-in mitogen strategy (PyPI mitogen, pip-installed into .build/bench-mitogen on first use,
+for the bench only), rows 1m and 5m.
+
 Prints a table and writes bench/results/bench-<UTC time>[-smoke].json. Exits non-zero when the bench breaks (a
 rollout that should pass fails, a rerun changes something, a rollback does not restore service...), never because
 a target is missed: targets are reported, not asserted.
