@@ -22,6 +22,10 @@ Every figure compares A with B in the same run, alternating which goes first, an
                playbooks/rollout.yml and rollback.yml) vs plain up -d of the same stack; failed requests, p99 latency
                over the switch window, time to flip back (bench/traffic.py)
 
+With --mitogen (make bench), figure 1 (the main size) and every fleet size get a third leg beside A and B: the same
+gated rollout with the opt-in mitogen strategy (PyPI mitogen, pip-installed into .build/bench-mitogen on first use,
+for the bench only), rows 1m and 5m.
+
 Prints a table and writes bench/results/bench-<UTC time>[-smoke].json. Exits non-zero when the bench breaks (a
 rollout that should pass fails, a rerun changes something, a rollback does not restore service...), never because
 a target is missed: targets are reported, not asserted.
@@ -60,6 +64,9 @@ RESULTS = HERE / 'results'
 GATE_INTERVAL = 2.0  # the rollout role's default rollout_health_interval, which the bench leaves alone
 FORKS = 10
 BATCH = 10
+# The opt-in mitogen leg (--mitogen): PyPI mitogen, installed for the bench only, never by make test or the collection.
+MITOGEN_VERSION = '0.3.54'
+MITOGEN_DIR = ROOT / '.build' / 'bench-mitogen'
 
 # Port plan (18800-19999): each stack gets a block, one port per service.
 PORTS = {'g1': 18800, 'f1': 18801, 'g2': 18802, 'f2': 18804, 'g5': 18810, 'f5': 18820, 'g20': 18840, 'f20': 18870, 'lat': 18900,
@@ -105,11 +112,25 @@ def summary(values):
             'max': round(max(values), 3), 'values': [round(value, 3) for value in values]}
 
 
-def alternate(reps, first, second):
-    """Run first(i) and second(i) for each repetition i, swapping which goes first every repetition."""
+def alternate(reps, first, second, *more):
+    """Run first(i), second(i) (and any more steps) for each repetition i, reversing their order every repetition."""
+    steps = (first, second) + more
     for index in range(reps):
-        for step in ((first, second) if index % 2 == 0 else (second, first)):
+        for step in (steps if index % 2 == 0 else tuple(reversed(steps))):
             step(index)
+
+
+def mitogen_env():
+    """The environment that runs ansible-playbook with mitogen's linear strategy, mitogen installed on first use.
+
+    pip installs the pinned mitogen into .build/bench-mitogen (a --target directory, not the venv): nothing but
+    this leg of the bench sees it."""
+    strategies = MITOGEN_DIR / 'ansible_mitogen' / 'plugins' / 'strategy'
+    if not (strategies / 'mitogen_linear.py').exists():
+        log('installing mitogen %s into %s (the --mitogen leg only)' % (MITOGEN_VERSION, MITOGEN_DIR))
+        subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '--no-deps',
+                        '--target', str(MITOGEN_DIR), 'mitogen==%s' % MITOGEN_VERSION], check=True)
+    return {'ANSIBLE_STRATEGY_PLUGINS': str(strategies), 'ANSIBLE_STRATEGY': 'mitogen_linear'}
 
 
 def iso_epoch(text):
@@ -215,6 +236,7 @@ class Bench(object):
         self.stacks = []
         self.counter = 0
         self.stamp = '%x' % int(time.time())
+        self.mitogen = None  # the environment of the mitogen leg (--mitogen), or None: no such leg
 
     def release(self):
         self.counter += 1
@@ -247,8 +269,8 @@ class Bench(object):
     def common_vars(self):
         return {'rollout_state_dir': str(self.state_dir)}
 
-    def gated(self, hosts, release, expect_ok=True, batches=None):
-        run = gated_rollout(hosts, release, self.common_vars(), forks=FORKS, batches=batches)
+    def gated(self, hosts, release, expect_ok=True, batches=None, extra_env=None):
+        run = gated_rollout(hosts, release, self.common_vars(), forks=FORKS, batches=batches, extra_env=extra_env)
         ok = run.rc == 0
         if ok != expect_ok or not run.timeline:
             raise BenchBroken('gated rollout of %s to %s %s (rc=%s):\n%s' % (
@@ -304,6 +326,13 @@ class Bench(object):
             data['floor_phases'].append({'pull': result['pull'], 'up': result['up'], 'gate': result['gate']})
             log('  %d svc rep %d: floor %.2fs' % (size, index + 1, result['total']))
 
+        def mitogen_step(index):
+            release = self.new_release([gated_stack])
+            run = self.gated({'localhost': [gated_stack]}, release, extra_env=self.mitogen)
+            data['mitogen'].append(run.wall)
+            data['mitogen_phases'].append(phases(run))
+            log('  %d svc rep %d: gated with mitogen %.2fs' % (size, index + 1, run.wall))
+
         def rerun_step(index):
             run = self.gated({'localhost': [gated_stack]}, gated_stack.current)
             if run.changed() != 0:
@@ -314,14 +343,21 @@ class Bench(object):
             data.setdefault('rerun_phases', []).append(phases(run))
             log('  %d svc rep %d: rerun %.2fs (changed=0)' % (size, index + 1, run.wall))
 
+        # The mitogen leg (figure 1 only, the main size): the same rollout with mitogen's strategy, beside A and B.
+        with_mitogen = with_rerun and self.mitogen is not None
+        if with_mitogen:
+            data.update(mitogen=[], mitogen_phases=[])
         for index in range(self.reps):
+            order = (gated_step, floor_step)
             if with_rerun:
-                order = (rerun_step, gated_step, floor_step) if index % 2 == 0 else (floor_step, gated_step, rerun_step)
-            else:
-                order = (gated_step, floor_step) if index % 2 == 0 else (floor_step, gated_step)
-            for step in order:
+                order = (rerun_step,) + order
+            if with_mitogen:
+                order += (mitogen_step,)
+            for step in (order if index % 2 == 0 else tuple(reversed(order))):
                 step(index)
         data['ratio'] = [a / b for a, b in zip(data['gated'], data['floor'])]
+        if with_mitogen:
+            data['mitogen_ratio'] = [a / b for a, b in zip(data['mitogen'], data['floor'])]
         if with_rerun:
             data['rerun_ratio'] = [a / b for a, b in zip(data['rerun'], data['gated'])]
         return data, gated_stack, floor_stack
@@ -456,7 +492,26 @@ class Bench(object):
                 row['floor_cpu'].append(children_cpu() - cpu)
                 log('  %d hosts rep %d: floor %.1fs (%.1f CPU-s)' % (size, index + 1, row['floor'][-1], row['floor_cpu'][-1]))
 
-            alternate(self.reps, gated_step, floor_step)
+            def mitogen_step(index, size=size, row=row):  # pylint: disable=dangerous-default-value
+                chosen = dict((name, hosts[name]) for name in names[:size])
+                release = self.new_release(gated[:size])
+                run = self.gated(chosen, release, batches=[BATCH], extra_env=self.mitogen)
+                unchanged = [host for host, counts in run.recap.items() if counts.get('changed', 0) == 0]
+                if len(run.recap) != size or unchanged:
+                    raise BenchBroken('fleet of %d with mitogen: recap has %d hosts, unchanged: %s'
+                                      % (size, len(run.recap), unchanged))
+                row['mitogen'].append(run.wall)
+                row['mitogen_cpu'].append(run.cpu)
+                log('  %d hosts rep %d: gated with mitogen %.1fs (%.1f CPU-s)' % (size, index + 1, run.wall, run.cpu))
+
+            if self.mitogen is not None:
+                row.update(mitogen=[], mitogen_cpu=[])
+                alternate(self.reps, gated_step, floor_step, mitogen_step)
+                row['mitogen_ratio'] = [a / b for a, b in zip(row['mitogen'], row['floor'])]
+                row['mitogen_cpu_per_host'] = [a / size for a in row['mitogen_cpu']]
+                row['mitogen_per_batch'] = [a / row['batches'] for a in row['mitogen']]
+            else:
+                alternate(self.reps, gated_step, floor_step)
             row['ratio'] = [a / b for a, b in zip(row['gated'], row['floor'])]
             row['per_host_overhead'] = [(a - b) / size for a, b in zip(row['gated'], row['floor'])]
             row['per_batch'] = [a / row['batches'] for a in row['gated']]
@@ -790,6 +845,16 @@ def build_report(bench, figures):
         doc['figures']['rollout'] = {'services': main, 'gated': summary(data['gated']), 'floor': summary(data['floor']),
                                      'ratio': ratio, 'first_rollout': data['first_rollout'],
                                      'phases': dict((phase, {'gated': a, 'floor': b, 'overhead': o}) for phase, a, b, o in phase_rows)}
+        if data.get('mitogen'):
+            mitogen = summary(data['mitogen_ratio'])
+            overhead = summary([a - b for a, b in zip(data['mitogen'], data['floor'])])
+            rows.append(('1m rollout %d svc, mitogen (opt-in) vs floor' % main, fmt(summary(data['mitogen'])),
+                         fmt(summary(data['floor'])), fmt(mitogen, 'x'), 'overhead +%s (default: +%s)' % (
+                             fmt(overhead), fmt(summary([a - b for a, b in zip(data['gated'], data['floor'])]))), ''))
+            doc['figures']['rollout_mitogen'] = {
+                'mitogen': MITOGEN_VERSION, 'gated': summary(data['mitogen']), 'floor': summary(data['floor']),
+                'ratio': mitogen, 'overhead': overhead,
+                'phases': dict((phase, summary([sample[phase] for sample in data['mitogen_phases']])) for phase in PHASES)}
         rerun = summary(data['rerun_ratio'])
         rows.append(('4 rerun of running release vs rollout', fmt(summary(data['rerun'])), fmt(summary(data['gated'])),
                      fmt(rerun, 'x'), TARGETS['rerun'],
@@ -834,6 +899,13 @@ def build_report(bench, figures):
                          'per host +%s, per batch %s, CPU/host %s' % (
                              fmt(summary(row['per_host_overhead'])), fmt(summary(row['per_batch']), digits=1),
                              fmt(summary(row['cpu_per_host']), ' CPU-s', digits=1)), ''))
+            if row.get('mitogen'):
+                rows.append(('5m fleet %d hosts, mitogen (opt-in) vs floor' % size,
+                             fmt(summary(row['mitogen']), digits=1), fmt(summary(row['floor']), digits=1),
+                             fmt(summary(row['mitogen_ratio']), 'x'),
+                             'per batch %s, CPU/host %s' % (
+                                 fmt(summary(row['mitogen_per_batch']), digits=1),
+                                 fmt(summary(row['mitogen_cpu_per_host']), ' CPU-s', digits=1)), ''))
             per_size[size] = dict((key, summary(value)) for key, value in row.items() if isinstance(value, list))
             per_size[size]['batches'] = row['batches']
         within = growth = None
@@ -942,6 +1014,9 @@ def main(argv):
     parser.add_argument('--traffic-cases', help='cases of figure 7, comma-separated, from %s (default all; smoke: %s); '
                         'rollback needs healthy' % (','.join(TRAFFIC_ORDER), ','.join(TRAFFIC_SMOKE)))
     parser.add_argument('--keep', action='store_true', help='leave the stacks and the work dir in place')
+    parser.add_argument('--mitogen', action='store_true',
+                        help='also run figure 1 (the main size) and the fleet figure with the opt-in mitogen strategy '
+                        '(PyPI mitogen %s, installed into .build/bench-mitogen for the bench only)' % MITOGEN_VERSION)
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.smoke else 5)
     if reps < 5 and not args.smoke:
@@ -969,6 +1044,8 @@ def main(argv):
         unknown = sorted(set(bench.traffic_cases) - set(TRAFFIC_ORDER))
         if unknown or ('rollback' in bench.traffic_cases and 'healthy' not in bench.traffic_cases):
             parser.error('--traffic-cases: from %s, and rollback needs healthy' % ','.join(TRAFFIC_ORDER))
+    if args.mitogen:
+        bench.mitogen = mitogen_env()
     figures = {}
     started = time.time()
     broken = None

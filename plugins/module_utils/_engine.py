@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import socket
@@ -29,6 +30,7 @@ except ImportError:  # pragma: no cover - exercised by ansible-test's import san
 
 from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import PROJECT_LABEL
 from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import ImageRef, ImageRefError
 from ansible_collections.safedeploy.compose.plugins.module_utils._log_config import log_config_unbounded
@@ -580,16 +582,56 @@ def read_held_digests(client):
     return held
 
 
-def read_held_chains(client):
-    """The chain ids of every layer of the engine's images (one inspect an image)."""
-    chains = set()
+# The chain ids of the images a host's engines held at the last look, by image id.
+DEFAULT_CHAIN_CACHE = '~/.cache/safedeploy/image-chains.json'
+
+
+def read_held_chains(client, cache_path=None):
+    """The chain ids of every layer of the engine's images (one inspect an image the cache does not know).
+
+    An image id names the image's content, so the layers it was inspected for once never change: with
+    `cache_path`, the chain ids of each image seen before are read from that file (mode 0600), and only new
+    images are inspected. The file then keeps exactly the images of this look (those of another engine go,
+    and are inspected again there). An unreadable or malformed cache only means inspecting again."""
+    cache = _read_chain_cache(cache_path)
+    seen = {}
     for entry in client.api.images():
-        try:
-            diff_ids = (client.api.inspect_image(entry['Id']).get('RootFS') or {}).get('Layers') or []
-        except docker_errors.NotFound:
-            continue  # removed while we looked
-        chains.update(chain_ids(diff_ids))
-    return chains
+        image_id = entry.get('Id')
+        chains = cache.get(image_id)
+        if chains is None:
+            try:
+                diff_ids = (client.api.inspect_image(image_id).get('RootFS') or {}).get('Layers') or []
+            except docker_errors.NotFound:
+                continue  # removed while we looked
+            chains = chain_ids(diff_ids)
+        seen[image_id] = chains
+    if cache_path and seen != cache:
+        _write_chain_cache(cache_path, seen)
+    return set(chain for chains in seen.values() for chain in chains)
+
+
+def _read_chain_cache(cache_path):
+    if not cache_path:
+        return {}
+    try:
+        with open(os.path.expanduser(cache_path)) as handle:
+            data = json.load(handle)
+    except (IOError, OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return dict((image_id, chains) for image_id, chains in data.items()
+                if isinstance(chains, list) and all(isinstance(chain, str) for chain in chains))
+
+
+def _write_chain_cache(cache_path, chains):
+    """Best effort: an unwritable cache only means inspecting the images again next time."""
+    path = os.path.expanduser(cache_path)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        write_file_atomic(path, json.dumps(chains, sort_keys=True).encode('utf-8'), 0o600)
+    except (IOError, OSError):
+        pass
 
 
 # --- reading the engine and removing from it

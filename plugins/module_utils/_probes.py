@@ -492,7 +492,7 @@ class ContainersProbe:
     kind = 'containers'
 
     def __init__(self, name, project, services=None, replicas=None, digests=None, docker_host=None, engine_timeout=60,
-                 gate_timeout=None, timeout=DEFAULT_CHECK_TIMEOUT, unhealthy_is_final=True):
+                 gate_timeout=None, timeout=DEFAULT_CHECK_TIMEOUT, unhealthy_is_final=True, running_for=0):
         if not HAS_DOCKER:
             raise ValueError('the Python library docker is needed for containers checks')
         self.name = name
@@ -501,6 +501,7 @@ class ContainersProbe:
         self.digests = dict((str(key), pinned_digest(value)) for key, value in (digests or {}).items())
         self.services = list(services or [])
         self.unhealthy_is_final = unhealthy_is_final
+        self.running_for = float(running_for or 0)  # seconds each container must have run without a restart
         for service in list(self.replicas) + list(self.digests):
             if service not in self.services and self.services:
                 self.services.append(service)
@@ -643,6 +644,12 @@ class ContainersProbe:
             return row, '%s %s' % (where, wrong_image), False, warning
         if status != 'running':
             return row, '%s is %s, not running' % (where, status), False, warning
+        if self.running_for > 0:
+            # One look at the engine's StartedAt stands for watching the container run that long without a restart.
+            ran = running_seconds(state.get('StartedAt'))
+            if ran is None or ran < self.running_for:
+                return row, ('%s has run for %s, less than running_for %ss' % (
+                    where, 'an unknown time' if ran is None else '%.1fs' % max(ran, 0.0), _seconds(self.running_for))), False, warning
         if health is None:
             return row, None, False, warning
         if health.get('Status') == 'healthy':
@@ -749,6 +756,16 @@ def _log_lines(api, cid, lines):
     return [line.rstrip('\r') for line in raw.splitlines()][-lines:]
 
 
+def running_seconds(started_at, now=None):
+    """Seconds since the engine's StartedAt (RFC 3339 with nanoseconds, UTC), or None when it cannot be read."""
+    match = re.match(r'^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$', started_at or '')
+    if not match or match.group(1).startswith('0001-'):  # the zero time: never started
+        return None
+    stamp = datetime.strptime(match.group(1), '%Y-%m-%dT%H:%M:%S').replace(tzinfo=timezone.utc).timestamp()
+    stamp += float('0' + match.group(2)) if match.group(2) else 0.0
+    return (time.time() if now is None else now) - stamp
+
+
 def _unix_now_text():
     return '%.9f' % time.time()
 
@@ -787,7 +804,8 @@ def build_probe(spec, name, docker_host=None, engine_timeout=60, gate_timeout=No
     if kind == 'containers':
         return ContainersProbe(name, spec['project'], services=spec.get('services'), replicas=spec.get('replicas'),
                                digests=spec.get('digests'), docker_host=docker_host, engine_timeout=engine_timeout, gate_timeout=gate_timeout,
-                               timeout=timeout, unhealthy_is_final=spec.get('unhealthy_is_final', True))
+                               timeout=timeout, unhealthy_is_final=spec.get('unhealthy_is_final', True),
+                               running_for=spec.get('running_for') or 0)
     if kind == 'openapi':
         return OpenApiProbe(name, spec['url'], spec.get('paths') or [], headers=spec.get('headers'),
                             bearer_token=spec.get('bearer_token'), validate_certs=spec.get('validate_certs', True),

@@ -212,8 +212,10 @@ options:
         and its image config, and counts the config and each compressed layer the host lacks. The host knows its
         layers by their uncompressed digests (the config's C(rootfs.diff_ids)), and the engine skips a layer only when
         it holds the same layer on the same parent layers, so that is what is compared.
-      - Costs up to three registry requests per image not on the host, all within O(timeout), one engine call, and
-        one engine call per local image when some image is not on the host. Needs the C(docker) Python library.
+      - Costs up to three registry requests per image not on the host, all within O(timeout), one engine call, and,
+        when some image is not on the host, one engine call per local image not seen before. An image id names its
+        content, so the layers of each local image are remembered in C(~/.cache/safedeploy/image-chains.json) (mode
+        0600, only the images of the last look) and never inspected twice. Needs the C(docker) Python library.
         Only with O(resolve=registry).
     type: bool
     default: false
@@ -452,8 +454,8 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
     find_default_compose_files, services_of, with_images,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
-    ENGINE_ARGUMENT_SPEC, connect_engine, describe_engine_error, engine_address, layers_to_pull, read_held_chains,
-    read_held_digests,
+    DEFAULT_CHAIN_CACHE, ENGINE_ARGUMENT_SPEC, connect_engine, describe_engine_error, engine_address, layers_to_pull,
+    read_held_chains, read_held_digests,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import (
     ImageRef, ImageRefError, is_mutable_tag, pinned,
@@ -838,7 +840,7 @@ class ComposePin(object):
                                     if manifest.config_digest else None)
                         if held_chains is None:
                             try:
-                                held_chains = read_held_chains(engine)
+                                held_chains = read_held_chains(engine, DEFAULT_CHAIN_CACHE)
                             except Exception as exc:  # any engine failure: a message, not a traceback
                                 self.fail(describe_engine_error(exc, address, 'inspect its images (for the download '
                                                                 'estimate)', self.params['engine_timeout']))

@@ -176,6 +176,15 @@ options:
           - Has no effect on containers without a HEALTHCHECK, nor while Docker still says C(starting).
         type: bool
         default: true
+      running_for:
+        description:
+          - In a V(containers) check, seconds each container must have been running, by the engine's C(StartedAt) (read
+            with the host's clock), to count as up. One look at a container that has run that long shows it ran that
+            long without a restart.
+          - Judges a stack that was already running (the rollout role's check of a rerun) in one round. Right after an
+            C(up), every new container fails it until it has run that long, so leave it unset (V(0)) for a release gate.
+        type: float
+        default: 0.0
       paths:
         description:
           - Operations an V(openapi) document must list, as C(METHOD /path) (for example C(GET /api/v1/boards)) or a bare
@@ -460,6 +469,7 @@ CHECK_OPTIONS = dict(
     replicas=dict(type='dict'),
     digests=dict(type='dict'),
     unhealthy_is_final=dict(type='bool', default=True),
+    running_for=dict(type='float', default=0.0),
     paths=dict(type='list', elements='str'),
 )
 
@@ -468,7 +478,7 @@ OPTIONS_OF_TYPE = {
     'http': ('url', 'method', 'status', 'body_contains', 'body_regex', 'json', 'headers', 'bearer_token',
              'validate_certs', 'follow_redirects'),
     'tcp': ('host', 'port'),
-    'containers': ('project', 'services', 'replicas', 'digests', 'unhealthy_is_final'),
+    'containers': ('project', 'services', 'replicas', 'digests', 'unhealthy_is_final', 'running_for'),
     'openapi': ('url', 'paths', 'headers', 'bearer_token', 'validate_certs', 'follow_redirects'),
 }
 
@@ -506,6 +516,8 @@ def build_probes(module, result):
         problems.append('stable_for and log_lines must not be negative')
     if not params['checks']:
         problems.append('checks is empty: give at least one check')
+    if any((spec.get('running_for') or 0) < 0 for spec in params['checks']):
+        problems.append('running_for must not be negative')
     kinds = set(spec['type'] for spec in params['checks'])
     if kinds & set(('http', 'openapi')) and not HAS_REQUESTS:
         module.fail_json(msg=missing_required_lib('requests'), exception=REQUESTS_IMPORT_ERROR, **result)
@@ -560,9 +572,12 @@ def gather_logs(outcome, lines):
     return logs
 
 
-def unguarded_containers(outcome, stable_for, success_threshold):
-    """Containers judged by one "running" sample: no HEALTHCHECK, no other check type, one pass, no stable_for."""
+def unguarded_containers(outcome, stable_for, success_threshold, interval):
+    """Containers judged by one "running" sample: no HEALTHCHECK, no other check type, one pass, no stable_for, and no
+    running_for of an interval or more (which shows what a second sample an interval later would)."""
     if stable_for > 0 or success_threshold > 1 or any(state.probe.kind != 'containers' for state in outcome.states):
+        return []
+    if all(state.probe.running_for >= interval for state in outcome.states):
         return []
     return sorted(set(row['name'] for state in outcome.states if state.last is not None
                       for row in state.last.evidence.get('containers', []) if row.get('health') is None))
@@ -579,11 +594,12 @@ def main():
     outcome = gate.wait_until_healthy()
     for warning in outcome.warnings:
         module.warn(warning)
-    bare = unguarded_containers(outcome, params['stable_for'], params['success_threshold'])
+    bare = unguarded_containers(outcome, params['stable_for'], params['success_threshold'], params['interval'])
     if bare:
         module.warn('container(s) %s have no Docker HEALTHCHECK and no http, tcp or openapi check watches them, so they count as '
                     'up on one sample of them running (success_threshold 1; a crash loop between two rounds can pass); keep '
-                    'success_threshold at 2 or more, set stable_for to a few intervals, or add an http or tcp check' % ', '.join(bare))
+                    'success_threshold at 2 or more, set stable_for to a few intervals or running_for to an interval, or add an http or '
+                    'tcp check' % ', '.join(bare))
     result.update(
         passed=outcome.passed,
         elapsed=outcome.elapsed,

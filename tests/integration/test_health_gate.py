@@ -235,6 +235,14 @@ def test_the_default_never_passes_on_one_sample(stack, run_module):
                                       'checks': [{'type': 'containers', 'project': project}]})
     assert once['passed'] and once['rounds'] == 1, once['msg']
     assert 'up on one sample of them running' in json.dumps(once.get('warnings'))
+    # running_for: one look at containers that ran an interval already stands for the second sample, no warning
+    settled = run_module('health_gate', {'timeout': 30, 'interval': 1, 'success_threshold': 1,
+                                         'checks': [{'type': 'containers', 'project': project, 'running_for': 1}]})
+    assert settled['passed'] and settled['rounds'] == 1, settled['msg']
+    assert 'one sample' not in json.dumps(settled.get('warnings'))
+    young = run_module('health_gate', {'timeout': 2, 'interval': 1, 'success_threshold': 1,
+                                       'checks': [{'type': 'containers', 'project': project, 'running_for': 3600}]})
+    assert not young['passed'] and 'less than running_for 3600s' in young['msg'], young['msg']
 
 
 def test_slow_stack_passes_when_it_gets_there(stack, run_module, testbed):

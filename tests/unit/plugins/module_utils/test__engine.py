@@ -7,6 +7,7 @@ tests/integration/test_disk_reclaim.py runs the same code against a real engine 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 
@@ -157,6 +158,58 @@ def test_layers_to_pull_count_every_layer_without_diff_ids_to_match():
     held = set(engine.chain_ids(['sha256:' + 'a' * 64]))
     assert engine.layers_to_pull(None, layers, held) == layers
     assert engine.layers_to_pull(['sha256:' + 'a' * 64], layers, held) == layers  # not one diff id a layer
+
+
+class ImagesApi(object):
+    """The two engine calls read_held_chains makes, counting the inspects."""
+
+    def __init__(self, layers):
+        self.layers = layers  # image id -> diff ids
+        self.inspected = []
+
+    def images(self):
+        return [{'Id': image_id} for image_id in self.layers]
+
+    def inspect_image(self, image_id):
+        self.inspected.append(image_id)
+        if image_id not in self.layers:
+            raise docker_errors.NotFound('gone')
+        return {'RootFS': {'Layers': self.layers[image_id]}}
+
+
+class ImagesClient(object):
+    def __init__(self, layers):
+        self.api = ImagesApi(layers)
+
+
+def test_held_chains_inspect_each_image_once_across_runs(tmp_path):
+    base, app, web = ('sha256:' + c * 64 for c in 'abc')
+    cache = str(tmp_path / 'cache' / 'image-chains.json')
+    first = ImagesClient({'sha256:1': [base, app], 'sha256:2': [base, web]})
+    expected = set(engine.chain_ids([base, app]) + engine.chain_ids([base, web]))
+    assert engine.read_held_chains(first, cache) == expected
+    assert sorted(first.api.inspected) == ['sha256:1', 'sha256:2']
+    assert os.stat(cache).st_mode & 0o777 == 0o600
+    # A later look inspects only the image it has not seen; the one that went is forgotten.
+    second = ImagesClient({'sha256:2': [base, web], 'sha256:3': [base]})
+    assert engine.read_held_chains(second, cache) == set(engine.chain_ids([base, web]) + [base])
+    assert second.api.inspected == ['sha256:3']
+    third = ImagesClient({'sha256:2': [base, web], 'sha256:3': [base]})
+    assert engine.read_held_chains(third, cache) == set(engine.chain_ids([base, web]) + [base])
+    assert third.api.inspected == []
+    assert sorted(json.loads(open(cache).read())) == ['sha256:2', 'sha256:3']
+
+
+def test_held_chains_without_a_usable_cache_inspect_every_image(tmp_path):
+    base = 'sha256:' + 'a' * 64
+    broken = tmp_path / 'image-chains.json'
+    broken.write_text('{"sha256:1": "not a list"')  # torn: read as no cache
+    client = ImagesClient({'sha256:1': [base]})
+    assert engine.read_held_chains(client, str(broken)) == {base}
+    assert client.api.inspected == ['sha256:1']
+    client = ImagesClient({'sha256:1': [base]})
+    assert engine.read_held_chains(client) == {base}  # no cache asked for: nothing written
+    assert client.api.inspected == ['sha256:1']
 
 
 def history(*steps):

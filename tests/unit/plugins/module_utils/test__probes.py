@@ -8,6 +8,7 @@ the containers probe gets a scripted engine API (the real engine is in tests/int
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -33,6 +34,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._probes import 
     outcome_message,
     parse_openapi_entry,
     redact_url,
+    running_seconds,
     same_value,
 )
 
@@ -659,6 +661,30 @@ def test_containers_restart_count_rising_is_a_crash_loop():
     assert 'last log line: line 30 of aaaa' in result.error
     assert result.evidence['containers'][0]['exit_code'] == 3
     assert api.events_asked[0][2] == {'container': 'a' * 8, 'event': 'die'}
+
+
+def test_containers_running_for_judges_a_running_stack_in_one_look():
+    settled = container('a', 'web', restarts=4)  # started 2025-01-31: long ago, restarts before that are history
+    fresh = container('b', 'worker')
+    started = time.time() - 0.5
+    fresh['State']['StartedAt'] = '%s.%09dZ' % (time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(started)),
+                                                int(started % 1 * 1e9))
+    result = containers_probe(FakeApi([settled, fresh]), running_for=30).probe(2)
+    assert not result.passed and not result.fatal
+    assert re.search(r'shop_worker_b has run for \d+\.\ds, less than running_for 30s$', result.error), result.error
+    assert 'shop_web_a' not in result.error
+    assert containers_probe(FakeApi([settled]), running_for=2).probe(2).passed
+    never = container('c', 'web')
+    never['State']['StartedAt'] = '0001-01-01T00:00:00Z'
+    assert 'an unknown time' in containers_probe(FakeApi([never]), running_for=2).probe(2).error
+
+
+def test_running_seconds_reads_the_engines_started_at():
+    now = 1738317600.0  # 2025-01-31T10:00:00Z
+    assert running_seconds('2025-01-31T09:59:57.500000000Z', now) == pytest.approx(2.5)
+    assert running_seconds('2025-01-31T10:00:00Z', now) == 0.0
+    assert running_seconds('0001-01-01T00:00:00Z', now) is None
+    assert running_seconds('', now) is None and running_seconds(None, now) is None
 
 
 def test_containers_restarting_or_exited_fail_fast():
