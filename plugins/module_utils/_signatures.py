@@ -70,14 +70,16 @@ PolicyKey = namedtuple('PolicyKey', 'name keyid algorithm key')
 def _b64decode(text, what):
     if not isinstance(text, str) or not text.strip():
         raise SignatureFormatError('%s is missing or not a string' % what)
-    compact = re.sub(r'\s+', '', text)
+    compact = re.sub(r'\s+', '', text).rstrip('=')
+    padded = compact + '=' * (-len(compact) % 4)
     try:
-        return base64.b64decode(compact + '=' * (-len(compact) % 4), validate=True)
+        if re.match(r'^[A-Za-z0-9+/]*$', compact):
+            return base64.b64decode(padded, validate=True)
+        if re.match(r'^[A-Za-z0-9_-]*$', compact):
+            return base64.urlsafe_b64decode(padded)
     except (binascii.Error, ValueError):
-        try:
-            return base64.urlsafe_b64decode(compact + '=' * (-len(compact) % 4))
-        except (binascii.Error, ValueError):
-            raise SignatureFormatError('%s is not base64' % what)
+        pass
+    raise SignatureFormatError('%s is not base64' % what)
 
 
 def load_public_key(pem, name=None):
