@@ -1,7 +1,7 @@
 """The rollout role under a signature policy (rollout_signature_policy, from the stack's `signature_policy` key).
 
 One stack sdt-sig-role-<random> with two services (APP_PORT 19810, 19811), its releases the test bed's app images
-pushed to 127.0.0.1:5000/sdt-rec/sig-<service>, signed by the test bed's signer. The tests run in order on the
+pushed to 127.0.0.1:5000/sdt-rec/sig<random>-<service>, signed by the test bed's signer. The tests run in order on the
 same stack: an unsigned first release is refused with nothing started, a signed one rolls out and the report and the
 ledger name the key, check mode shows the verdicts, and an unsigned next release is refused while the signed one
 keeps running untouched.
@@ -25,7 +25,8 @@ class SignedStack(RoleStack):
     """A RoleStack named sdt-sig-role-<random> whose stack entry carries a signature policy."""
 
     def __init__(self, testbed, tmp_path):
-        super(SignedStack, self).__init__(testbed, tmp_path, 'sig', PORTS)
+        # repositories of their own: a digest signed by an earlier run's key must not be found here
+        super(SignedStack, self).__init__(testbed, tmp_path, 'sig%s' % uuid.uuid4().hex[:6], PORTS)
         self.name = 'sdt-sig-role-%s' % uuid.uuid4().hex[:8]
         self.project_src = self.root / 'host' / self.name
         self.key = cs.Key('ecdsa')
@@ -33,7 +34,7 @@ class SignedStack(RoleStack):
 
     def stack_vars(self):
         entry = super(SignedStack, self).stack_vars()
-        entry['signature_policy'] = [{'repository': '%s/sdt-rec/sig-*' % testbed_mod.REGISTRY,
+        entry['signature_policy'] = [{'repository': '%s/sdt-rec/sig*' % testbed_mod.REGISTRY,
                                       'keys': [{'name': 'ci-test', 'pem': self.key.pem}]}]
         return entry
 
@@ -54,6 +55,10 @@ def stack(testbed, tmp_path_factory):
     made.cleanup()
 
 
+def override_file(stack):
+    return stack.project_src / ('compose.%s.release.yml' % stack.name)
+
+
 def rollout(run_playbook, stack, release, *args):
     return run_playbook(PLAYBOOKS / 'rollout.yml', stack.inventory(), extra_vars={'release': release}, args=args)
 
@@ -69,6 +74,7 @@ def test_an_unsigned_first_release_is_refused_and_nothing_starts(stack, run_play
     assert failed == sorted('%s:v1@%s' % (stack.repos[service], stack.digests['v1'][service]) for service in PORTS)
     assert all('no signature' in entry['problems'][0] for entry in report['signature_failures'])
     assert stack.containers() == []
+    assert not override_file(stack).exists()  # resolved without writing: nothing of the project changed
     assert not (stack.state_dir / stack.name / 'lock.json').exists()
 
 
@@ -100,6 +106,7 @@ def test_check_mode_shows_the_verdicts(stack, run_playbook):
 
 def test_an_unsigned_next_release_is_refused_and_the_signed_one_keeps_running(stack, run_playbook):
     before = {box.name: box.id for box in stack.containers()}
+    written = override_file(stack).stat().st_mtime_ns
     run = rollout(run_playbook, stack, 'v2')
     assert run.rc != 0, run.output
     report = stack.report('v2')
@@ -107,7 +114,8 @@ def test_an_unsigned_next_release_is_refused_and_the_signed_one_keeps_running(st
     assert len(report['signature_failures']) == 2
     assert {box.name: box.id for box in stack.containers()} == before
     stack.assert_runs('v1')
-    override = (stack.project_src / ('compose.%s.release.yml' % stack.name)).read_text()
+    assert override_file(stack).stat().st_mtime_ns == written  # never rewritten, not even put back
+    override = override_file(stack).read_text()
     assert stack.digests['v1']['web'] in override and stack.digests['v2']['web'] not in override
     assert not (stack.state_dir / stack.name / 'lock.json').exists()
     assert 'v2' not in stack.statuses()  # refused before the candidate was recorded
