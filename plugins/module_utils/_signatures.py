@@ -54,7 +54,8 @@ FORMATS = ('legacy', 'bundle')
 MODES = ('required', 'report')
 # One payload or bundle is a few KB; a layer named as one but far larger is refused before it is read whole.
 MAX_PAYLOAD_BYTES = 1 << 20
-# At most this many signature candidates are read per image and format, so a flooded tag costs bounded time.
+# At most this many signature candidates (the newest: the last listed) are read per image and format, so a flooded
+# tag costs bounded time.
 MAX_CANDIDATES = 32
 
 
@@ -340,7 +341,7 @@ class ImageVerifier(object):
         if not isinstance(layers, list):
             return [('legacy %s' % tag, _fail('the signature manifest has no layers'))]
         candidates = []
-        for number, layer in enumerate(layers[:MAX_CANDIDATES], 1):
+        for number, layer in enumerate(layers[-MAX_CANDIDATES:], max(len(layers) - MAX_CANDIDATES, 0) + 1):
             origin = 'legacy %s layer %d' % (tag, number)
             candidates.append((origin, self._legacy_check(ref, digest, layer)))
         return candidates
@@ -376,7 +377,7 @@ class ImageVerifier(object):
                 return []
             descriptors = index.get('manifests') if isinstance(index.get('manifests'), list) else []
         candidates = []
-        for descriptor in descriptors:
+        for descriptor in descriptors[-MAX_CANDIDATES:]:
             if not isinstance(descriptor, dict) or not is_valid_digest(descriptor.get('digest')):
                 continue
             if descriptor.get('artifactType') not in (None, BUNDLE_V03) and not str(
@@ -384,8 +385,6 @@ class ImageVerifier(object):
                 continue  # another kind of referrer (an SBOM, an attestation of another tool)
             origin = 'bundle %s (%s)' % (descriptor['digest'][:19], via)
             candidates.append((origin, self._bundle_check(ref, digest, descriptor['digest'])))
-            if len(candidates) >= MAX_CANDIDATES:
-                break
         return candidates
 
     def _bundle_check(self, ref, digest, manifest_digest):

@@ -48,9 +48,11 @@ def sha256(data):
 class Key(object):
     """A key pair: `pem` is the public key as cosign.pub holds it; sign() signs as cosign does for its type."""
 
-    def __init__(self, kind='ecdsa'):
+    def __init__(self, kind='ecdsa', private=None):
         self.kind = kind
-        if kind == 'ecdsa':
+        if private is not None:
+            self.private = private
+        elif kind == 'ecdsa':
             self.private = ec.generate_private_key(ec.SECP256R1())
         elif kind == 'ed25519':
             self.private = ed25519.Ed25519PrivateKey.generate()
@@ -181,7 +183,7 @@ class Signer(object):
             'schemaVersion': 2, 'mediaType': OCI_MANIFEST,
             'config': {'mediaType': OCI_CONFIG, 'digest': config_digest, 'size': len(config)}, 'layers': layers})
 
-    def sign_bundle(self, repository, digest, key, subject_digest=None, tamper=False, hint=True):
+    def sign_bundle(self, repository, digest, key, subject_digest=None, tamper=False, hint=True, append=True):
         """Push a Sigstore bundle referrer of `digest` and publish it (fallback tag, or the front's referrers API).
         `subject_digest`: the digest the statement names; `tamper`: alter the statement after signing."""
         payload = statement('%s/%s' % (self.registry.host, repository), subject_digest or digest)
@@ -208,7 +210,7 @@ class Signer(object):
             self.front.add(repository, digest, descriptor)
         else:
             tag = digest.replace(':', '-')
-            existing = self.registry.manifest(repository, tag)
+            existing = self.registry.manifest(repository, tag) if append else None
             manifests = (existing[0].get('manifests') or []) if existing else []
             manifests.append(descriptor)
             self.registry.push_manifest(repository, tag, {'schemaVersion': 2, 'mediaType': OCI_INDEX,
@@ -287,3 +289,47 @@ class ReferrersFront(object):
             'Content-Length', '0')))
         request.end_headers()
         request.wfile.write(body)
+
+
+def load_or_make_key(directory):
+    """The ECDSA P-256 key pair kept in `directory` (cosign.key unencrypted, test only; cosign.pub), made once."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    private_path = os.path.join(directory, 'cosign.key')
+    if not os.path.exists(private_path):
+        key = Key('ecdsa')
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(key.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+        with open(os.path.join(directory, 'cosign.pub'), 'w') as handle:
+            handle.write(key.pem)
+    with open(private_path, 'rb') as handle:
+        return Key('ecdsa', serialization.load_pem_private_key(handle.read(), password=None))
+
+
+def main(argv):
+    """python tests/testbed/cosign_signer.py KEYDIR legacy|bundle HOST/REPOSITORY:TAG [USER:PASSWORD]
+
+    Signs the digest the tag names now with the key pair in KEYDIR (made there when absent), replacing the digest's
+    earlier signatures of that format. Prints the digest."""
+    if len(argv) not in (3, 4) or argv[1] not in ('legacy', 'bundle'):
+        raise SystemExit(main.__doc__)
+    key = load_or_make_key(argv[0])
+    host, rest = argv[2].split('/', 1)
+    repository, tag = rest.rsplit(':', 1)
+    auth = tuple(argv[3].split(':', 1)) if len(argv) == 4 else None
+    registry = Registry(host, auth=auth)
+    found = registry.manifest(repository, tag)
+    if found is None:
+        raise SystemExit('%s not found' % argv[2])
+    signer = Signer(registry)
+    if argv[1] == 'legacy':
+        signer.sign_legacy(repository, found[1], key, append=False)
+    else:
+        signer.sign_bundle(repository, found[1], key, append=False)
+    print(found[1])
+
+
+if __name__ == '__main__':
+    import sys
+    main(sys.argv[1:])
