@@ -445,4 +445,3 @@ def legacy_tag(digest):
 def fallback_tag(digest):
     """The OCI 1.1 referrers fallback tag of `digest`: sha256:<hex> -> sha256-<hex>."""
     return digest.replace(':', '-')
-

@@ -264,10 +264,10 @@ class ImageSignature(object):
                     if verdict['verified'] is False and verdict['mode'] == 'required']
         self.result['failures'] = failures
         if failures:
+            details = ' | '.join('%s: %s' % (entry['image'], '; '.join(entry['problems'])) for entry in failures)
             self.fail('image_signature: %d of %d images have no valid signature by an allowed key, nothing may be pulled: '
                       '%s. Sign each digest with an allowed key (docs/signatures.md), or correct the policy.'
-                      % (len(failures), len(refs), ' | '.join('%s: %s' % (entry['image'], '; '.join(entry['problems']))
-                                                             for entry in failures)))
+                      % (len(failures), len(refs), details))
         return self.result
 
     def verdict(self, verifier, policy, image, ref):
