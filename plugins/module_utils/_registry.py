@@ -373,6 +373,10 @@ class RegistryClient(object):
             return None
         return diff_ids
 
+    def new_deadline(self):
+        """The deadline of a call made now: `timeout` seconds from now on the client's clock."""
+        return self._clock() + self.timeout
+
     def blob(self, ref, digest, deadline=None):
         """The bytes of the blob `digest` in the repository of `ref`, checked against that digest (and capped)."""
         ref = ImageRef.parse(ref) if isinstance(ref, str) else ref

@@ -298,9 +298,12 @@ class ImageVerifier(object):
     def __init__(self, client, formats=FORMATS):
         self.client = client
         self.formats = formats
+        self.deadline = None
 
     def verify(self, ref, digest, keys):
         ref = ImageRef.parse(ref) if isinstance(ref, str) else ref
+        # one deadline for every request about this image, as compose_pin has one per image it resolves
+        self.deadline = self.client.new_deadline()
         problems, found = [], 0
         for name in self.formats:
             try:
@@ -334,7 +337,7 @@ class ImageVerifier(object):
     def _legacy(self, ref, digest):
         tag = legacy_tag(digest)
         try:
-            dummy, manifest, dummy = self.client.manifest(ref, tag)
+            dummy, manifest, dummy = self.client.manifest(ref, tag, deadline=self.deadline)
         except ManifestNotFoundError:
             return []
         layers = manifest.get('layers')
@@ -367,12 +370,12 @@ class ImageVerifier(object):
     # -------------------------------------------------------------- bundle
 
     def _bundles(self, ref, digest):
-        descriptors = self.client.referrers(ref, digest, artifact_type=BUNDLE_V03)
+        descriptors = self.client.referrers(ref, digest, artifact_type=BUNDLE_V03, deadline=self.deadline)
         via = 'referrers API'
         if descriptors is None:
             via = 'fallback tag %s' % fallback_tag(digest)
             try:
-                dummy, index, dummy = self.client.manifest(ref, fallback_tag(digest))
+                dummy, index, dummy = self.client.manifest(ref, fallback_tag(digest), deadline=self.deadline)
             except ManifestNotFoundError:
                 return []
             descriptors = index.get('manifests') if isinstance(index.get('manifests'), list) else []
@@ -389,7 +392,7 @@ class ImageVerifier(object):
 
     def _bundle_check(self, ref, digest, manifest_digest):
         def check(keys):
-            dummy, manifest, dummy = self.client.manifest(ref, manifest_digest)
+            dummy, manifest, dummy = self.client.manifest(ref, manifest_digest, deadline=self.deadline)
             artifact = manifest.get('artifactType') or (manifest.get('config') or {}).get('mediaType')
             if not str(artifact).startswith(BUNDLE_PREFIX):
                 raise SignatureFormatError('the referrer is a %s, not a Sigstore bundle' % artifact)
@@ -428,7 +431,7 @@ class ImageVerifier(object):
                                        % (size, MAX_PAYLOAD_BYTES))
         if not is_valid_digest(descriptor.get('digest')):
             raise SignatureFormatError('the layer has no valid digest')
-        return self.client.blob(ref, descriptor['digest'])
+        return self.client.blob(ref, descriptor['digest'], deadline=self.deadline)
 
 
 def _fail(message):

@@ -117,7 +117,8 @@ options:
     default: []
   timeout:
     description:
-      - Seconds allowed for each registry request of the verification (all retries included).
+      - Seconds allowed for verifying one image, every registry request and retry included; a registry that ran out
+        of time is not asked again in that run.
     type: int
     default: 60
   validate_certs:
