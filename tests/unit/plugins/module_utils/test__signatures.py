@@ -14,8 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from ansible_collections.safedeploy.compose.plugins.module_utils._registry import ManifestNotFoundError
 from ansible_collections.safedeploy.compose.plugins.module_utils._signatures import (
-    BUNDLE_V03, IN_TOTO, SignatureFormatError, fallback_tag, legacy_tag, load_policy, load_public_key, match_policy,
+    BUNDLE_V03, IN_TOTO, SIMPLE_SIGNING, ImageVerifier, SignatureFormatError, fallback_tag, legacy_tag, load_policy, load_public_key, match_policy,
     pae, parse_bundle, parse_envelope, simple_signing_digest, statement_digests, verify_any, verify_with,
 )
 
@@ -231,3 +232,80 @@ def test_policy_matching_first_entry_wins():
 def test_policy_malformed(entries, message):
     with pytest.raises(SignatureFormatError, match=message):
         load_policy(entries)
+
+
+# ---------------------------------------------------------------- ImageVerifier on malformed registry content
+
+class StubClient(object):
+    """The registry client's reading methods over dicts; no referrers API unless `referrers` is set."""
+
+    def __init__(self, manifests, blobs, referrers=None):
+        self.manifests, self.blobs, self.referrers_by_digest = manifests, blobs, referrers
+
+    def new_deadline(self):
+        return 0
+
+    def manifest(self, ref, reference, deadline=None):
+        if reference not in self.manifests:
+            raise ManifestNotFoundError('not found')
+        return None, self.manifests[reference], None
+
+    def blob(self, ref, digest, deadline=None):
+        return self.blobs[digest]
+
+    def referrers(self, ref, digest, artifact_type=None, deadline=None):
+        return None if self.referrers_by_digest is None else self.referrers_by_digest.get(digest, [])
+
+
+def verifier_keys():
+    private = ec.generate_private_key(ec.SECP256R1())
+    return private, [load_public_key(pem_of(private), 'ci')]
+
+
+def test_verifier_reports_malformed_legacy_layers_without_exceptions():
+    private, keys = verifier_keys()
+    body = payload()
+    signature = base64.b64encode(private.sign(body, ec.ECDSA(hashes.SHA256()))).decode()
+    blob = 'sha256:' + hashlib.sha256(body).hexdigest()
+    manifests = {legacy_tag(DIGEST): {'layers': [
+        {'mediaType': 'text/plain', 'digest': blob},
+        {'mediaType': SIMPLE_SIGNING, 'digest': blob, 'annotations': {}},
+        {'mediaType': SIMPLE_SIGNING, 'digest': blob, 'annotations': {'dev.cosignproject.cosign/signature': '%%'}},
+        {'mediaType': SIMPLE_SIGNING, 'digest': blob, 'size': 1 << 30,
+         'annotations': {'dev.cosignproject.cosign/signature': signature}},
+        'junk']}}
+    verdict = ImageVerifier(StubClient(manifests, {blob: body}), formats=('legacy',)).verify('r.example/x@' + DIGEST,
+                                                                                             DIGEST, keys)
+    assert verdict['verified'] is False and verdict['signatures_found'] == 5
+    problems = ' | '.join(verdict['problems'])
+    for expected in ("media type is 'text/plain'", 'annotation is missing', 'annotation is not base64',
+                     'more than the', "media type is None"):
+        assert expected in problems, problems
+
+
+def test_verifier_checks_the_referrer_manifest_of_a_bundle():
+    private, keys = verifier_keys()
+    body = statement()
+    envelope = {'payloadType': IN_TOTO, 'payload': base64.b64encode(body).decode(),
+                'signatures': [{'sig': base64.b64encode(private.sign(pae(IN_TOTO, body),
+                                                                     ec.ECDSA(hashes.SHA256()))).decode()}]}
+    data = json.dumps({'mediaType': BUNDLE_V03, 'dsseEnvelope': envelope}).encode()
+    blob = 'sha256:' + hashlib.sha256(data).hexdigest()
+    layer = {'mediaType': BUNDLE_V03, 'digest': blob, 'size': len(data)}
+    good = {'artifactType': BUNDLE_V03, 'subject': {'digest': DIGEST}, 'layers': [layer]}
+    wrong_subject = dict(good, subject={'digest': OTHER})
+    not_bundle = dict(good, artifactType='application/spdx+json')
+    no_layer = dict(good, layers=[])
+    names = {'sha256:' + '1' * 64: wrong_subject, 'sha256:' + '2' * 64: not_bundle, 'sha256:' + '3' * 64: no_layer}
+    referrers = {DIGEST: [{'digest': name, 'artifactType': BUNDLE_V03} for name in sorted(names)]}
+    stub = StubClient(dict(names), {blob: data}, referrers)
+    verdict = ImageVerifier(stub, formats=('bundle',)).verify('r.example/x@' + DIGEST, DIGEST, keys)
+    problems = ' | '.join(verdict['problems'])
+    assert verdict['verified'] is False, verdict
+    for expected in ("subject is " + OTHER, 'not a Sigstore bundle', 'no layer of media type', 'referrers API'):
+        assert expected in problems, problems
+    names['sha256:' + '4' * 64] = good
+    stub.manifests['sha256:' + '4' * 64] = good
+    referrers[DIGEST].append({'digest': 'sha256:' + '4' * 64, 'artifactType': BUNDLE_V03})
+    verdict = ImageVerifier(stub, formats=('bundle',)).verify('r.example/x@' + DIGEST, DIGEST, keys)
+    assert verdict['verified'] is True and verdict['key'] == 'ci' and verdict['format'] == 'bundle'
