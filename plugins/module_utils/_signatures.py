@@ -304,12 +304,13 @@ class ImageVerifier(object):
         ref = ImageRef.parse(ref) if isinstance(ref, str) else ref
         # one deadline for every request about this image, as compose_pin has one per image it resolves
         self.deadline = self.client.new_deadline()
-        problems, found = [], 0
+        problems, found, unread = [], 0, 0
         for name in self.formats:
             try:
                 candidates = self._legacy(ref, digest) if name == 'legacy' else self._bundles(ref, digest)
             except RegistryError as exc:
                 problems.append('%s signatures could not be read: %s' % (name, exc.message))
+                unread += 1
                 continue
             for origin, check in candidates:
                 found += 1
@@ -325,7 +326,7 @@ class ImageVerifier(object):
                     return dict(verified=True, key=outcome.name, keyid=outcome.keyid, format=name, source=origin,
                                 problems=problems, signatures_found=found)
                 problems.append('%s: %s' % (origin, outcome))
-        if not found:
+        if not found and not unread:
             problems.insert(0, 'no signature: found neither a %s' % ' nor a '.join(
                 {'legacy': 'legacy signature tag %s' % legacy_tag(digest),
                  'bundle': 'Sigstore bundle referrer'}[name] for name in self.formats))
