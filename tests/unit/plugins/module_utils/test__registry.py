@@ -610,4 +610,3 @@ def test_referrers_api_absent_is_none_and_present_is_filtered(fake):
     assert client.referrers('%s/app/web' % fake.host, subject,
                             artifact_type='application/vnd.dev.sigstore.bundle.v0.3+json') == [bundle]
     assert client.referrers('%s/app/web' % fake.host, 'sha256:' + 'd' * 64) == []
-
