@@ -26,7 +26,7 @@ SECONDS = {  # measured on the 2-core machine, serial run of the whole directory
     'test_last_good_tag.py': 50, 'test_compose_up.py': 40, 'test_roles_disk_guard.py': 35, 'test_compose_run.py': 25,
     'test_testbed.py': 25, 'test_stack_lock.py': 15, 'test_container_logs.py': 25, 'test_roles_shared_dir.py': 95,
     'test_status.py': 60, 'test_proxy.py': 35, 'test_traffic_canary.py': 55, 'test_traffic_switch.py': 50,
-    'test_roles_traffic.py': 400,
+    'test_roles_traffic.py': 400, 'test_image_signature.py': 25, 'test_roles_signatures.py': 65,
 }
 SMALL_ENGINE_MARK = "xdist_group('small_engine')"
 

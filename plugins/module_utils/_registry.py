@@ -21,6 +21,8 @@
 #   answer larger than MAX_RESPONSE_BYTES is refused.
 # - For a download estimate, GET of the platform's manifest and of its image config blob (a few KB,
 #   under the same cap): the config's rootfs.diff_ids name the layers the way the engine knows them.
+# - For signature verification (_signatures.py): GET of a blob (capped, checked against its digest) and of the OCI
+#   1.1 referrers of a digest; a registry without the referrers API answers 404 and the caller reads the fallback tag.
 # - Credentials go only where they belong: a token realm must be https (http only on loopback or a
 #   host listed as insecure), the token's scope is built from the repository (never taken from the
 #   challenge), and ~/.netrc is never consulted.
@@ -370,6 +372,51 @@ class RegistryClient(object):
         if not isinstance(diff_ids, list) or not all(is_valid_digest(item) for item in diff_ids):
             return None
         return diff_ids
+
+    def new_deadline(self):
+        """The deadline of a call made now: `timeout` seconds from now on the client's clock."""
+        return self._clock() + self.timeout
+
+    def blob(self, ref, digest, deadline=None):
+        """The bytes of the blob `digest` in the repository of `ref`, checked against that digest (and capped)."""
+        ref = ImageRef.parse(ref) if isinstance(ref, str) else ref
+        deadline = deadline or (self._clock() + self.timeout)
+        url = '%s%s/blobs/%s' % (self.base_url(ref.registry), ref.repository, digest)
+        response = self._request('GET', ref, url, deadline)
+        if response.status_code == 404:
+            raise ManifestNotFoundError('registry %s has no blob %s in %s, which a manifest names'
+                                        % (ref.registry, digest, ref.name), ref.registry, ref.repository, digest, 404)
+        self._raise_for_status(response, ref, digest)
+        if not digest.startswith('sha256:') or 'sha256:' + hashlib.sha256(response.content).hexdigest() != digest:
+            raise RegistryError('registry %s returned content for the blob %s of %s that does not match that digest: '
+                                'the registry or a proxy in between is not serving the requested content'
+                                % (ref.registry, digest, ref.name), ref.registry, ref.repository, digest,
+                                response.status_code)
+        return response.content
+
+    def referrers(self, ref, digest, artifact_type=None, deadline=None):
+        """The descriptors of the OCI 1.1 referrers of `digest` (GET /v2/<name>/referrers/<digest>), filtered by
+        artifact type; None when the registry has no referrers API (it answers 404 or 405), so the caller reads the
+        fallback tag instead. A registry that ignores the artifactType filter is filtered here."""
+        ref = ImageRef.parse(ref) if isinstance(ref, str) else ref
+        deadline = deadline or (self._clock() + self.timeout)
+        url = '%s%s/referrers/%s' % (self.base_url(ref.registry), ref.repository, digest)
+        if artifact_type:
+            url += '?artifactType=' + artifact_type
+        response = self._request('GET', ref, url, deadline)
+        if response.status_code in (404, 405):
+            return None
+        self._raise_for_status(response, ref, digest)
+        try:
+            document = json.loads(response.content.decode('utf-8'))
+        except ValueError:
+            document = None
+        if not isinstance(document, dict) or not isinstance(document.get('manifests'), list):
+            raise RegistryError('registry %s answered the referrers of %s@%s with something that is not an OCI index'
+                                % (ref.registry, ref.name, digest), ref.registry, ref.repository, digest,
+                                response.status_code)
+        return [item for item in document['manifests'] if isinstance(item, dict) and (
+            not artifact_type or item.get('artifactType') in (None, artifact_type))]
 
     # -------------------------------------------------------------- HTTP
 

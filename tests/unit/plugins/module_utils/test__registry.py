@@ -57,6 +57,7 @@ class FakeRegistry(object):
         self.realm = None  # the token service a bearer challenge names (default: this fake's /token)
         self.challenge_scope = None  # the scope a bearer challenge names (default: the repository's pull scope)
         self.drip = None  # seconds between the bytes of a GET answer, to trickle it
+        self.referrers = None  # {(repository, digest): [descriptors]} served by the referrers API; None: no such API
         self.stop = threading.Event()
         self.requests = []
         self.token_requests = []
@@ -120,6 +121,13 @@ class FakeRegistry(object):
                     return self._reply(fake.fail_statuses.pop(0), send_body=body)
                 if not self._authorized():
                     return
+                if '/referrers/' in url.path:
+                    if fake.referrers is None:
+                        return self._reply(404, {'Content-Type': 'text/plain'}, b'404 page not found\n', body)
+                    repository, digest = url.path[len('/v2/'):].split('/referrers/')
+                    index = json.dumps({'schemaVersion': 2, 'mediaType': OCI_INDEX,
+                                        'manifests': fake.referrers.get((repository, digest), [])}).encode()
+                    return self._reply(200, {'Content-Type': OCI_INDEX}, index, body)
                 if '/blobs/' in url.path:
                     repository, digest = url.path[len('/v2/'):].split('/blobs/')
                     if (repository, digest) not in fake.blobs:
@@ -575,3 +583,30 @@ def test_rate_limiting_is_named_as_such(fake):
     message = str(info.value)
     assert 'HTTP 429' in message and 'limiting the rate' in message, message
     assert 'check that it is up' not in message
+
+
+# ---------------------------------------------------------------- blobs and referrers (signature verification)
+
+def test_blob_is_read_and_checked_against_its_digest(fake):
+    digest = fake.add_blob('app/web', b'payload')
+    client = client_for(fake, timeout=5)
+    assert client.blob('%s/app/web' % fake.host, digest) == b'payload'
+    fake.blobs[('app/web', digest)] = b'other bytes'
+    with pytest.raises(RegistryError, match='does not match that digest'):
+        client.blob('%s/app/web' % fake.host, digest)
+    with pytest.raises(ManifestNotFoundError, match='no blob'):
+        client.blob('%s/app/web' % fake.host, 'sha256:' + '0' * 64)
+
+
+def test_referrers_api_absent_is_none_and_present_is_filtered(fake):
+    client = client_for(fake, timeout=5)
+    subject = 'sha256:' + 'a' * 64
+    assert client.referrers('%s/app/web' % fake.host, subject) is None
+    bundle = {'mediaType': OCI_MANIFEST, 'digest': 'sha256:' + 'b' * 64, 'size': 10,
+              'artifactType': 'application/vnd.dev.sigstore.bundle.v0.3+json'}
+    sbom = dict(bundle, digest='sha256:' + 'c' * 64, artifactType='application/spdx+json')
+    fake.referrers = {('app/web', subject): [bundle, sbom, 'junk']}
+    assert client.referrers('%s/app/web' % fake.host, subject) == [bundle, sbom]
+    assert client.referrers('%s/app/web' % fake.host, subject,
+                            artifact_type='application/vnd.dev.sigstore.bundle.v0.3+json') == [bundle]
+    assert client.referrers('%s/app/web' % fake.host, 'sha256:' + 'd' * 64) == []
