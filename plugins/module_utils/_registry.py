@@ -77,6 +77,19 @@ ResolvedManifest = namedtuple('ResolvedManifest', 'digest media_type size')
 ImageManifest = namedtuple('ImageManifest', 'digest config_digest config_size layers')
 
 
+# The options of a module that reads registries (doc fragment _registry).
+REGISTRY_ARGUMENT_SPEC = dict(
+    registry_auth=dict(type='list', elements='dict', options=dict(
+        registry=dict(type='str', required=True),
+        username=dict(type='str', required=True),
+        password=dict(type='str', required=True, no_log=True),
+    )),
+    docker_config=dict(type='path'),
+    insecure_registries=dict(type='list', elements='str', default=[]),
+    validate_certs=dict(type='bool', default=True),
+)
+
+
 class RegistryError(Exception):
     """A registry call failed. Carries where (registry, repository, reference) and the HTTP status."""
 

@@ -142,42 +142,6 @@ options:
     type: list
     elements: str
     default: []
-  registry_auth:
-    description:
-      - Credentials per registry. They take precedence over the Docker client configuration.
-    type: list
-    elements: dict
-    suboptions:
-      registry:
-        description:
-          - Registry host, with port when not the default, for example C(registry.example.com:5000).
-            C(docker.io) for Docker Hub.
-        type: str
-        required: true
-      username:
-        description:
-          - User name.
-        type: str
-        required: true
-      password:
-        description:
-          - Password or access token. Never logged or returned.
-        type: str
-        required: true
-  docker_config:
-    description:
-      - Docker client configuration file (C(config.json)), or the directory holding it, whose C(auths) entries
-        provide credentials.
-      - Defaults to C($DOCKER_CONFIG/config.json), else C(~/.docker/config.json), of the user the module runs as.
-      - Credentials kept by credential helpers (C(credsStore), C(credHelpers)) are not read; use O(registry_auth).
-    type: path
-  insecure_registries:
-    description:
-      - Registries spoken to over plain http. Registries on a loopback address (C(127.0.0.1), C(localhost), C(::1))
-        always are; all others use https.
-    type: list
-    elements: str
-    default: []
   resolve:
     description:
       - V(registry) resolves every image in its registry.
@@ -198,11 +162,6 @@ options:
       - Also bounds each compose command, to no less than 60 seconds.
     type: int
     default: 60
-  validate_certs:
-    description:
-      - Verify the TLS certificates of https registries.
-    type: bool
-    default: true
   estimate_download:
     description:
       - Also return RV(download_bytes), what pulling the release would download onto the Docker host (O(docker_host)),
@@ -231,6 +190,7 @@ options:
     default: auto
 extends_documentation_fragment:
   - safedeploy.compose._engine
+  - safedeploy.compose._registry
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -461,7 +421,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref impo
     ImageRef, ImageRefError, is_mutable_tag, pinned,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._registry import (
-    HAS_REQUESTS, REQUESTS_IMPORT_ERROR, RegistryClient, RegistryError,
+    HAS_REQUESTS, REGISTRY_ARGUMENT_SPEC, REQUESTS_IMPORT_ERROR, RegistryClient, RegistryError,
 )
 
 try:
@@ -992,22 +952,15 @@ def new_module():
             max_file=dict(type='int', default=3),
             driver=dict(type='str', choices=['json-file', 'local'], default='json-file'),
         )),
-        registry_auth=dict(type='list', elements='dict', options=dict(
-            registry=dict(type='str', required=True),
-            username=dict(type='str', required=True),
-            password=dict(type='str', required=True, no_log=True),
-        )),
-        docker_config=dict(type='path'),
-        insecure_registries=dict(type='list', elements='str', default=[]),
         resolve=dict(type='str', choices=['registry', 'local'], default='registry'),
         allow_build=dict(type='bool', default=False),
         timeout=dict(type='int', default=60),
-        validate_certs=dict(type='bool', default=True),
         estimate_download=dict(type='bool', default=False),
         slotted=dict(type='list', elements='str', default=[]),
         compose_command=dict(type='str', choices=['auto', 'v2', 'v1'], default='auto'),
     )
     argument_spec.update(ENGINE_ARGUMENT_SPEC)
+    argument_spec.update(REGISTRY_ARGUMENT_SPEC)
     module = AnsibleModule(
         argument_spec=argument_spec,
         mutually_exclusive=[('tag', 'images')],

@@ -83,49 +83,14 @@ options:
     elements: str
     choices: [legacy, bundle]
     default: [legacy, bundle]
-  registry_auth:
-    description:
-      - Credentials per registry. They take precedence over the Docker client configuration.
-    type: list
-    elements: dict
-    suboptions:
-      registry:
-        description:
-          - Registry host, with port when not the default, for example C(registry.example.com:5000).
-        type: str
-        required: true
-      username:
-        description:
-          - User name.
-        type: str
-        required: true
-      password:
-        description:
-          - Password or access token. Never logged or returned.
-        type: str
-        required: true
-  docker_config:
-    description:
-      - Docker client configuration file (C(config.json)), or the directory holding it, whose C(auths) entries
-        provide credentials. Defaults to C($DOCKER_CONFIG/config.json), else C(~/.docker/config.json).
-    type: path
-  insecure_registries:
-    description:
-      - Registries spoken to over plain http. Loopback registries always are; all others use https.
-    type: list
-    elements: str
-    default: []
   timeout:
     description:
       - Seconds allowed for verifying one image, every registry request and retry included; a registry that ran out
         of time is not asked again in that run.
     type: int
     default: 60
-  validate_certs:
-    description:
-      - Verify the TLS certificates of https registries.
-    type: bool
-    default: true
+extends_documentation_fragment:
+  - safedeploy.compose._registry
 attributes:
   check_mode:
     description: Runs the same in check mode; it only reads.
@@ -211,7 +176,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import ImageRef
 from ansible_collections.safedeploy.compose.plugins.module_utils._registry import (
-    HAS_REQUESTS, REQUESTS_IMPORT_ERROR, RegistryClient,
+    HAS_REQUESTS, REGISTRY_ARGUMENT_SPEC, REQUESTS_IMPORT_ERROR, RegistryClient,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._signatures import (
     CRYPTOGRAPHY_IMPORT_ERROR, FORMATS, HAS_CRYPTOGRAPHY, ImageVerifier, SignatureFormatError, load_policy,
@@ -286,30 +251,21 @@ class ImageSignature(object):
 
 def new_module():
     """The AnsibleModule of image_signature, its arguments read and typed."""
-    return AnsibleModule(
-        argument_spec=dict(
-            images=dict(type='list', elements='str', required=True),
-            policy=dict(type='list', elements='dict', required=True, options=dict(
-                repository=dict(type='str', required=True),
-                keys=dict(type='list', elements='dict', required=True, no_log=False, options=dict(
-                    name=dict(type='str'),
-                    pem=dict(type='str', required=True),
-                )),
-                mode=dict(type='str', choices=['required', 'report'], default='required'),
+    argument_spec = dict(
+        images=dict(type='list', elements='str', required=True),
+        policy=dict(type='list', elements='dict', required=True, options=dict(
+            repository=dict(type='str', required=True),
+            keys=dict(type='list', elements='dict', required=True, no_log=False, options=dict(
+                name=dict(type='str'),
+                pem=dict(type='str', required=True),
             )),
-            formats=dict(type='list', elements='str', choices=list(FORMATS), default=list(FORMATS)),
-            registry_auth=dict(type='list', elements='dict', options=dict(
-                registry=dict(type='str', required=True),
-                username=dict(type='str', required=True),
-                password=dict(type='str', required=True, no_log=True),
-            )),
-            docker_config=dict(type='path'),
-            insecure_registries=dict(type='list', elements='str', default=[]),
-            timeout=dict(type='int', default=60),
-            validate_certs=dict(type='bool', default=True),
-        ),
-        supports_check_mode=True,
+            mode=dict(type='str', choices=['required', 'report'], default='required'),
+        )),
+        formats=dict(type='list', elements='str', choices=list(FORMATS), default=list(FORMATS)),
+        timeout=dict(type='int', default=60),
     )
+    argument_spec.update(REGISTRY_ARGUMENT_SPEC)
+    return AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
 
 
 def main():
