@@ -62,15 +62,19 @@ def passes_checks(stat, checks=True):
     return status in PASSING_STATUSES and (stat or {}).get('check_status') in CHECK_PASSED
 
 
-def targets(to, share, current):
+LEAVE_STATES = ('maint', 'drain')
+
+
+def targets(to, share, current, leave='maint'):
     """{server: {'state', 'weight'}} that gives `to` `share` percent of new traffic.
 
-    At 100 the other server goes to maint and keeps its weight (a later switch back sets it); below 100 both are ready,
-    weighted share and 100 - share.
+    At 100 the other server goes to `leave` and keeps its weight (a later switch back sets it): maint (not checked,
+    takes nothing) or drain (no new traffic, still checked, so a switch back to it needs no fresh checks); below 100
+    both are ready, weighted share and 100 - share.
     """
     other = other_server(to)
     if share >= 100:
-        return {to: dict(state='ready', weight=100), other: dict(state='maint', weight=current[other]['weight'])}
+        return {to: dict(state='ready', weight=100), other: dict(state=leave, weight=current[other]['weight'])}
     return {to: dict(state='ready', weight=share), other: dict(state='ready', weight=100 - share)}
 
 
@@ -78,7 +82,7 @@ def _setting(server):
     return dict(state=server['state'], weight=server['weight'])
 
 
-def plan(to, share, current):
+def plan(to, share, current, leave='maint'):
     """The ordered steps from `current` ({server: {'state', 'weight', 'status', 'check_status', ...}}) to the targets.
 
     Each step is {'server', 'from': {'state', 'weight'}, 'to': {'state', 'weight'}, 'wait'}; `wait` is what the step
@@ -87,10 +91,10 @@ def plan(to, share, current):
     no traffic) and waits; a server already out of maint whose checks do not pass gets a step that changes nothing
     and waits. Then capacity is added before it is removed: servers made ready or given more weight first (`to`
     first), weights lowered next, and the server leaving goes to drain, waits for its sessions, then to maint (from
-    drain already, its drain step changes nothing and only waits).
+    drain already, its drain step changes nothing and only waits); with leave='drain' it stays in drain.
     No steps when the servers already are as asked.
     """
-    wanted = targets(to, share, current)
+    wanted = targets(to, share, current, leave)
     order = (to, other_server(to))
     steps = []
     setting = dict((name, _setting(current[name])) for name in order)
@@ -117,10 +121,11 @@ def plan(to, share, current):
         if wanted[name]['state'] == 'ready' and setting[name] != wanted[name]:
             step(name, 'ready', wanted[name]['weight'])
     for name in order:
-        if wanted[name]['state'] == 'maint' and setting[name]['state'] != 'maint':
+        if wanted[name]['state'] in LEAVE_STATES and setting[name]['state'] != wanted[name]['state']:
             # from drain already, the first of the two changes nothing and only waits
             step(name, 'drain', setting[name]['weight'], 'sessions')
-            step(name, 'maint', setting[name]['weight'])
+            if wanted[name]['state'] == 'maint':
+                step(name, 'maint', setting[name]['weight'])
     return steps
 
 

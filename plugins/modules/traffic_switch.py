@@ -21,8 +21,9 @@ description:
   - When the server does not pass its checks in time, it goes back to V(maint), nothing is switched and the task
     fails naming the server, its status and its last check result.
   - With O(share=100) the other server then goes to V(drain) (it takes no new traffic and finishes what it has), the
-    module waits up to O(drain_timeout) seconds for its sessions to end, and puts it in V(maint). Requests still in
-    flight at the timeout are not cut by HAProxy; the server takes nothing new.
+    module waits up to O(drain_timeout) seconds for its sessions to end, and puts it in V(maint) (or leaves it in
+    V(drain), still checked, with O(leave=drain)). Requests still in flight at the timeout are not cut by HAProxy; the
+    server takes nothing new.
   - Below 100 both servers take traffic, O(to) with the weight O(share) and the other with C(100 - share); at V(0)
     O(to) is ready with weight 0 (it takes no new traffic) and the other takes it all.
   - Capacity is added before it is removed, so that some server takes new traffic at every moment.
@@ -65,6 +66,16 @@ options:
         below 100 both servers are ready, weighted O(share) and C(100 - share).
     type: int
     default: 100
+  leave:
+    description:
+      - With O(share=100), what the other server becomes once its sessions ended (or O(drain_timeout) passed).
+      - V(maint) takes nothing and is not checked; a later switch back to it resets its health and waits for fresh
+        checks (C(rise) of them) before it takes traffic.
+      - V(drain) takes no new traffic but stays checked, so a switch back to it needs no fresh checks: its health is
+        current. For a previous slot kept running for a fast rollback.
+    type: str
+    choices: [maint, drain]
+    default: maint
   drain_timeout:
     description:
       - Seconds to wait for the sessions of the server leaving (C(scur) of C(show stat)) to end before it goes to
@@ -337,6 +348,7 @@ def main():
             route=dict(type='str', required=True),
             to=dict(type='str', required=True, choices=['blue', 'green']),
             share=dict(type='int', default=100),
+            leave=dict(type='str', default='maint', choices=['maint', 'drain']),
             drain_timeout=dict(type='int', default=30),
             up_timeout=dict(type='int', default=30),
             runtime_socket=dict(type='path', default='/run/haproxy/admin.sock'),
@@ -373,7 +385,7 @@ def main():
         before = switch.read()
     except (SwitchFailed, HAProxyRuntimeError) as exc:
         finish('Cannot read route %s: %s' % (route, exc))
-    steps = plan(to, share, before)
+    steps = plan(to, share, before, params['leave'])
     result['plan'] = steps
     result['changed'] = bool(steps)
     predicted = settings(before)

@@ -117,7 +117,8 @@ def get(port, path='/', timeout=10, method='GET', body=None):
 
 
 def route(name, port, blue, green=None, **extra):
-    entry = dict(name=name, port=port, bind='127.0.0.1', blue=dict(port=blue), check_interval=200, **extra)
+    entry = dict(name=name, port=port, bind='127.0.0.1', blue=dict(port=blue), check_interval=200)
+    entry.update(extra)
     if green is not None:
         entry['green'] = dict(port=green)
     return entry

@@ -92,6 +92,31 @@ def test_flip_under_load_drops_nothing(run_module, proxy, backends):
     assert os.path.exists(proxy.state_file)
 
 
+def test_a_flip_back_to_a_server_left_drained_moves_the_traffic_without_new_checks(run_module, proxy, backends):
+    blue, green = backends('blue'), backends('green')
+    # checks every 2 s: a server leaving maint would wait for fresh ones, a drained one is checked all along
+    public, _shop = serve(run_module, proxy, blue.port, green.port, check_interval=2000)
+    first = switch(run_module, proxy, to='green', leave='drain')
+    assert not first.failed, first
+    assert actions(first)[-2:] == [('blue', 'drain'), ('blue', 'drained')], first['events']  # no maint
+    assert states(proxy) == {'blue': ('drain', 100), 'green': ('ready', 100)}
+    with Load(public, rate=50, seconds=2.0) as load:
+        time.sleep(0.3)
+        back = switch(run_module, proxy, to='blue', leave='drain')
+    assert not back.failed, back
+    assert actions(back)[:1] == [('blue', 'ready')], back['events']  # no health reset, no wait for checks
+    assert back['events'][0]['at'] < 0.5, back['events']
+    assert states(proxy) == {'blue': ('ready', 100), 'green': ('drain', 100)}
+    assert load.failures == [], load.failures
+    assert [get(public)[1] for _n in range(5)] == ['blue'] * 5
+    # a drained server that stopped answering is not taken back: its checks are current and fail
+    green.stop()
+    wait_for(lambda: proxy.api.stats()['shop']['servers']['green']['status'].startswith('DOWN'), 12, 'green seen down')
+    refused = switch(run_module, proxy, to='green', leave='drain', up_timeout=1)
+    assert refused.failed and 'did not pass its health checks' in refused['msg'], refused
+    assert [get(public)[1] for _n in range(5)] == ['blue'] * 5
+
+
 def test_drain_lets_the_slow_request_finish_while_new_ones_go_to_green(run_module, proxy, backends):
     blue, green = backends('blue', slow=2.5), backends('green')
     public, _shop = serve(run_module, proxy, blue.port, green.port)

@@ -95,6 +95,21 @@ def test_flip_raises_green_checks_it_then_drains_blue():
     assert steps[0]['from'] == dict(state='maint', weight=100)
 
 
+def test_a_flip_that_leaves_the_other_server_drained_keeps_it_checked_and_back_needs_no_fresh_checks():
+    steps = plan('green', 100, dict(blue=server('ready'), green=server('maint')), leave='drain')
+    assert moves(steps) == [('green', 'maint', 'drain', 100, 'checks'), ('green', 'drain', 'ready', 100, None),
+                            ('blue', 'ready', 'drain', 100, 'sessions')]
+    # and back: blue, drained and passing its checks, is made ready at once (no 'checks' wait)
+    back = plan('blue', 100, dict(blue=server('drain'), green=server('ready')), leave='drain')
+    assert moves(back) == [('blue', 'drain', 'ready', 100, None), ('green', 'ready', 'drain', 100, 'sessions')]
+    # a drained server whose checks fail is waited for, as one out of maint would be
+    failing = plan('blue', 100, dict(blue=server('drain', status='DOWN', check_status='L4CON'), green=server('ready')))
+    assert moves(failing)[0] == ('blue', 'drain', 'drain', 100, 'checks')
+    assert plan('green', 100, dict(blue=server('drain'), green=server('ready')), leave='drain') == []
+    assert targets('green', 100, dict(blue=server('ready', 40), green=server('maint')), leave='drain')['blue'] == dict(
+        state='drain', weight=40)
+
+
 def test_nothing_to_do_when_already_as_asked():
     assert plan('green', 100, dict(blue=server('maint', 30), green=server('ready'))) == []
     assert plan('green', 25, dict(blue=server('ready', 75), green=server('ready', 25))) == []
@@ -129,11 +144,12 @@ def takes_traffic(setting):
     return any(entry['state'] == 'ready' and entry['weight'] > 0 for entry in setting.values())
 
 
-@pytest.mark.parametrize('to, share', list(itertools.product(('blue', 'green'), (0, 1, 25, 50, 99, 100))))
-def test_every_plan_reaches_the_targets_and_never_leaves_the_route_without_a_server(to, share):
+@pytest.mark.parametrize('to, share, leave', list(itertools.product(('blue', 'green'), (0, 1, 25, 50, 99, 100),
+                                                                    ('maint', 'drain'))))
+def test_every_plan_reaches_the_targets_and_never_leaves_the_route_without_a_server(to, share, leave):
     for blue, green in itertools.product(itertools.product(('ready', 'drain', 'maint'), (0, 50, 100)), repeat=2):
         current = dict(blue=server(*blue), green=server(*green))
-        steps = plan(to, share, current)
+        steps = plan(to, share, current, leave)
         setting = dict((name, dict(state=current[name]['state'], weight=current[name]['weight'])) for name in current)
         had_traffic = takes_traffic(setting)
         checked = set()
@@ -146,9 +162,9 @@ def test_every_plan_reaches_the_targets_and_never_leaves_the_route_without_a_ser
                 assert step['server'] in checked, (current, steps)  # no traffic to an unchecked server
             if had_traffic:
                 assert takes_traffic(setting), (current, steps)
-        assert setting == targets(to, share, current), (current, steps)
+        assert setting == targets(to, share, current, leave), (current, steps)
         assert bool(steps) == (dict((name, dict(state=current[name]['state'], weight=current[name]['weight']))
-                                    for name in current) != targets(to, share, current))
+                                    for name in current) != targets(to, share, current, leave))
 
 
 class RecordingAPI(object):
