@@ -71,7 +71,7 @@ options:
       - With O(share=100), what the other server becomes once its sessions ended (or O(drain_timeout) passed).
       - V(maint) takes nothing and is not checked; a later switch back to it resets its health and waits for fresh
         checks (C(rise) of them) before it takes traffic.
-      - V(drain) takes no new traffic but stays checked, so a switch back to it needs no fresh checks: its health is
+      - V(drain) takes no new traffic but stays checked, so a switch back to it needs no fresh checks; its health is
         current. For a previous slot kept running for a fast rollback.
     type: str
     choices: [maint, drain]
