@@ -22,9 +22,11 @@ Every figure compares A with B in the same run, alternating which goes first, an
                playbooks/rollout.yml and rollback.yml) vs plain up -d of the same stack; failed requests, p99 latency
                over the switch window, time to flip back (bench/traffic.py)
 
-With --mitogen (make bench), figure 1 (the main size) and every fleet size get a third leg beside A and B: the same
-gated rollout with the opt-in mitogen strategy (PyPI mitogen, pip-installed into .build/bench-mitogen on first use,
-for the bench only), rows 1m and 5m.
+With --mitogen (make bench), figure 1 (the main size, its rerun included) and every fleet size get a leg beside A
+and B: the same gated rollout with the opt-in mitogen strategy (PyPI mitogen, pip-installed into .build/bench-mitogen
+on first use, for the bench only), rows 1m, 4m and 5m. With --before REF, the same figures get a leg that runs the
+collection as it was at commit REF (git archive into .build/bench-before/), rows 1b, 4b and 5b: before and after in
+one run, on the same stacks, against the same floor.
 
 Prints a table and writes bench/results/bench-<UTC time>[-smoke].json. Exits non-zero when the bench breaks (a
 rollout that should pass fails, a rerun changes something, a rollback does not restore service...), never because
@@ -45,6 +47,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -67,6 +70,8 @@ BATCH = 10
 # The opt-in mitogen leg (--mitogen): PyPI mitogen, installed for the bench only, never by make test or the collection.
 MITOGEN_VERSION = '0.3.54'
 MITOGEN_DIR = ROOT / '.build' / 'bench-mitogen'
+# The --before leg: the collection at an earlier commit, extracted with git archive (the working tree is not touched).
+BEFORE_DIR = ROOT / '.build' / 'bench-before'
 
 # Port plan (18800-19999): each stack gets a block, one port per service.
 PORTS = {'g1': 18800, 'f1': 18801, 'g2': 18802, 'f2': 18804, 'g5': 18810, 'f5': 18820, 'g20': 18840, 'f20': 18870, 'lat': 18900,
@@ -89,11 +94,18 @@ TARGETS = {
     'gate_latency': 'gate passes within one interval (%gs) of the app serving' % GATE_INTERVAL,
     'crash': 'crash loop failed <= 5 s after up -d',
     'restore': 'none set (reported against a plain up -d of the old release)',
-    'rerun': 'rerun <= 0.3x rollout, changed=0',
+    'rerun': 'rerun <= 0.35x rollout, changed=0',
+    'overhead': 'overhead <= +6.8s (half of +13.6s)',
+    'fleet_cpu': 'controller CPU/host <= 8 CPU-s',
     'fleet': 'wall time grows with batches, not with hosts inside a batch',
     'disk': 'keeps every rollback image prune deletes',
     'traffic': '0 failed requests (collection)',
 }
+
+
+# A leg beside A (the collection, default settings) and B (the floor): key 'mitogen' or 'before', the label of its
+# rows, the environment ansible-playbook runs with, and the checkout whose playbooks it runs (None: this one).
+Leg = namedtuple('Leg', 'key label env root')
 
 
 class BenchBroken(Exception):
@@ -130,7 +142,24 @@ def mitogen_env():
         log('installing mitogen %s into %s (the --mitogen leg only)' % (MITOGEN_VERSION, MITOGEN_DIR))
         subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '--no-deps',
                         '--target', str(MITOGEN_DIR), 'mitogen==%s' % MITOGEN_VERSION], check=True)
-    return {'ANSIBLE_STRATEGY_PLUGINS': str(strategies), 'ANSIBLE_STRATEGY': 'mitogen_linear'}
+    return Leg('mitogen', 'mitogen (opt-in)', {'ANSIBLE_STRATEGY_PLUGINS': str(strategies), 'ANSIBLE_STRATEGY': 'mitogen_linear'},
+               None)
+
+
+def before_leg(ref):
+    """The collection as it was at commit `ref`: `git archive` of that commit into .build/bench-before/<commit>, run
+    with its own playbooks and ANSIBLE_COLLECTIONS_PATH pointing there. Nothing of the working tree changes."""
+    sha = subprocess.run(['git', 'rev-parse', '--verify', ref + '^{commit}'], cwd=str(ROOT), capture_output=True, text=True,
+                         check=True).stdout.strip()
+    home = BEFORE_DIR / sha[:12]
+    tree = home / 'ansible_collections' / 'safedeploy' / 'compose'
+    if not (tree / 'galaxy.yml').exists():
+        log('extracting the collection at %s into %s (the --before leg only)' % (sha[:12], home))
+        shutil.rmtree(str(home), ignore_errors=True)
+        tree.mkdir(parents=True)
+        archive = subprocess.run(['git', 'archive', '--format=tar', sha], cwd=str(ROOT), capture_output=True, check=True).stdout
+        subprocess.run(['tar', '-x', '-C', str(tree)], input=archive, check=True)
+    return Leg('before', 'before (%s)' % sha[:7], {'ANSIBLE_COLLECTIONS_PATH': str(home)}, tree)
 
 
 def iso_epoch(text):
@@ -160,7 +189,7 @@ def phase_of(task):
         return 'ledger'
     if '/roles/host_python/' in path or filename in ('lock.yml', 'prepare.yml', 'preflight.yml', 'disk.yml'):
         return 'preflight'
-    if filename == 'pin.yml':
+    if filename in ('pin.yml', 'signatures.yml'):
         return 'gate' if action.endswith('health_gate') else 'pin'
     if filename == 'deploy.yml':
         if ': Pull and bring up' in name:
@@ -236,7 +265,7 @@ class Bench(object):
         self.stacks = []
         self.counter = 0
         self.stamp = '%x' % int(time.time())
-        self.mitogen = None  # the environment of the mitogen leg (--mitogen), or None: no such leg
+        self.legs = []  # the legs beside A and B (--mitogen, --before), figure 1 and the fleet figure
 
     def release(self):
         self.counter += 1
@@ -269,8 +298,9 @@ class Bench(object):
     def common_vars(self):
         return {'rollout_state_dir': str(self.state_dir)}
 
-    def gated(self, hosts, release, expect_ok=True, batches=None, extra_env=None):
-        run = gated_rollout(hosts, release, self.common_vars(), forks=FORKS, batches=batches, extra_env=extra_env)
+    def gated(self, hosts, release, expect_ok=True, batches=None, leg=None):
+        run = gated_rollout(hosts, release, self.common_vars(), forks=FORKS, batches=batches,
+                            extra_env=leg.env if leg else None, root=leg.root if leg else None)
         ok = run.rc == 0
         if ok != expect_ok or not run.timeline:
             raise BenchBroken('gated rollout of %s to %s %s (rc=%s):\n%s' % (
@@ -326,38 +356,49 @@ class Bench(object):
             data['floor_phases'].append({'pull': result['pull'], 'up': result['up'], 'gate': result['gate']})
             log('  %d svc rep %d: floor %.2fs' % (size, index + 1, result['total']))
 
-        def mitogen_step(index):
-            release = self.new_release([gated_stack])
-            run = self.gated({'localhost': [gated_stack]}, release, extra_env=self.mitogen)
-            data['mitogen'].append(run.wall)
-            data['mitogen_phases'].append(phases(run))
-            log('  %d svc rep %d: gated with mitogen %.2fs' % (size, index + 1, run.wall))
+        def leg_step(leg):
+            def step(index):
+                release = self.new_release([gated_stack])
+                run = self.gated({'localhost': [gated_stack]}, release, leg=leg)
+                data[leg.key].append(run.wall)
+                data[leg.key + '_phases'].append(phases(run))
+                log('  %d svc rep %d: gated, %s %.2fs' % (size, index + 1, leg.label, run.wall))
+            return step
 
-        def rerun_step(index):
-            run = self.gated({'localhost': [gated_stack]}, gated_stack.current)
-            if run.changed() != 0:
-                raise BenchBroken('rerun of the running release %s of %s reported changed=%d:\n%s'
-                                  % (gated_stack.current, gated_stack.project, run.changed(), run.tail()))
-            data['rerun'].append(run.wall)
-            data['rerun_changed'].append(run.changed())
-            data.setdefault('rerun_phases', []).append(phases(run))
-            log('  %d svc rep %d: rerun %.2fs (changed=0)' % (size, index + 1, run.wall))
+        def rerun_step(leg):
+            key = leg.key + '_rerun' if leg else 'rerun'
 
-        # The mitogen leg (figure 1 only, the main size): the same rollout with mitogen's strategy, beside A and B.
-        with_mitogen = with_rerun and self.mitogen is not None
-        if with_mitogen:
-            data.update(mitogen=[], mitogen_phases=[])
+            def step(index):
+                run = self.gated({'localhost': [gated_stack]}, gated_stack.current, leg=leg)
+                if run.changed() != 0:
+                    raise BenchBroken('rerun%s of the running release %s of %s reported changed=%d:\n%s'
+                                      % (', ' + leg.label if leg else '', gated_stack.current, gated_stack.project,
+                                         run.changed(), run.tail()))
+                data[key].append(run.wall)
+                data[key + '_changed'].append(run.changed())
+                data[key + '_phases'].append(phases(run))
+                log('  %d svc rep %d: rerun%s %.2fs (changed=0)' % (size, index + 1, ', ' + leg.label if leg else '', run.wall))
+            return step
+
+        # The legs (figure 1 only, the main size): the same rollout and rerun with mitogen's strategy, or with the
+        # collection of an earlier commit, beside A and B.
+        legs = self.legs if with_rerun else []
+        for leg in legs:
+            data.update({leg.key: [], leg.key + '_phases': [], leg.key + '_rerun': [], leg.key + '_rerun_changed': [],
+                         leg.key + '_rerun_phases': []})
+        data.update(rerun_phases=[])
         for index in range(self.reps):
             order = (gated_step, floor_step)
             if with_rerun:
-                order = (rerun_step,) + order
-            if with_mitogen:
-                order += (mitogen_step,)
+                order = (rerun_step(None),) + order
+            for leg in legs:
+                order += (leg_step(leg), rerun_step(leg))
             for step in (order if index % 2 == 0 else tuple(reversed(order))):
                 step(index)
         data['ratio'] = [a / b for a, b in zip(data['gated'], data['floor'])]
-        if with_mitogen:
-            data['mitogen_ratio'] = [a / b for a, b in zip(data['mitogen'], data['floor'])]
+        for leg in legs:
+            data[leg.key + '_ratio'] = [a / b for a, b in zip(data[leg.key], data['floor'])]
+            data[leg.key + '_rerun_ratio'] = [a / b for a, b in zip(data[leg.key + '_rerun'], data[leg.key])]
         if with_rerun:
             data['rerun_ratio'] = [a / b for a, b in zip(data['rerun'], data['gated'])]
         return data, gated_stack, floor_stack
@@ -492,26 +533,27 @@ class Bench(object):
                 row['floor_cpu'].append(children_cpu() - cpu)
                 log('  %d hosts rep %d: floor %.1fs (%.1f CPU-s)' % (size, index + 1, row['floor'][-1], row['floor_cpu'][-1]))
 
-            def mitogen_step(index, size=size, row=row):  # pylint: disable=dangerous-default-value
-                chosen = dict((name, hosts[name]) for name in names[:size])
-                release = self.new_release(gated[:size])
-                run = self.gated(chosen, release, batches=[BATCH], extra_env=self.mitogen)
-                unchanged = [host for host, counts in run.recap.items() if counts.get('changed', 0) == 0]
-                if len(run.recap) != size or unchanged:
-                    raise BenchBroken('fleet of %d with mitogen: recap has %d hosts, unchanged: %s'
-                                      % (size, len(run.recap), unchanged))
-                row['mitogen'].append(run.wall)
-                row['mitogen_cpu'].append(run.cpu)
-                log('  %d hosts rep %d: gated with mitogen %.1fs (%.1f CPU-s)' % (size, index + 1, run.wall, run.cpu))
+            def leg_step(leg, size=size, row=row):  # pylint: disable=dangerous-default-value
+                def step(index):
+                    chosen = dict((name, hosts[name]) for name in names[:size])
+                    release = self.new_release(gated[:size])
+                    run = self.gated(chosen, release, batches=[BATCH], leg=leg)
+                    unchanged = [host for host, counts in run.recap.items() if counts.get('changed', 0) == 0]
+                    if len(run.recap) != size or unchanged:
+                        raise BenchBroken('fleet of %d, %s: recap has %d hosts, unchanged: %s'
+                                          % (size, leg.label, len(run.recap), unchanged))
+                    row[leg.key].append(run.wall)
+                    row[leg.key + '_cpu'].append(run.cpu)
+                    log('  %d hosts rep %d: gated, %s %.1fs (%.1f CPU-s)' % (size, index + 1, leg.label, run.wall, run.cpu))
+                return step
 
-            if self.mitogen is not None:
-                row.update(mitogen=[], mitogen_cpu=[])
-                alternate(self.reps, gated_step, floor_step, mitogen_step)
-                row['mitogen_ratio'] = [a / b for a, b in zip(row['mitogen'], row['floor'])]
-                row['mitogen_cpu_per_host'] = [a / size for a in row['mitogen_cpu']]
-                row['mitogen_per_batch'] = [a / row['batches'] for a in row['mitogen']]
-            else:
-                alternate(self.reps, gated_step, floor_step)
+            for leg in self.legs:
+                row.update({leg.key: [], leg.key + '_cpu': []})
+            alternate(self.reps, gated_step, floor_step, *[leg_step(leg) for leg in self.legs])
+            for leg in self.legs:
+                row[leg.key + '_ratio'] = [a / b for a, b in zip(row[leg.key], row['floor'])]
+                row[leg.key + '_cpu_per_host'] = [a / size for a in row[leg.key + '_cpu']]
+                row[leg.key + '_per_batch'] = [a / row['batches'] for a in row[leg.key]]
             row['ratio'] = [a / b for a, b in zip(row['gated'], row['floor'])]
             row['per_host_overhead'] = [(a - b) / size for a, b in zip(row['gated'], row['floor'])]
             row['per_batch'] = [a / row['batches'] for a in row['gated']]
@@ -845,21 +887,35 @@ def build_report(bench, figures):
         doc['figures']['rollout'] = {'services': main, 'gated': summary(data['gated']), 'floor': summary(data['floor']),
                                      'ratio': ratio, 'first_rollout': data['first_rollout'],
                                      'phases': dict((phase, {'gated': a, 'floor': b, 'overhead': o}) for phase, a, b, o in phase_rows)}
-        if data.get('mitogen'):
-            mitogen = summary(data['mitogen_ratio'])
-            overhead = summary([a - b for a, b in zip(data['mitogen'], data['floor'])])
-            rows.append(('1m rollout %d svc, mitogen (opt-in) vs floor' % main, fmt(summary(data['mitogen'])),
-                         fmt(summary(data['floor'])), fmt(mitogen, 'x'), 'overhead +%s (default: +%s)' % (
-                             fmt(overhead), fmt(summary([a - b for a, b in zip(data['gated'], data['floor'])]))), ''))
-            doc['figures']['rollout_mitogen'] = {
-                'mitogen': MITOGEN_VERSION, 'gated': summary(data['mitogen']), 'floor': summary(data['floor']),
-                'ratio': mitogen, 'overhead': overhead,
-                'phases': dict((phase, summary([sample[phase] for sample in data['mitogen_phases']])) for phase in PHASES)}
+        default_overhead = summary([a - b for a, b in zip(data['gated'], data['floor'])])
+        rows.append(('    overhead, default settings', fmt(default_overhead), '', '', TARGETS['overhead'],
+                     verdict(default_overhead['median'] <= 6.8)))
+        doc['figures']['rollout']['overhead'] = default_overhead
+        for leg in bench.legs:
+            if not data.get(leg.key):
+                continue
+            overhead = summary([a - b for a, b in zip(data[leg.key], data['floor'])])
+            rows.append(('1%s rollout %d svc, %s vs floor' % (leg.key[0], main, leg.label), fmt(summary(data[leg.key])),
+                         fmt(summary(data['floor'])), fmt(summary(data[leg.key + '_ratio']), 'x'),
+                         'overhead +%s (default: +%s)' % (fmt(overhead), fmt(default_overhead)), ''))
+            doc['figures']['rollout_' + leg.key] = {
+                'leg': leg.label, 'gated': summary(data[leg.key]), 'floor': summary(data['floor']),
+                'ratio': summary(data[leg.key + '_ratio']), 'overhead': overhead,
+                'phases': dict((phase, summary([sample[phase] for sample in data[leg.key + '_phases']])) for phase in PHASES),
+                'rerun': summary(data[leg.key + '_rerun']), 'rerun_ratio': summary(data[leg.key + '_rerun_ratio']),
+                'rerun_changed': data[leg.key + '_rerun_changed']}
+            if leg.key == 'mitogen':
+                doc['figures']['rollout_mitogen']['mitogen'] = MITOGEN_VERSION
         rerun = summary(data['rerun_ratio'])
         rows.append(('4 rerun of running release vs rollout', fmt(summary(data['rerun'])), fmt(summary(data['gated'])),
                      fmt(rerun, 'x'), TARGETS['rerun'],
-                     verdict(rerun['median'] <= 0.3 and not any(data['rerun_changed']),
+                     verdict(rerun['median'] <= 0.35 and not any(data['rerun_changed']),
                              'changed=%s' % max(data['rerun_changed']))))
+        for leg in bench.legs:
+            if data.get(leg.key + '_rerun'):
+                rows.append(('4%s rerun, %s vs its rollout' % (leg.key[0], leg.label), fmt(summary(data[leg.key + '_rerun'])),
+                             fmt(summary(data[leg.key])), fmt(summary(data[leg.key + '_rerun_ratio']), 'x'), '',
+                             'changed=%s' % max(data[leg.key + '_rerun_changed'])))
         doc['figures']['rerun'] = {'rerun': summary(data['rerun']), 'rollout': summary(data['gated']), 'ratio': rerun,
                                    'changed': data['rerun_changed'], 'first_rollout': data['first_rollout'],
                                    'phases': dict((phase, summary([sample[phase] for sample in data['rerun_phases']]))
@@ -898,14 +954,16 @@ def build_report(bench, figures):
                          fmt(summary(row['ratio']), 'x'),
                          'per host +%s, per batch %s, CPU/host %s' % (
                              fmt(summary(row['per_host_overhead'])), fmt(summary(row['per_batch']), digits=1),
-                             fmt(summary(row['cpu_per_host']), ' CPU-s', digits=1)), ''))
-            if row.get('mitogen'):
-                rows.append(('5m fleet %d hosts, mitogen (opt-in) vs floor' % size,
-                             fmt(summary(row['mitogen']), digits=1), fmt(summary(row['floor']), digits=1),
-                             fmt(summary(row['mitogen_ratio']), 'x'),
-                             'per batch %s, CPU/host %s' % (
-                                 fmt(summary(row['mitogen_per_batch']), digits=1),
-                                 fmt(summary(row['mitogen_cpu_per_host']), ' CPU-s', digits=1)), ''))
+                             fmt(summary(row['cpu_per_host']), ' CPU-s', digits=1)),
+                         verdict(summary(row['cpu_per_host'])['median'] <= 8.0, TARGETS['fleet_cpu'])))
+            for leg in bench.legs:
+                if row.get(leg.key):
+                    rows.append(('5%s fleet %d hosts, %s vs floor' % (leg.key[0], size, leg.label),
+                                 fmt(summary(row[leg.key]), digits=1), fmt(summary(row['floor']), digits=1),
+                                 fmt(summary(row[leg.key + '_ratio']), 'x'),
+                                 'per batch %s, CPU/host %s' % (
+                                     fmt(summary(row[leg.key + '_per_batch']), digits=1),
+                                     fmt(summary(row[leg.key + '_cpu_per_host']), ' CPU-s', digits=1)), ''))
             per_size[size] = dict((key, summary(value)) for key, value in row.items() if isinstance(value, list))
             per_size[size]['batches'] = row['batches']
         within = growth = None
@@ -1017,6 +1075,9 @@ def main(argv):
     parser.add_argument('--mitogen', action='store_true',
                         help='also run figure 1 (the main size) and the fleet figure with the opt-in mitogen strategy '
                         '(PyPI mitogen %s, installed into .build/bench-mitogen for the bench only)' % MITOGEN_VERSION)
+    parser.add_argument('--before', metavar='REF',
+                        help='also run figure 1 (the main size, rerun included) and the fleet figure with the collection as '
+                        'it was at commit REF (extracted into .build/bench-before), rows 1b, 4b, 5b')
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.smoke else 5)
     if reps < 5 and not args.smoke:
@@ -1045,7 +1106,9 @@ def main(argv):
         if unknown or ('rollback' in bench.traffic_cases and 'healthy' not in bench.traffic_cases):
             parser.error('--traffic-cases: from %s, and rollback needs healthy' % ','.join(TRAFFIC_ORDER))
     if args.mitogen:
-        bench.mitogen = mitogen_env()
+        bench.legs.append(mitogen_env())
+    if args.before:
+        bench.legs.append(before_leg(args.before))
     figures = {}
     started = time.time()
     broken = None

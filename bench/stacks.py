@@ -288,23 +288,24 @@ def inventory(hosts, common):
     return {'all': {'hosts': host_vars, 'vars': dict(common)}}
 
 
-def gated_rollout(hosts, release, common, forks=10, batches=None, extra_env=None, timeout=1800):
+def gated_rollout(hosts, release, common, forks=10, batches=None, extra_env=None, timeout=1800, root=None):
     """Run playbooks/rollout.yml for release on the hosts; returns a GatedRun."""
     extra = {'release': release}
     if batches is not None:
         extra['rollout_batches'] = batches
-    return playbook_run('rollout.yml', hosts, common, extra, forks=forks, extra_env=extra_env, timeout=timeout)
+    return playbook_run('rollout.yml', hosts, common, extra, forks=forks, extra_env=extra_env, timeout=timeout, root=root)
 
 
-def playbook_run(playbook, hosts, common, extra, forks=10, extra_env=None, timeout=1800):
-    """Run playbooks/<playbook> with the extra vars on the hosts, timed with the bench_timeline callback."""
+def playbook_run(playbook, hosts, common, extra, forks=10, extra_env=None, timeout=1800, root=None):
+    """Run <root>/playbooks/<playbook> (root: this checkout unless given) with the extra vars on the hosts, timed
+    with the bench_timeline callback."""
     with tempfile.TemporaryDirectory(prefix='sdb-run-') as tmp:
         inv = Path(tmp) / 'hosts.yml'
         inv.write_text(yaml.safe_dump(inventory(hosts, common)))
         timeline_path = Path(tmp) / 'timeline.json'
         extra_file = Path(tmp) / 'extra.json'
         extra_file.write_text(json.dumps(extra))
-        argv = [str(BIN / 'ansible-playbook'), '-i', str(inv), str(ROOT / 'playbooks' / playbook),
+        argv = [str(BIN / 'ansible-playbook'), '-i', str(inv), str(Path(root or ROOT) / 'playbooks' / playbook),
                 '-e', '@' + str(extra_file), '--forks', str(forks)]
         env = ansible_env(dict(extra_env or {}, SAFEDEPLOY_BENCH_TIMELINE=str(timeline_path)))
         cpu_before = children_cpu()

@@ -24,12 +24,16 @@ from run import PORTS, Bench  # noqa: E402
 from stacks import Stack, gated_rollout  # noqa: E402
 
 
-def describe(label, run, top):
+def describe(label, run, top, in_order=False):
     tasks = run.timeline.get('tasks', [])
     statuses = collections.Counter(status for task in tasks for status in task['hosts'].values())
     print('== %s: wall %.2fs, CPU %.2fs, %d tasks (%s), changed=%d'
           % (label, run.wall, run.cpu, len(tasks), ', '.join('%s %d' % item for item in sorted(statuses.items())),
              run.changed()))
+    if in_order:
+        for task in tasks:
+            status = ','.join(sorted(set(task['hosts'].values()))) or '-'
+            print('  %6.2fs  %-8s %s' % ((task['end'] or task['start']) - task['start'], status, task['name'][:100]))
     durations = sorted(((task['end'] or task['start']) - task['start'], task) for task in tasks)
     for seconds, task in reversed(durations[-top:]):
         status = ','.join(sorted(set(task['hosts'].values()))) or '-'
@@ -46,6 +50,7 @@ def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--services', type=int, default=5, choices=range(1, 21), metavar='1..20')
     parser.add_argument('--top', type=int, default=14)
+    parser.add_argument('--in-order', action='store_true', help='also list every task in the order it ran')
     args = parser.parse_args(argv)
     bench = Bench(True, 1, Path(tempfile.mkdtemp(prefix='sdb-tasks-')))
     try:
@@ -59,7 +64,7 @@ def main(argv):
             if run.rc != 0:
                 print(run.tail(), file=sys.stderr)
                 return 1
-            describe(label, run, args.top)
+            describe(label, run, args.top, args.in_order)
     finally:
         bench.cleanup()
     return 0

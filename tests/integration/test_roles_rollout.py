@@ -452,6 +452,24 @@ def chain(testbed, images, tmp_path_factory):
 
 class TestOneStack(object):
 
+    def test_a_rerun_of_the_running_release_is_a_read(self, chain, images, testbed):
+        """Issue 15: the lock, the pin's lookup, the ledger, one look; nothing of what changes the host, not even as
+        skipped tasks (release.yml is one skipped include), and not a byte of the ledger or the project written."""
+        client = testbed.client()
+        current = chain.ledger()['current']['id']
+        snapshot, ledger = chain.snapshot(client), chain.ledger_bytes()
+        run = chain.rollout(current)
+        assert_ok(run, changed=0)
+        assert 'was already running and healthy' in ' '.join(run.stdout.split()), run.stdout[-3000:]
+        tasks = re.findall(r'^TASK \[(.*?)\]', run.stdout, re.M)
+        assert any('Check that the running stack is the pinned release and healthy' in task for task in tasks), tasks
+        for phase in ('Measure the engine', 'Record as a candidate', 'Pull and bring up', 'Gate on real health',
+                      'Promote to the last good release', 'Verify the signatures', 'Read the blue and green slots'):
+            assert not any(phase in task for task in tasks), (phase, tasks)
+        assert chain.snapshot(client) == snapshot
+        assert chain.ledger_bytes() == ledger
+        assert not chain.lock_file.exists()
+
     def test_check_diff_shows_each_service_digest_change_and_changes_nothing(self, chain, images, testbed):
         client = testbed.client()
         before = chain.ledger()
