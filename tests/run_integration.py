@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / 'tests' / 'integration'
 OUTPUT = ROOT / 'tests' / 'output'
 SECONDS = {  # measured on the 2-core machine, serial run of the whole directory
-    'test_roles_rollout.py': 780, 'test_roles_recovery.py': 220, 'test_secrets.py': 155, 'test_fleet.py': 100,
+    'test_roles_rollout.py': 820, 'test_roles_recovery.py': 220, 'test_secrets.py': 155, 'test_fleet.py': 100,
     'test_roles_ssh.py': 75, 'test_health_gate.py': 75, 'test_compose_pin.py': 70, 'test_disk_reclaim.py': 70,
     'test_last_good_tag.py': 50, 'test_compose_up.py': 40, 'test_roles_disk_guard.py': 35, 'test_compose_run.py': 25,
     'test_testbed.py': 25, 'test_stack_lock.py': 15, 'test_container_logs.py': 25, 'test_roles_shared_dir.py': 95,

@@ -705,6 +705,31 @@ def test_two_stacks_of_one_host_roll_out_in_one_run_checking_python_once(make_st
         assert not stack.lock_file.exists()
 
 
+def test_a_stack_already_running_its_release_reports_its_own_check_not_the_stack_before_it(make_stack, images, testbed):
+    """The second stack of the host already runs r1 and skips release.yml as a whole: its report must not carry the
+    first stack's gate time or warnings (results of release.yml are host variables that outlive a stack)."""
+    client = testbed.client()
+    first, second = make_stack('own-a'), make_stack('own-b')
+    second.state_dir = first.state_dir  # one host, one state_dir
+    second.ledger_file = first.state_dir / second.project / 'releases.json'
+    inventory = first.inventory()
+    inventory['all']['hosts']['localhost']['safedeploy_stacks'] = [second.stack_vars()]
+    assert_ok(run_playbook(ROOT / 'playbooks' / 'rollout.yml', inventory=inventory, extra_vars={'release': 'r1'}))
+    inventory['all']['hosts']['localhost']['safedeploy_stacks'] = [first.stack_vars(), second.stack_vars()]
+    run = run_playbook(ROOT / 'playbooks' / 'rollout.yml', inventory=inventory, extra_vars={'release': 'r1'})
+    assert_ok(run)
+    for stack in (first, second):
+        assert stack.running_digests(client) == images['r1']
+    reports = dict((stack.project, json.loads((first.reports / 'r1' / ('localhost-%s.json' % stack.project)).read_text()))
+                   for stack in (first, second))
+    deployed, unchanged = reports[first.project], reports[second.project]
+    assert deployed['result'] == 'deployed' and unchanged['result'] == 'unchanged', reports
+    # the first stack's gate needs two passes an interval (1 s here) apart; the second's check is one look
+    assert float(deployed['gate_elapsed']) >= 1.0, deployed
+    assert float(unchanged['gate_elapsed']) < 1.0, unchanged
+    assert unchanged['warnings'] == [], unchanged
+
+
 def test_a_failing_stack_takes_the_stacks_moved_before_it_on_its_host_back(make_stack, images, testbed):
     """One version per host: pair-b fails r2 after pair-a moved to it in the same run, so pair-a goes back too."""
     client = testbed.client()
