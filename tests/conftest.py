@@ -18,6 +18,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTIONS = ROOT / '.build' / 'collections'
+# run_playbook's and run_module's own inventory, extra-vars and arguments files in the temporary directory: they hold a test's secrets on purpose
+# (registry passwords), so test_secrets.py, which looks for secrets in every new temporary file, leaves them out; a
+# test in the other integration process may be writing one while it looks.
+HARNESS_PREFIX = 'sdt-harness-'
 LINK = COLLECTIONS / 'ansible_collections' / 'safedeploy' / 'compose'
 
 
@@ -67,7 +71,7 @@ def run_module(name, args, check=False, diff=False, env=None, timeout=300):
     payload['_ansible_diff'] = diff
     payload.setdefault('_ansible_remote_tmp', tempfile.gettempdir())
     payload.setdefault('_ansible_tmpdir', tempfile.gettempdir())
-    with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as handle:
+    with tempfile.NamedTemporaryFile('w', prefix=HARNESS_PREFIX, suffix='.json', delete=False) as handle:
         json.dump({'ANSIBLE_MODULE_ARGS': payload}, handle)
         args_file = handle.name
     run_env = dict(os.environ)
@@ -165,7 +169,7 @@ def run_playbook(playbook, inventory=None, extra_vars=None, args=(), env=None, t
     cleanup = []
     argv = [str(ROOT / '.venv' / 'bin' / 'ansible-playbook'), str(playbook)]
     if isinstance(inventory, dict):
-        handle = tempfile.NamedTemporaryFile('w', suffix='.yml', delete=False)
+        handle = tempfile.NamedTemporaryFile('w', prefix=HARNESS_PREFIX, suffix='.yml', delete=False)
         yaml.safe_dump(inventory, handle)
         handle.close()
         cleanup.append(handle.name)
@@ -174,7 +178,7 @@ def run_playbook(playbook, inventory=None, extra_vars=None, args=(), env=None, t
         argv += ['-i', str(inventory)]
     extra_vars = on_compose_under_test(extra_vars)
     if extra_vars:
-        handle = tempfile.NamedTemporaryFile('w', suffix='.json', delete=False)
+        handle = tempfile.NamedTemporaryFile('w', prefix=HARNESS_PREFIX, suffix='.json', delete=False)
         json.dump(extra_vars, handle)
         handle.close()
         cleanup.append(handle.name)

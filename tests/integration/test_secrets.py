@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import COLLECTIONS, LOCAL_HOST_VARS, ROOT, on_compose_under_test, run_playbook
+from conftest import COLLECTIONS, HARNESS_PREFIX, LOCAL_HOST_VARS, ROOT, on_compose_under_test, run_playbook
 from testbed import testbed as testbed_mod
 
 PREFIX = 'sdt-sec'
@@ -181,10 +181,12 @@ def file_texts(*roots):
 
 
 def new_temp_files(before, started):
-    """Files in the temporary directory (not pytest's) and in ~/.ansible/tmp made or changed since `started`."""
+    """Files in the temporary directory (not pytest's, not the test harness's: conftest.HARNESS_PREFIX) and in
+    ~/.ansible/tmp made or changed since `started`."""
     roots = [Path.home() / '.ansible' / 'tmp']
     tmp = Path(tempfile.gettempdir())
-    roots += [path for path in tmp.iterdir() if path.name not in before and not path.name.startswith('pytest-of-')]
+    roots += [path for path in tmp.iterdir() if path.name not in before
+              and not path.name.startswith(('pytest-of-', HARNESS_PREFIX))]
     found = {}
     for root in roots:
         for path, data in file_texts(root).items():
