@@ -340,7 +340,7 @@ class Bench(object):
         first = self.gated({'localhost': [gated_stack]}, self.new_release([gated_stack]))
         self.floor(floor_stack, self.new_release([floor_stack]))
         data = {'services': size, 'gated': [], 'floor': [], 'ratio': [], 'phases': [], 'floor_phases': [],
-                'rerun': [], 'rerun_changed': [], 'first_rollout': first.wall}
+                'rerun': [], 'rerun_changed': [], 'rerun_phases': [], 'first_rollout': first.wall}
 
         def gated_step(index):
             release = self.new_release([gated_stack])
@@ -386,7 +386,6 @@ class Bench(object):
         for leg in legs:
             data.update({leg.key: [], leg.key + '_phases': [], leg.key + '_rerun': [], leg.key + '_rerun_changed': [],
                          leg.key + '_rerun_phases': []})
-        data.update(rerun_phases=[])
         for index in range(self.reps):
             order = (gated_step, floor_step)
             if with_rerun:
