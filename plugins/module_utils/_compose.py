@@ -143,8 +143,9 @@ def detect_compose(module, runner=None, choice='auto', cache_path=None):
 
     auto: `docker compose` if the plugin answers, else `docker-compose`. v2: the plugin, or a standalone
     docker-compose that answers 2.x or later. v1: a standalone docker-compose that answers 1.x.
-    With cache_path, the version of a standalone docker-compose is read from and written to that
-    file (see _cached_version). Raises ComposeNotFound naming what was tried and how to fix it.
+    With cache_path, the version a CLI answered is read from and written to that file, keyed on the build of
+    every file that decides the answer (see _cli_identity), so `version` runs once per install, not once per
+    module run. Raises ComposeNotFound naming what was tried and how to fix it.
     """
     runner = runner or CommandRunner(module)
     prefer, major = COMPOSE_CHOICES[choice]
@@ -162,7 +163,8 @@ def detect_compose(module, runner=None, choice='auto', cache_path=None):
                 tried.append('docker-compose (not on PATH)')
                 continue
             argv = [standalone]
-        version = _cached_version(cache_path, argv[0]) if kind == 'standalone' else None
+        key, identity = _cli_identity(kind, argv[0])
+        version = _cached_version(cache_path, key, identity)
         if version is None:
             try:
                 rc, out, err = runner.run(argv + ['version', '--short'], timeout=DETECT_TIMEOUT)
@@ -174,8 +176,7 @@ def detect_compose(module, runner=None, choice='auto', cache_path=None):
                 tried.append('%s (rc=%s: %s)' % (' '.join(argv + ['version']), rc, (err or out or '').strip()[:200]))
                 continue
             version = _VERSION.search(text).group(0).lstrip('v')
-            if kind == 'standalone':
-                _remember_version(cache_path, argv[0], version)
+            _remember_version(cache_path, key, identity, version)
         cli = ComposeCli(argv, version)
         if major is not None and (cli.major < 2 if major == 2 else cli.major != major):
             tried.append('%s (answers %s, not v%s)' % (' '.join(argv), version, major))
@@ -201,6 +202,27 @@ def _binary_identity(path):
     return real, '%d:%d:%d' % (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
+# Where the docker CLI looks for its plugins besides the user's config dir ($DOCKER_CONFIG/cli-plugins, else
+# ~/.docker/cli-plugins), first match wins (docs.docker.com, "CLI plugins"; checked with the docker 20.10 CLI).
+CLI_PLUGIN_DIRS = ('/usr/local/lib/docker/cli-plugins', '/usr/local/libexec/docker/cli-plugins',
+                   '/usr/lib/docker/cli-plugins', '/usr/libexec/docker/cli-plugins')
+
+
+def _cli_identity(kind, binary):
+    """(cache key, identity) of what answers `version` for a CLI: a standalone docker-compose is one file; the plugin
+    is the docker CLI, its config.json (which may name more plugin dirs) and the docker-compose file of every plugin
+    dir, present or not, so that installing, upgrading or removing a plugin anywhere asks the CLI again."""
+    real, identity = _binary_identity(binary)
+    if kind == 'standalone' or not real:
+        return real, identity
+    config_dir = os.environ.get('DOCKER_CONFIG') or os.path.join(os.path.expanduser('~'), '.docker')
+    parts = [identity]
+    for path in [os.path.join(config_dir, 'config.json'), os.path.join(config_dir, 'cli-plugins', 'docker-compose')] \
+            + [os.path.join(directory, 'docker-compose') for directory in CLI_PLUGIN_DIRS]:
+        parts.append('%s=%s' % (path, _binary_identity(path)[1] or '-'))
+    return real + ' compose', '|'.join(parts)
+
+
 def _read_cache(cache_path):
     try:
         with open(os.path.expanduser(cache_path)) as handle:
@@ -210,27 +232,25 @@ def _read_cache(cache_path):
     return data if isinstance(data, dict) else {}
 
 
-def _cached_version(cache_path, binary):
-    """The remembered version of this exact build of binary, or None."""
-    if not cache_path:
+def _cached_version(cache_path, key, identity):
+    """The version remembered for key when it was remembered for this identity, or None."""
+    if not cache_path or not key:
         return None
-    real, identity = _binary_identity(binary)
-    entry = _read_cache(cache_path).get(real) if real else None
+    entry = _read_cache(cache_path).get(key)
     if not isinstance(entry, dict) or entry.get('id') != identity:
         return None
     version = entry.get('version')
     return version if isinstance(version, str) and _VERSION.search(version) else None
 
 
-def _remember_version(cache_path, binary, version):
+def _remember_version(cache_path, key, identity, version):
     """Best effort: an unwritable cache only means asking the binary again next time."""
-    real, identity = _binary_identity(binary)
-    if not cache_path or not real:
+    if not cache_path or not key:
         return
     path = os.path.expanduser(cache_path)
     directory = os.path.dirname(path)
     data = _read_cache(cache_path)
-    data[real] = {'id': identity, 'version': version}
+    data[key] = {'id': identity, 'version': version}
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         write_file_atomic(path, json.dumps(data, sort_keys=True).encode('utf-8'), 0o600)

@@ -290,15 +290,45 @@ def test_detect_remembers_a_standalone_version_per_build(module, fake_bin, tmp_p
     assert calls.read_text().count('x') == 2
 
 
-def test_detect_never_caches_the_plugin_nor_a_failure(module, fake_bin, tmp_path):
+def test_detect_remembers_the_plugin_version_until_a_file_that_decides_it_changes(module, fake_bin, tmp_path,
+                                                                                 monkeypatch):
+    config_dir = tmp_path / 'docker-config'
+    monkeypatch.setenv('DOCKER_CONFIG', str(config_dir))
+    calls = tmp_path / 'calls'
+    cache = str(tmp_path / 'cache' / 'compose-cli.json')
+    docker = fake_exe(fake_bin, 'docker', 'echo x >> %s\n' % calls + PLUGIN)
+
+    def asked():
+        return calls.read_text().count('x') if calls.exists() else 0
+
+    assert detect_compose(module, cache_path=cache).version == '2.24.6'
+    assert detect_compose(module, cache_path=cache).argv == [docker, 'compose']
+    assert asked() == 1, 'the second detection asked the plugin again'
+    # a plugin installed in the user's plugin dir would now answer: asked again
+    (config_dir / 'cli-plugins').mkdir(parents=True)
+    (config_dir / 'cli-plugins' / 'docker-compose').write_text('another build')
+    assert detect_compose(module, cache_path=cache).version == '2.24.6'
+    assert asked() == 2
+    # a config.json written (it may name more plugin dirs): asked again
+    (config_dir / 'config.json').write_text('{"cliPluginsExtraDirs": ["/opt/plugins"]}')
+    detect_compose(module, cache_path=cache)
+    assert asked() == 3
+    # an upgraded docker CLI: asked again, and its answer replaces the old one
+    fake_exe(fake_bin, 'docker', 'echo x >> %s\n' % calls + PLUGIN.replace('2.24.6', '2.30.1') + '# upgraded\n')
+    assert detect_compose(module, cache_path=cache).version == '2.30.1'
+    assert detect_compose(module, cache_path=cache).version == '2.30.1'
+    assert asked() == 4
+
+
+def test_detect_never_caches_a_failure(module, fake_bin, tmp_path):
     cache = tmp_path / 'compose-cli.json'
-    fake_exe(fake_bin, 'docker', PLUGIN)
-    assert detect_compose(module, cache_path=str(cache)).major == 2
-    assert not cache.exists()
-    fake_exe(fake_bin, 'docker', NO_PLUGIN)
+    calls = tmp_path / 'calls'
+    fake_exe(fake_bin, 'docker', 'echo x >> %s\n' % calls + NO_PLUGIN)
     fake_exe(fake_bin, 'docker-compose', 'exit 3\n')
-    with pytest.raises(ComposeNotFound):
-        detect_compose(module, cache_path=str(cache))
+    for _attempt in range(2):
+        with pytest.raises(ComposeNotFound):
+            detect_compose(module, cache_path=str(cache))
+    assert calls.read_text().count('x') == 2, 'a failed detection was remembered'
     assert not cache.exists()
 
 
