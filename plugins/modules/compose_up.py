@@ -57,10 +57,8 @@ options:
     default: started
   pull:
     description:
-      - Pull the images before C(up). The pull is skipped when every image is a digest reference the Docker engine
-        already holds (RV(pull_skipped)), so a pinned release on the host costs no registry request.
-      - Turn it off to never ask the registry: for example a rollback to images kept on the host while the registry is
-        down, when some image is still referenced by tag.
+      - Pull the images before C(up). Turn it off when they are on the host already (pulled by an earlier
+        O(state=pulled), or a rollback to images kept on the host while the registry is down).
     type: bool
     default: true
   registry_auth:
@@ -201,16 +199,6 @@ pulled:
   returned: always
   type: bool
   sample: true
-pull_skipped:
-  description:
-    - True when O(pull) asked for a pull and none was needed, so C(compose pull) did not run. That is when every
-      service's image is a digest reference (as M(safedeploy.compose.compose_pin) writes them) that the Docker engine
-      already holds, and no service sets a C(pull_policy) other than C(missing). A digest names the image's content,
-      so there is nothing newer to fetch.
-    - A rollback to images kept on the host, a rerun, or a release built on the host skips the pull this way.
-  returned: always
-  type: bool
-  sample: false
 touched:
   description:
     - Whether running containers may have been touched. False when the module failed before removing a leftover or
@@ -316,8 +304,7 @@ class ComposeUp(object):
         self.params = module.params
         self._config = None
         self.result = dict(changed=False, authenticated=[], pulled=False, touched=False, leftovers=[], containers={},
-                           compose_argv=[], compose_version='', lease_lost=False, unbounded_logs=[], started_first=[],
-                           pull_skipped=False)
+                           compose_argv=[], compose_version='', lease_lost=False, unbounded_logs=[], started_first=[])
 
     def fail(self, msg, **extra):
         self.result.update(extra)
@@ -415,30 +402,9 @@ class ComposeUp(object):
             project.runner.environ_update.pop('DOCKER_CONFIG', None)
             shutil.rmtree(directory, ignore_errors=True)
 
-    def pull(self, project, client):
-        if self.images_on_host(project, client):
-            self.result['pull_skipped'] = True
-            return
+    def pull(self, project):
         with self.pull_credentials(project):
             self._pull(project)
-
-    def images_on_host(self, project, client):
-        """True when the pull would fetch nothing: every service's image is a digest reference (a pin names its
-        content, unlike a tag that may have moved) that the engine already holds, and no service asks for a pull of
-        its own (pull_policy always, daily, ...). A rollback to kept images, a rerun and a release built on this host
-        skip a `compose pull` that would only ask the registry about content already here."""
-        for name, spec in sorted((self.config(project).get('services') or {}).items()):
-            spec = spec or {}
-            image = spec.get('image')
-            if not image:
-                continue  # built, never pulled
-            if '@sha256:' not in image or spec.get('pull_policy') not in (None, 'missing', 'if_not_present'):
-                return False
-            try:
-                client.api.inspect_image(image)
-            except Exception:  # not on the host (404), or the engine could not say: pull as usual
-                return False
-        return True
 
     def _pull(self, project):
         params = self.params
@@ -610,7 +576,7 @@ class ComposeUp(object):
             self.result['unbounded_logs'] = self.unbounded_logs(client, before)
             return self.result
         if params['pull']:
-            self.pull(project, client)
+            self.pull(project)
         if params['state'] == 'pulled':
             self.result['containers'] = self.by_service(before)
             self.result['unbounded_logs'] = self.unbounded_logs(client, before)

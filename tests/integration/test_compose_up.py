@@ -75,55 +75,6 @@ def test_a_new_image_is_a_change_and_pulled_only_does_not_touch(project, run_mod
     assert [c.attrs['Config']['Image'] for c in project.containers()] == [testbed.images['v2']['ref']]
 
 
-def test_a_pinned_release_on_the_host_skips_the_pull_and_anything_else_pulls(project, run_module, testbed):
-    """A digest names the image's content: when the engine holds every pinned image, compose pull could only ask the
-    registry about content already here, so it does not run. A tag, an image not on the host, or a service whose
-    pull_policy asks for a pull still pull."""
-    client = testbed.client()
-    v1 = testbed.images['v1']
-    pinned = '%s@%s' % (v1['ref'].rsplit(':', 1)[0], v1['digest'])
-    assert pinned in client.images.get(v1['ref']).attrs['RepoDigests'], 'the test bed image lost its digest'
-
-    def write(image, policy=None):
-        (project.src / 'compose.yaml').write_text(
-            'services:\n  web:\n    image: %s\n    network_mode: none\n%s' % (image, '    pull_policy: %s\n' % policy if policy else ''))
-
-    write(pinned)
-    up = run_module(MODULE, project.args())
-    assert not up.failed, up.get('msg')
-    assert up['pull_skipped'] is True and up['pulled'] is False and up['changed'] is True
-    assert [c.attrs['Config']['Image'] for c in project.containers()] == [pinned]
-
-    write(pinned, policy='always')  # the service asks for a pull: it gets one
-    asked = run_module(MODULE, project.args())
-    assert not asked.failed and asked['pull_skipped'] is False and asked['pulled'] is True, asked.get('msg')
-
-    write(v1['ref'])  # a tag may have moved in the registry: pulled although the image is here
-    tagged = run_module(MODULE, project.args())
-    assert not tagged.failed and tagged['pull_skipped'] is False and tagged['pulled'] is True, tagged.get('msg')
-
-    # a pinned image the host does not hold yet is pulled
-    repo = '%s/sdt-up/skip-%s' % (testbed.registry, uuid.uuid4().hex[:8])
-    client.images.get(v1['ref']).tag(repo, 'v1')
-    try:
-        for line in client.images.push(repo, 'v1', stream=True, decode=True):
-            assert 'error' not in line, line
-        fresh = '%s@%s' % (repo, client.images.get('%s:v1' % repo).attrs['RepoDigests'][0].split('@', 1)[1])
-        client.images.remove('%s:v1' % repo)
-        write(fresh)
-        pulled = run_module(MODULE, project.args())
-        assert not pulled.failed and pulled['pull_skipped'] is False and pulled['pulled'] is True, pulled.get('msg')
-        assert [c.attrs['Config']['Image'] for c in project.containers()] == [fresh]
-    finally:
-        for container in project.containers():
-            container.remove(force=True)
-        for ref in ('%s:v1' % repo, fresh if 'fresh' in locals() else repo):
-            try:
-                client.images.remove(ref, force=True)
-            except Exception:  # pylint: disable=broad-except
-                pass
-
-
 def test_leftovers_of_an_interrupted_recreate_are_listed_in_check_mode_and_removed_before_up(project, run_module, testbed):
     client = testbed.client()
     assert not run_module(MODULE, project.args()).failed
