@@ -762,6 +762,23 @@ def test_a_release_id_that_is_no_tag_stops_before_any_path_is_made_of_it(make_st
     assert not stack.reports.exists() or list(stack.reports.iterdir()) == []
 
 
+def test_every_bad_input_is_named_in_one_message_before_anything_runs(make_stack):
+    """The role's own checks (release id, routes, the lock's lifetime) are one task: each problem is named, in one
+    message, and nothing is locked, recorded or started."""
+    stack = make_stack('inputs')
+    run = assert_failed(stack.rollout('v1/../x', stack=stack.stack_vars(routes=[{'service': 'web', 'port': 'eighty'}]),
+                                      rollout_lock_ttl=10))
+    message = ' '.join(failure_message(run).split())
+    assert 'Invalid release id "v1/../x"' in message, message
+    assert 'The routes of %s must be a list of {service, port, container_port}' % stack.project in message, message
+    assert 'Got routes [{' in message and '"port": "eighty"' in message, message
+    assert 'rollout_lock_ttl (10s) must be longer than the longest step' in message, message
+    assert re.search(r"a hook'+s timeout", message), message  # the YAML output doubles the quote
+    assert message.count('Nothing was done') == 1, message
+    assert 'Take the stack lock' not in run.stdout, 'a task ran after the checks failed'
+    assert not stack.ledger_file.exists() and not stack.lock_file.exists()
+
+
 def test_a_python_without_the_libraries_stops_before_anything_with_what_to_do(make_stack, images, tmp_path):
     bare = tmp_path / 'bare-venv'
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(bare)], check=True, timeout=120)
