@@ -288,17 +288,18 @@ def inventory(hosts, common):
     return {'all': {'hosts': host_vars, 'vars': dict(common)}}
 
 
-def gated_rollout(hosts, release, common, forks=10, batches=None, extra_env=None, timeout=1800, root=None):
+def gated_rollout(hosts, release, common, forks=10, batches=None, extra_env=None, timeout=1800, root=None, wrap=None):
     """Run playbooks/rollout.yml for release on the hosts; returns a GatedRun."""
     extra = {'release': release}
     if batches is not None:
         extra['rollout_batches'] = batches
-    return playbook_run('rollout.yml', hosts, common, extra, forks=forks, extra_env=extra_env, timeout=timeout, root=root)
+    return playbook_run('rollout.yml', hosts, common, extra, forks=forks, extra_env=extra_env, timeout=timeout, root=root,
+                        wrap=wrap)
 
 
-def playbook_run(playbook, hosts, common, extra, forks=10, extra_env=None, timeout=1800, root=None):
+def playbook_run(playbook, hosts, common, extra, forks=10, extra_env=None, timeout=1800, root=None, wrap=None):
     """Run <root>/playbooks/<playbook> (root: this checkout unless given) with the extra vars on the hosts, timed
-    with the bench_timeline callback."""
+    with the bench_timeline callback. wrap: an argv prefix the run goes through (a profiler)."""
     with tempfile.TemporaryDirectory(prefix='sdb-run-') as tmp:
         inv = Path(tmp) / 'hosts.yml'
         inv.write_text(yaml.safe_dump(inventory(hosts, common)))
@@ -307,6 +308,7 @@ def playbook_run(playbook, hosts, common, extra, forks=10, extra_env=None, timeo
         extra_file.write_text(json.dumps(extra))
         argv = [str(BIN / 'ansible-playbook'), '-i', str(inv), str(Path(root or ROOT) / 'playbooks' / playbook),
                 '-e', '@' + str(extra_file), '--forks', str(forks)]
+        argv = list(wrap or []) + argv
         env = ansible_env(dict(extra_env or {}, SAFEDEPLOY_BENCH_TIMELINE=str(timeline_path)))
         cpu_before = children_cpu()
         started = time.time()
