@@ -15,22 +15,15 @@ import re
 import socket
 import stat
 import time
-import traceback
 
-try:
-    import docker
-    from docker import errors as docker_errors
-    HAS_DOCKER = True
-    DOCKER_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - exercised by ansible-test's import sanity test
-    docker = None
-    docker_errors = None
-    HAS_DOCKER = False
-    DOCKER_IMPORT_ERROR = traceback.format_exc()
-
-from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import (
+    EngineAddressError,
+    EngineAPIError,
+    EngineClient,
+    NotFound,
+)
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import PROJECT_LABEL
 from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import ImageRef, ImageRefError
 from ansible_collections.safedeploy.compose.plugins.module_utils._log_config import log_config_unbounded
@@ -58,7 +51,7 @@ def is_no_space_error(exc):
 
 
 def is_timeout_error(exc):
-    """True for an engine call abandoned at engine_timeout (docker-py's read timeout, a socket timeout)."""
+    """True for an engine call abandoned at engine_timeout (a socket timeout)."""
     if isinstance(exc, socket.timeout) or type(exc).__name__ in ('ReadTimeout', 'ConnectTimeout', 'ReadTimeoutError'):
         return True
     return 'timed out' in str(exc).lower()
@@ -80,18 +73,19 @@ def describe_engine_error(exc, address, action, timeout=None):
 
 
 def connect_engine(module, result=None):
-    """Return a docker.DockerClient talking to the engine, or fail the module with a clear message.
+    """Return an EngineClient talking to the engine (it answered a ping), or fail the module with a clear message.
 
     `result` (optional) holds the module's other result keys, so a failure here returns them too.
     """
     result = dict(result or {})
     result.pop('msg', None)
-    if not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib('docker'), exception=DOCKER_IMPORT_ERROR, **result)
     address = engine_address(module.params)
     timeout = module.params.get('engine_timeout') or DEFAULT_ENGINE_TIMEOUT
     try:
-        client = docker.DockerClient(base_url=address, timeout=timeout)
+        client = EngineClient(address, timeout=timeout)
+    except EngineAddressError as exc:
+        module.fail_json(msg=str(exc), **result)
+    try:
         client.ping()
     except Exception as exc:  # any failure to reach the engine ends the module the same way
         module.fail_json(msg=describe_engine_error(exc, address, 'answer a ping', timeout), **result)
@@ -601,7 +595,7 @@ def read_held_chains(client, cache_path=None):
         if chains is None:
             try:
                 diff_ids = (client.api.inspect_image(image_id).get('RootFS') or {}).get('Layers') or []
-            except docker_errors.NotFound:
+            except NotFound:
                 continue  # removed while we looked
             chains = chain_ids(diff_ids)
         seen[image_id] = chains
@@ -641,9 +635,9 @@ def _read_image_layers(client, image_id, fallback_bytes):
         diff_ids = (client.api.inspect_image(image_id).get('RootFS') or {}).get('Layers') or []
         sizes = layer_sizes(diff_ids, client.api.history(image_id))
         return list(zip(chain_ids(diff_ids), sizes))
-    except docker_errors.NotFound:
+    except NotFound:
         return None
-    except docker_errors.APIError as exc:
+    except EngineAPIError as exc:
         if is_no_space_error(exc):
             raise
         # Without layer details the image's own bytes stand for it as one unshared layer.
@@ -660,7 +654,7 @@ def _system_df(client, wait=DF_BUSY_WAIT_SECONDS):
     while True:
         try:
             return client.api.df()
-        except docker_errors.APIError as exc:
+        except EngineAPIError as exc:
             if 'disk usage operation is already running' not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.2)
@@ -728,9 +722,9 @@ def _container_log(client, container_id):
     """
     try:
         details = client.api.inspect_container(container_id)
-    except docker_errors.NotFound:
+    except NotFound:
         return None
-    except docker_errors.APIError as exc:
+    except EngineAPIError as exc:
         if is_no_space_error(exc):
             raise
         return None
@@ -774,7 +768,7 @@ def _remove_image(client, candidate):
         client.api.remove_image(candidate['id'], force=False, noprune=False)
     try:
         left = client.api.inspect_image(candidate['id'])
-    except docker_errors.NotFound:
+    except NotFound:
         return None
     return 'the engine kept it (still named %s)' % ', '.join(_clean_refs(left.get('RepoTags')) + _clean_refs(left.get('RepoDigests'))
                                                              or [candidate['id']])
@@ -814,9 +808,9 @@ def remove_reclaim_candidate(client, candidate):
             return _truncate_candidate_log(candidate)
         else:
             raise ValueError('unknown reclaim candidate kind %r' % kind)
-    except docker_errors.NotFound:
+    except NotFound:
         return 'already gone (removed by someone else meanwhile)'
-    except docker_errors.APIError as exc:
+    except EngineAPIError as exc:
         if is_no_space_error(exc):
             raise
         return 'the engine refused: %s' % (exc.explanation or exc)

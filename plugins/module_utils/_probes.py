@@ -49,11 +49,8 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
     PROJECT_LABEL,
     SERVICE_LABEL,
 )
-from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
-    HAS_DOCKER,
-    describe_engine_error,
-    docker,
-)
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine import describe_engine_error
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import EngineClient
 
 CHECK_TYPES = ('http', 'tcp', 'containers', 'openapi')
 DEFAULT_CHECK_TIMEOUT = 5.0
@@ -493,8 +490,6 @@ class ContainersProbe:
 
     def __init__(self, name, project, services=None, replicas=None, digests=None, docker_host=None, engine_timeout=60,
                  gate_timeout=None, timeout=DEFAULT_CHECK_TIMEOUT, unhealthy_is_final=True, running_for=0):
-        if not HAS_DOCKER:
-            raise ValueError('the Python library docker is needed for containers checks')
         self.name = name
         self.project = project
         self.replicas = dict((str(key), int(value)) for key, value in (replicas or {}).items())
@@ -520,7 +515,7 @@ class ContainersProbe:
     def _client(self, timeout):
         call_timeout = max(1, int(min(float(self.engine_timeout or 60), float(timeout)) + 0.999))
         if self._api is None:
-            self._api = docker.APIClient(base_url=self.docker_host, timeout=call_timeout)
+            self._api = EngineClient(self.docker_host, timeout=call_timeout)
         self._api.timeout = call_timeout
         return self._api
 

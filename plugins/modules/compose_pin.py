@@ -826,8 +826,8 @@ class ComposePin(object):
             entry = dict(kind='missing', image=ref.format(), services=services, registry=ref.registry,
                          repository=ref.repository, reference=ref.reference, status=None)
             try:
-                image = client.images.get(lookup)
-            except Exception as exc:  # docker.errors.ImageNotFound, or any engine failure
+                image = client.api.inspect_image(lookup)
+            except Exception as exc:  # ImageNotFound (404), or any engine failure
                 if getattr(exc, 'status_code', None) == 404 or type(exc).__name__ == 'ImageNotFound':
                     entry['message'] = 'image %s is not present on the Docker host %s' % (ref.format(), address)
                 else:
@@ -836,7 +836,7 @@ class ComposePin(object):
                 failures.append(entry)
                 continue
             digests = []
-            for repo_digest in image.attrs.get('RepoDigests') or []:
+            for repo_digest in image.get('RepoDigests') or []:
                 try:
                     candidate = ImageRef.parse(repo_digest)
                 except ImageRefError:

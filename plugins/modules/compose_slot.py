@@ -227,19 +227,20 @@ SERVICE_LABEL = 'com.docker.compose.service'
 
 def read_containers(client, name, routed):
     found = dict((service, []) for service in routed)
-    for container in client.containers.list(all=True, filters={'label': '%s=%s' % (PROJECT_LABEL, name)}):
-        labels = container.labels or {}
+    for entry in client.api.containers(all=True, filters={'label': '%s=%s' % (PROJECT_LABEL, name)}):
+        labels = entry.get('Labels') or {}
         service = labels.get(SERVICE_LABEL)
         if service not in found:
             continue
-        image = container.attrs.get('Image')
+        image = entry.get('ImageID')
         digests = []
         try:
-            digests = [ref.split('@', 1)[1] for ref in client.images.get(image).attrs.get('RepoDigests') or []]
+            digests = [ref.split('@', 1)[1] for ref in client.api.inspect_image(image).get('RepoDigests') or []]
         except Exception:  # an image removed under a stopped container: no digest to show
             pass
-        found[service].append(dict(name=container.name, id=container.id, state=container.status, image=image,
-                                   digest=digests[0] if digests else None, digests=digests,
+        names = [item.lstrip('/') for item in entry.get('Names') or []]
+        found[service].append(dict(name=names[0] if names else entry['Id'][:12], id=entry['Id'], state=entry.get('State'),
+                                   image=image, digest=digests[0] if digests else None, digests=digests,
                                    release=labels.get(RELEASE_LABEL)))
     return found
 
@@ -327,10 +328,12 @@ def main():
         missing = []
         try:
             for key, spec in sorted((rendered.get('networks') or {}).items()):
-                if spec.get('external') and not client.networks.list(names=[spec['name']]):
+                if spec.get('external') and not [network for network in client.api.networks(filters={'name': spec['name']})
+                                                 if network.get('Name') == spec['name']]:
                     missing.append(('network', key, spec['name'], (config.get('networks') or {}).get(key) or {}))
             for key, spec in sorted((rendered.get('volumes') or {}).items()):
-                if not [v for v in client.volumes.list(filters={'name': spec['name']}) if v.name == spec['name']]:
+                if not [volume for volume in client.api.volumes(filters={'name': spec['name']})
+                        if volume.get('Name') == spec['name']]:
                     missing.append(('volume', key, spec['name'], (config.get('volumes') or {}).get(key) or {}))
         except Exception as exc:
             module.fail_json(msg=describe_engine_error(exc, address, 'list networks and volumes',
@@ -345,12 +348,12 @@ def main():
                 # labelled as compose labels the project's own, so that the project's next `up` adopts them
                 labels = {PROJECT_LABEL: project, 'com.docker.compose.%s' % kind: key}
                 if kind == 'network':
-                    client.networks.create(name, driver=spec.get('driver') or 'bridge', options=spec.get('driver_opts'),
-                                           internal=bool(spec.get('internal')), attachable=bool(spec.get('attachable')),
-                                           labels=labels)
+                    client.api.create_network(name, driver=spec.get('driver') or 'bridge', options=spec.get('driver_opts'),
+                                              internal=bool(spec.get('internal')), attachable=bool(spec.get('attachable')),
+                                              labels=labels)
                 else:
-                    client.volumes.create(name=name, driver=spec.get('driver') or 'local',
-                                          driver_opts=spec.get('driver_opts') or {}, labels=labels)
+                    client.api.create_volume(name, driver=spec.get('driver') or 'local',
+                                             driver_opts=spec.get('driver_opts') or {}, labels=labels)
         except Exception as exc:
             module.fail_json(msg=describe_engine_error(exc, address, 'create the networks and volumes of the slot',
                                                        params['engine_timeout']), **result)
@@ -393,11 +396,10 @@ def main():
         module.exit_json(**result)
     try:
         for item in to_change:
-            container = client.containers.get(item['id'])
             if wanted == 'running':
-                container.start()
+                client.api.start(item['id'])
             else:
-                container.stop(timeout=params['stop_timeout'])
+                client.api.stop(item['id'], timeout=params['stop_timeout'])
         containers = read_containers(client, result['slot_project'], services)
         result['running'] = all(any(item['state'] == 'running' for item in items) for items in containers.values())
     except Exception as exc:

@@ -431,9 +431,7 @@ msg:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
-    DOCKER_IMPORT_ERROR,
     ENGINE_ARGUMENT_SPEC,
-    HAS_DOCKER,
     engine_address,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._probes import (
@@ -521,8 +519,6 @@ def build_probes(module, result):
     kinds = set(spec['type'] for spec in params['checks'])
     if kinds & set(('http', 'openapi')) and not HAS_REQUESTS:
         module.fail_json(msg=missing_required_lib('requests'), exception=REQUESTS_IMPORT_ERROR, **result)
-    if 'containers' in kinds and not HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib('docker'), exception=DOCKER_IMPORT_ERROR, **result)
 
     probes = []
     names = set()

@@ -283,6 +283,7 @@ msg:
 '''
 
 import errno
+import http.client
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -291,6 +292,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
     ONEOFF_LABEL,
     PROJECT_LABEL,
 )
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import EngineAPIError, NotFound
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
     ENGINE_ARGUMENT_SPEC,
     connect_engine,
@@ -328,10 +330,6 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._status import 
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._slots import RELEASE_LABEL, SLOTS, slot_project
 
-try:
-    from docker import errors as docker_errors
-except ImportError:  # pragma: no cover - connect_engine reports the missing library
-    docker_errors = None
 
 LEASE_KEYS = ('owner', 'host', 'pid', 'run_id', 'release', 'acquired_at', 'renewed_at', 'ttl', 'expires_at')
 
@@ -389,13 +387,13 @@ def read_containers(client, project, now, restart_window, release=None):
             continue
         try:
             details = client.api.inspect_container(entry['Id'])
-        except docker_errors.NotFound:
+        except NotFound:
             continue  # removed while we looked
         image_id = details.get('Image') or ''
         if image_id not in images:
             try:
                 images[image_id] = client.api.inspect_image(image_id)
-            except docker_errors.NotFound:
+            except NotFound:
                 images[image_id] = {}
         views.append(container_view(details, images[image_id], now, restart_window))
     return sorted(views, key=lambda box: (box['service'], box['name']))
@@ -501,8 +499,7 @@ def main():
     try:
         result = stack_status(client, params)
     except Exception as exc:  # an engine call that failed half-way: say so, with the engine's address
-        if docker_errors is not None and isinstance(exc, (docker_errors.DockerException, OSError)) or \
-                type(exc).__module__.startswith(('requests', 'urllib3')):
+        if isinstance(exc, (EngineAPIError, OSError, http.client.HTTPException)):
             module.fail_json(msg='stack_status of project %s: %s' % (
                 params['project'], describe_engine_error(exc, engine_address(params), 'list the project\'s containers')),
                 changed=False, project=params['project'])

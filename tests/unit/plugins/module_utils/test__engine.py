@@ -12,9 +12,9 @@ import os
 import subprocess
 
 import pytest
-from docker import errors as docker_errors
 
 from ansible_collections.safedeploy.compose.plugins.module_utils import _engine as engine
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import EngineAPIError, NotFound
 
 MB = 1 << 20
 
@@ -173,7 +173,7 @@ class ImagesApi(object):
     def inspect_image(self, image_id):
         self.inspected.append(image_id)
         if image_id not in self.layers:
-            raise docker_errors.NotFound('gone')
+            raise NotFound(404, 'Not Found', 'gone')
         return {'RootFS': {'Layers': self.layers[image_id]}}
 
 
@@ -488,7 +488,7 @@ class FakeApi:
 
     def inspect_image(self, image_id):
         if self.image_left is None:
-            raise docker_errors.NotFound('No such image: %s' % image_id)
+            raise NotFound(404, 'Not Found', 'No such image: %s' % image_id)
         return self.image_left
 
 
@@ -498,8 +498,7 @@ class FakeClient:
 
 
 def api_error(status, text):
-    response = type('Response', (), {'status_code': status, 'reason': 'x', 'url': 'http://x'})()
-    return docker_errors.APIError('%d error' % status, response=response, explanation=text)
+    return (NotFound if status == 404 else EngineAPIError)(status, 'x', text)
 
 
 def test_remove_image_by_id_without_force_when_one_repository():
@@ -536,10 +535,10 @@ def test_engine_refusals_become_reasons_but_no_space_raises():
     conflict = FakeApi(fail=api_error(409, 'conflict: unable to delete 1234 (cannot be forced) - image is being used'))
     assert engine.remove_reclaim_candidate(FakeClient(conflict), dict(kind='image', id='sha256:1', refs=[])) == (
         'the engine refused: conflict: unable to delete 1234 (cannot be forced) - image is being used')
-    gone = FakeApi(fail=docker_errors.NotFound('No such container: c1'))
+    gone = FakeApi(fail=NotFound(404, 'Not Found', 'No such container: c1'))
     assert 'already gone' in engine.remove_reclaim_candidate(FakeClient(gone), dict(kind='container', id='c1', refs=[]))
     full = FakeApi(fail=api_error(500, 'write /var/lib/docker/x: no space left on device'))
-    with pytest.raises(docker_errors.APIError):
+    with pytest.raises(EngineAPIError):
         engine.remove_reclaim_candidate(FakeClient(full), dict(kind='container', id='c1', refs=[]))
 
 
@@ -580,7 +579,7 @@ class InventoryApi:
 
     def inspect_image(self, image_id):
         if image_id.startswith('sha256:c'):
-            raise docker_errors.NotFound('gone')
+            raise NotFound(404, 'Not Found', 'gone')
         return {'RootFS': {'Layers': ['sha256:base', 'sha256:' + image_id[7:8]]}}
 
     def history(self, image_id):

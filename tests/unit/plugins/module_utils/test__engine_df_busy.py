@@ -8,17 +8,13 @@ simulated hosts on one engine found it.
 from __future__ import annotations
 
 import pytest
-import requests
-from docker import errors as docker_errors
 
 from ansible_collections.safedeploy.compose.plugins.module_utils import _engine as engine
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import EngineAPIError
 
 
 def busy_error():
-    response = requests.Response()
-    response.status_code = 500
-    return docker_errors.APIError('500 Server Error: Internal Server Error', response=response,
-                                  explanation='a disk usage operation is already running')
+    return EngineAPIError(500, 'Internal Server Error', 'a disk usage operation is already running')
 
 
 class FakeApi(object):
@@ -49,10 +45,8 @@ def test_a_busy_engine_is_waited_for(monkeypatch):
 
 def test_other_engine_errors_are_not_retried(monkeypatch):
     monkeypatch.setattr(engine.time, 'sleep', lambda seconds: None)
-    response = requests.Response()
-    response.status_code = 500
-    api = FakeApi(failures=5, error=docker_errors.APIError('500 Server Error', response=response, explanation='boom'))
-    with pytest.raises(docker_errors.APIError):
+    api = FakeApi(failures=5, error=EngineAPIError(500, 'Internal Server Error', 'boom'))
+    with pytest.raises(EngineAPIError):
         engine.read_engine_inventory(FakeClient(api))
     assert api.calls == 1
 
@@ -62,7 +56,7 @@ def test_a_busy_engine_is_not_waited_for_forever(monkeypatch):
     monkeypatch.setattr(engine.time, 'monotonic', lambda: clock[0])
     monkeypatch.setattr(engine.time, 'sleep', lambda seconds: clock.__setitem__(0, clock[0] + seconds))
     api = FakeApi(failures=10 ** 6)
-    with pytest.raises(docker_errors.APIError) as raised:
+    with pytest.raises(EngineAPIError) as raised:
         engine._system_df(FakeClient(api), wait=2)
     assert 'already running' in str(raised.value)
     assert 5 <= api.calls <= 15  # about wait / 0.2 s, then it gives up

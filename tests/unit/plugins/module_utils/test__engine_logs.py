@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from docker import errors as docker_errors
 
 from ansible_collections.safedeploy.compose.plugins.module_utils import _engine as engine
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import NotFound
 
 MB = 1 << 20
 
@@ -202,7 +202,7 @@ class InspectApi:
 
     def inspect_container(self, container_id):
         if container_id not in self.details:
-            raise docker_errors.NotFound('gone')
+            raise NotFound(404, 'Not Found', 'gone')
         return self.details[container_id]
 
 
