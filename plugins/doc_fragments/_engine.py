@@ -15,6 +15,8 @@ options:
     description:
       - Address of the Docker engine API, for example C(unix:///var/run/docker.sock) or C(tcp://127.0.0.1:2375).
       - When not set, the E(DOCKER_HOST) environment variable is used, else C(unix:///var/run/docker.sock).
+      - The modules speak the Engine API themselves (Python's standard library, no Docker SDK), over a Unix socket
+        or plain TCP. Other schemes (C(ssh://), TLS) are refused with a message; run the modules on the Docker host.
     type: str
   engine_timeout:
     description:
@@ -23,6 +25,4 @@ options:
       - The module then fails naming the step and this option; nothing after that call runs.
     type: int
     default: 60
-requirements:
-  - docker (Python library, 7.0.0 or newer) on the managed host
 '''

@@ -13,9 +13,9 @@
 #   * wrong answer: the app answered, and the answer is wrong (status, body, JSON, missing API path,
 #     container unhealthy). ``fatal`` marks the wrong answers no amount of waiting can fix (a crash loop).
 #
-# HTTP goes through ``requests`` (already a dependency of the Docker SDK the collection needs): it gives
-# separate connect/read timeouts, streaming with a byte limit, opt-in redirect following and clear
-# exception types for telling "refused" from "timed out" from "TLS rejected".
+# HTTP goes through the standard library (urllib.request over http.client and ssl), so a host needs no
+# third-party HTTP library: connect and read timeouts, streaming with a byte limit, opt-in redirect following,
+# and the exceptions told apart as "refused", "timed out" and "TLS rejected".
 
 from __future__ import annotations
 
@@ -24,18 +24,16 @@ import re
 import socket
 import threading
 import time
-import traceback
-import warnings
 from datetime import datetime, timezone
 
-try:
-    import requests
-    HAS_REQUESTS = True
-    REQUESTS_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - exercised by ansible-test's import sanity test
-    requests = None
-    HAS_REQUESTS = False
-    REQUESTS_IMPORT_ERROR = traceback.format_exc()
+import base64
+import http.client
+import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
 
 try:
     import yaml
@@ -125,7 +123,7 @@ def _scrub_tree(value, secrets):
 
 
 def _exception_chain(exc):
-    """exc and every exception it wraps (requests -> urllib3 -> socket), each once."""
+    """exc and every exception it wraps (URLError.reason, __cause__, __context__, args), each once."""
     seen = set()
     stack = [exc]
     while stack:
@@ -150,10 +148,11 @@ def describe_connection_error(exc, target, timeout):
             return 'connection to %s refused (nothing listening yet?)' % target
         if isinstance(item, (socket.timeout, TimeoutError)) or 'timed out' in str(item).lower():
             return 'no answer from %s within %ss' % (target, _seconds(timeout))
+        # RemoteDisconnected is a ConnectionResetError too: the server hung up without a word, it did not reset
+        if isinstance(item, http.client.HTTPException) or type(item).__name__ == 'ProtocolError':
+            return 'connection to %s closed before an answer' % target
         if isinstance(item, ConnectionResetError):
             return 'connection to %s reset before an answer' % target
-        if type(item).__name__ in ('RemoteDisconnected', 'ProtocolError'):
-            return 'connection to %s closed before an answer' % target
     return 'cannot connect to %s: %s' % (target, one_line(exc, 160))
 
 
@@ -191,6 +190,133 @@ class HttpAnswer:
             return self.body.decode('utf-8', 'replace')
 
 
+MAX_REDIRECTS = 30                # what follow_redirects follows before calling it a loop
+
+
+class _TooManyRedirects(Exception):
+    pass
+
+
+class _BodyTooSlow(Exception):
+    pass
+
+
+def _split_credentials(url):
+    """(url without user:password@, the Basic Authorization header those credentials make, or None)."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition('@')
+    basic = None
+    if at:
+        user, _colon, password = userinfo.partition(':')
+        user, password = urllib.parse.unquote(user), urllib.parse.unquote(password)
+        if user or password:
+            pair = '%s:%s' % (user, password)
+            try:
+                raw = pair.encode('latin-1')
+            except UnicodeEncodeError:
+                raw = pair.encode('utf-8')
+            basic = 'Basic ' + base64.b64encode(raw).decode('ascii')
+    # spaces and non-ASCII in the path or query are percent-encoded (what is already encoded stays as it is)
+    safe = "!#$%&'()*+,/:;=?@[]~"
+    return urllib.parse.urlunsplit((parts.scheme, hostport, urllib.parse.quote(parts.path, safe=safe),
+                                    urllib.parse.quote(parts.query, safe=safe), '')), basic
+
+
+def _ca_bundle():
+    """A CA bundle named by REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (honoured when the probes used requests)."""
+    for name in ('REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE'):
+        value = os.environ.get(name)
+        if value and os.path.isfile(value):
+            return value
+    return None
+
+
+def _same_origin(old_url, new_url):
+    """Whether an Authorization header may go along on a redirect from old_url to new_url (same host; port and
+    scheme the same, or http on its default port going to https on its default port)."""
+    old, new = urllib.parse.urlsplit(old_url), urllib.parse.urlsplit(new_url)
+    if old.hostname != new.hostname:
+        return False
+    defaults = {'http': 80, 'https': 443}
+    old_port, new_port = old.port or defaults.get(old.scheme), new.port or defaults.get(new.scheme)
+    if old.scheme == 'http' and old_port == 80 and new.scheme == 'https' and new_port == 443:
+        return True
+    return old.scheme == new.scheme and old_port == new_port
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """follow_redirects: false leaves a 3xx as the answer; true follows up to MAX_REDIRECTS, the way requests did:
+    302 and 303 (and a POST's 301) become GET, 307 and 308 keep the method, and the Authorization header goes
+    along only to the same host."""
+
+    max_repeats = max_redirections = MAX_REDIRECTS + 1   # counted in redirect_request
+
+    def __init__(self, follow):
+        self.follow = follow
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        if not self.follow:
+            return None   # the default handler raises HTTPError: the 3xx is the answer
+        return urllib.request.HTTPRedirectHandler.http_error_302(self, req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        hops = getattr(req, 'redirect_hops', 0) + 1
+        if hops > MAX_REDIRECTS:
+            fp.close()
+            raise _TooManyRedirects('Exceeded %d redirects.' % MAX_REDIRECTS)
+        method = req.get_method()
+        if method != 'HEAD' and (code in (302, 303) or (code == 301 and method == 'POST')):
+            method = 'GET'
+        kept = dict(req.headers)   # not the unredirected ones: Host and User-agent are made anew for newurl
+        if code not in (307, 308):
+            for name in ('Content-length', 'Content-type', 'Transfer-encoding'):
+                kept.pop(name, None)
+        if not _same_origin(req.full_url, newurl):
+            kept.pop('Authorization', None)
+        new = urllib.request.Request(newurl, headers=kept, method=method, origin_req_host=req.origin_req_host,
+                                     unverifiable=True)
+        new.redirect_hops = hops
+        return new
+
+
+class _Inflate:
+    """Undoes a gzip or deflate Content-Encoding chunk by chunk (deflate: zlib-wrapped, or raw if that fails)."""
+
+    def __init__(self, wbits, fallback_wbits=None):
+        self._inflate = zlib.decompressobj(wbits)
+        self._fallback = fallback_wbits
+        self._seen = b''
+
+    def decompress(self, data):
+        if self._fallback is None:
+            return self._inflate.decompress(data)
+        self._seen += data
+        try:
+            out = self._inflate.decompress(data)
+        except zlib.error:
+            self._inflate = zlib.decompressobj(self._fallback)
+            self._fallback, data, self._seen = None, self._seen, b''
+            return self._inflate.decompress(data)
+        if out:
+            self._fallback, self._seen = None, b''
+        return out
+
+    def flush(self):
+        return self._inflate.flush()
+
+
+def _content_decoder(content_encoding):
+    """What turns the body back into what the app wrote (requests decoded gzip and deflate); None for as sent."""
+    coding = (content_encoding or '').strip().lower()
+    if coding in ('gzip', 'x-gzip'):
+        return _Inflate(16 + zlib.MAX_WBITS)
+    if coding == 'deflate':
+        return _Inflate(zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    return None
+
+
 class HttpProbe:
     """An HTTP(S) request whose status, body, JSON fields must match."""
 
@@ -199,8 +325,6 @@ class HttpProbe:
     def __init__(self, name, url, method='GET', status=None, body_contains=None, body_regex=None, json_fields=None,
                  headers=None, bearer_token=None, validate_certs=True, follow_redirects=False,
                  timeout=DEFAULT_CHECK_TIMEOUT):
-        if not HAS_REQUESTS:
-            raise ValueError('the Python library requests is needed for %s checks' % self.kind)
         if not re.match(r'^https?://[^/]', url or ''):
             raise ValueError('url %r is not an http:// or https:// URL' % redact_url(url))
         self.name = name
@@ -217,70 +341,108 @@ class HttpProbe:
         self.follow_redirects = follow_redirects
         self.timeout = float(timeout or DEFAULT_CHECK_TIMEOUT)
         self.secrets = [bearer_token] if bearer_token else []
-        if not validate_certs:
-            # the user chose this for the endpoint; urllib3's warning on every request would only be noise
-            warnings.filterwarnings('ignore', category=requests.packages.urllib3.exceptions.InsecureRequestWarning)
+
+    def _request(self):
+        """The first request: credentials out of the URL into a header, the bearer token last (it wins)."""
+        url, basic = _split_credentials(self.url)
+        headers = {'Accept': '*/*', 'Accept-Encoding': 'gzip, deflate'}
+        headers.update(self.headers)
+        if self.method not in ('GET', 'HEAD') and not any(key.lower() == 'content-length' for key in headers):
+            headers['Content-Length'] = '0'
+        # Set here, never looked up: urllib does not read ~/.netrc, so nothing on the host can replace the token.
+        if basic:
+            headers['Authorization'] = basic
+        if self.bearer_token:
+            headers['Authorization'] = 'Bearer ' + self.bearer_token
+        return urllib.request.Request(url, headers=headers, method=self.method)
+
+    def _opener(self):
+        if self.validate_certs:
+            context = ssl.create_default_context(cafile=_ca_bundle())
+        else:
+            # the user chose this for the endpoint: no verification, and (unlike urllib3) no warning to silence
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        opener = urllib.request.OpenerDirector()
+        # ProxyHandler() reads HTTP(S)_PROXY and NO_PROXY from the environment, as requests did
+        for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), urllib.request.HTTPHandler(),
+                        urllib.request.HTTPSHandler(context=context), urllib.request.HTTPDefaultErrorHandler(),
+                        _Redirects(self.follow_redirects), urllib.request.HTTPErrorProcessor()):
+            opener.add_handler(handler)
+        return opener
 
     def exchange(self, timeout):
         """Send the request; return (HttpAnswer, None) or (None, ProbeResult describing the failure)."""
         target = redact_url(self.url)
         started = time.monotonic()
         deadline = started + timeout
-        auth = None
-        if self.bearer_token:
-            token = self.bearer_token
-
-            # An auth callable (not a header) so a ~/.netrc on the host cannot replace the token.
-            def auth(request):
-                request.headers['Authorization'] = 'Bearer ' + token
-                return request
-
         evidence = {'url': target, 'method': self.method}
-        session = requests.Session()
+        response = None
+        answered = False   # a socket timeout before the status line is a read timeout; after it, a body that stalled
         try:
-            response = session.request(self.method, self.url, headers=self.headers, auth=auth, timeout=(timeout, timeout),
-                                       verify=self.validate_certs, allow_redirects=self.follow_redirects, stream=True)
             try:
-                chunks = []
-                size = 0
-                truncated = False
-                for chunk in response.iter_content(8192):
+                response = self._opener().open(self._request(), timeout=timeout)
+            except urllib.error.HTTPError as exc:
+                # 4xx, 5xx, and 3xx not followed: answers to judge, not failures
+                response = exc
+            answered = True
+            stream = getattr(response, 'fp', None) if isinstance(response, urllib.error.HTTPError) else response
+            status = response.code if isinstance(response, urllib.error.HTTPError) else response.status
+            reason = getattr(stream, 'reason', None) or getattr(response, 'reason', None) or ''
+            headers = {}
+            for key, value in (response.headers or {}).items():
+                key = key.lower()
+                headers[key] = value if key not in headers else headers[key] + ', ' + value
+            decoder = _content_decoder(headers.get('content-encoding'))
+            chunks = []
+            size = 0
+            truncated = False
+            while stream is not None:
+                data = stream.read1(8192) if hasattr(stream, 'read1') else stream.read(8192)
+                chunk = decoder.decompress(data) if decoder and data else data
+                if not data and decoder:
+                    chunk = decoder.flush()
+                if chunk:
                     chunks.append(chunk)
                     size += len(chunk)
                     if size >= BODY_READ_LIMIT:
                         truncated = True
                         break
-                    if time.monotonic() > deadline:
-                        raise requests.exceptions.ReadTimeout('body not complete within %ss' % _seconds(timeout))
-                body = b''.join(chunks)[:BODY_READ_LIMIT]
-                headers = dict((key.lower(), value) for key, value in response.headers.items())
-                answer = HttpAnswer(response.status_code, response.reason or '', headers, body, truncated,
-                                    round(time.monotonic() - started, 3))
-            finally:
-                response.close()
-        except requests.exceptions.SSLError as exc:
-            evidence['duration'] = round(time.monotonic() - started, 3)
-            return None, ProbeResult(False, error=scrub('TLS handshake with %s rejected: %s (fix the certificate, or set '
-                                                        'validate_certs: false for a self-signed test endpoint)'
-                                                        % (target, one_line(exc, 160)), self.secrets), evidence=evidence)
-        except requests.exceptions.TooManyRedirects as exc:
+                if not data:
+                    break
+                if time.monotonic() > deadline:
+                    raise _BodyTooSlow('body not complete within %ss' % _seconds(timeout))
+            body = b''.join(chunks)[:BODY_READ_LIMIT]
+            answer = HttpAnswer(status, reason, headers, body, truncated, round(time.monotonic() - started, 3))
+        except _TooManyRedirects as exc:
             evidence['duration'] = round(time.monotonic() - started, 3)
             return None, ProbeResult(False, error='%s redirects in a loop: %s' % (target, one_line(exc, 120)), evidence=evidence)
-        except requests.exceptions.ConnectTimeout:
+        except (OSError, http.client.HTTPException, ValueError, zlib.error) as exc:
             evidence['duration'] = round(time.monotonic() - started, 3)
-            return None, ProbeResult(False, unreachable=True, evidence=evidence,
-                                     error='no connection to %s within %ss' % (target, _seconds(timeout)))
-        except requests.exceptions.ReadTimeout:
-            evidence['duration'] = round(time.monotonic() - started, 3)
-            return None, ProbeResult(False, unreachable=True, evidence=evidence,
-                                     error='connected to %s but no answer within %ss' % (target, _seconds(timeout)))
-        except requests.exceptions.RequestException as exc:
-            evidence['duration'] = round(time.monotonic() - started, 3)
-            return None, ProbeResult(False, unreachable=True, evidence=evidence,
-                                     error=scrub(describe_connection_error(exc, target, timeout), self.secrets))
+            return None, self._failure(exc, answered, target, timeout, evidence)
         finally:
-            session.close()
+            if response is not None:
+                response.close()
         return answer, None
+
+    def _failure(self, exc, answered, target, timeout, evidence):
+        """The ProbeResult for an exchange that raised exc (answered: the status line had come)."""
+        tls = [item for item in _exception_chain(exc) if isinstance(item, ssl.SSLError)]
+        if tls:
+            return ProbeResult(False, error=scrub('TLS handshake with %s rejected: %s (fix the certificate, or set '
+                                                  'validate_certs: false for a self-signed test endpoint)'
+                                                  % (target, one_line(tls[0], 160)), self.secrets), evidence=evidence)
+        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, (socket.timeout, TimeoutError)):
+            # urllib wraps what goes wrong while connecting (and sending) in URLError
+            return ProbeResult(False, unreachable=True, evidence=evidence,
+                               error='no connection to %s within %ss' % (target, _seconds(timeout)))
+        if isinstance(exc, _BodyTooSlow) or (not answered and isinstance(exc, (socket.timeout, TimeoutError))):
+            return ProbeResult(False, unreachable=True, evidence=evidence,
+                               error='connected to %s but no answer within %ss' % (target, _seconds(timeout)))
+        return ProbeResult(False, unreachable=True, evidence=evidence,
+                           error=scrub(describe_connection_error(exc, target, timeout), self.secrets))
 
     def answer_evidence(self, answer):
         evidence = {

@@ -174,7 +174,7 @@ options:
       - Costs up to three registry requests per image not on the host, all within O(timeout), one engine call, and,
         when some image is not on the host, one engine call per local image not seen before. An image id names its
         content, so the layers of each local image are remembered in C(~/.cache/safedeploy/image-chains.json) (mode
-        0600, only the images of the last look) and never inspected twice. Needs the C(docker) Python library.
+        0600, only the images of the last look) and never inspected twice.
         Only with O(resolve=registry).
     type: bool
     default: false

@@ -236,9 +236,6 @@ options:
         V(0) returns none.
     type: int
     default: 20
-requirements:
-  - requests (Python library) for V(http) and V(openapi) checks
-  - docker (Python library, 7.0.0 or newer) for V(containers) checks
 notes:
   - The task fails when the gate does not pass; register the result and use C(block)/C(rescue) to roll back with the
     evidence in hand.
@@ -428,7 +425,7 @@ msg:
   sample: "health gate failed after 30.4s (timeout 30s): 'web health': HTTP 500 Internal Server Error (expected 200); body: {\"status\": \"error\"}"
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import (
     ENGINE_ARGUMENT_SPEC,
@@ -437,8 +434,6 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._engine import 
 from ansible_collections.safedeploy.compose.plugins.module_utils._probes import (
     CHECK_TYPES,
     DEFAULT_CHECK_TIMEOUT,
-    HAS_REQUESTS,
-    REQUESTS_IMPORT_ERROR,
     Gate,
     build_probe,
     check_report,
@@ -517,8 +512,6 @@ def build_probes(module, result):
     if any((spec.get('running_for') or 0) < 0 for spec in params['checks']):
         problems.append('running_for must not be negative')
     kinds = set(spec['type'] for spec in params['checks'])
-    if kinds & set(('http', 'openapi')) and not HAS_REQUESTS:
-        module.fail_json(msg=missing_required_lib('requests'), exception=REQUESTS_IMPORT_ERROR, **result)
 
     probes = []
     names = set()

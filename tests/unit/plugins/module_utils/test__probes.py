@@ -7,6 +7,9 @@ the containers probe gets a scripted engine API (the real engine is in tests/int
 
 from __future__ import annotations
 
+import ast
+import base64
+import gzip
 import json
 import re
 import socket
@@ -14,6 +17,7 @@ import ssl
 import subprocess
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -98,6 +102,33 @@ class Handler(BaseHTTPRequestHandler):
                 self.reply(401, 'unauthorized; you sent: %r' % sent)
         elif path == '/echo-auth':
             self.reply(500, 'broken; your header was %s' % self.headers.get('Authorization', ''))
+        elif path == '/found':
+            self.reply(302, 'found it at /health', headers={'Location': '/health'})
+        elif path == '/temporary':
+            self.reply(307, 'try /health', headers={'Location': '/health'})
+        elif path == '/unavailable':
+            self.reply(503, '{"status": "starting"}', 'application/json', headers={'Retry-After': '5'})
+        elif path == '/loop':
+            self.reply(302, 'round and round', headers={'Location': '/loop'})
+        elif path == '/to-localhost':
+            port = self.server.server_address[1]
+            self.reply(302, 'elsewhere', headers={'Location': 'http://localhost:%d/echo-auth' % port})
+        elif path == '/to-echo':
+            self.reply(302, 'same host', headers={'Location': '/echo-auth'})
+        elif path == '/gzip':
+            self.reply(200, gzip.compress(json.dumps(HEALTH).encode()), 'application/json', headers={'Content-Encoding': 'gzip'})
+        elif path == '/headers':
+            self.reply(200, json.dumps(dict((key.lower(), value) for key, value in self.headers.items())), 'application/json',
+                       headers={'X-Twice': 'one', 'x-twice': 'two'})
+        elif path == '/stall':
+            self.send_response(200)
+            self.send_header('Content-Length', '100')
+            self.end_headers()
+            self.wfile.write(b'partial')
+            self.wfile.flush()
+            time.sleep(3)
+        elif path.startswith('http://'):   # asked as a proxy
+            self.reply(200, 'proxied %s' % path)
         elif path == '/openapi.json':
             self.reply(200, json.dumps(OPENAPI), 'application/json')
         elif path == '/openapi.yaml':
@@ -116,7 +147,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get('Content-Length') or 0)
         self.rfile.read(length)
-        self.reply(201 if self.path == '/create' else 405, 'posted')
+        if self.path == '/see-other':
+            self.reply(303, 'see /health', headers={'Location': '/health'})
+        elif self.path == '/temporary':
+            self.reply(307, 'post again to /create', headers={'Location': '/create'})
+        else:
+            self.reply(201 if self.path == '/create' else 405, 'posted')
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -302,6 +338,99 @@ def test_url_credentials_are_hidden(closed_port):
     assert 's3cret' not in default_check_name({'type': 'http', 'url': url})
 
 
+def test_http_302_and_307_are_answers_unless_followed(server):
+    for path, status in (('/found', 302), ('/temporary', 307)):
+        result = http(server + path).probe(2)
+        assert not result.passed and not result.unreachable and result.status == status
+        assert result.evidence['location'] == '/health'
+        assert 'HTTP %d' % status in result.error and 'Location: /health' in result.error
+        followed = http(server + path, follow_redirects=True).probe(2)
+        assert followed.passed and followed.status == 200 and 'location' not in followed.evidence
+
+
+def test_http_redirects_change_the_method_as_requests_did(server):
+    # 303 turns a POST into a GET; 307 repeats the POST
+    assert http(server + '/see-other', method='POST', follow_redirects=True).probe(2).passed
+    assert http(server + '/temporary', method='POST', status=[201], follow_redirects=True).probe(2).passed
+
+
+def test_http_redirect_loop_is_reported(server):
+    result = http(server + '/loop', follow_redirects=True).probe(5)
+    assert not result.passed and result.status is None
+    assert result.error == '%s/loop redirects in a loop: Exceeded 30 redirects.' % server
+
+
+def test_http_bearer_token_follows_a_redirect_only_to_the_same_host(server):
+    same = http(server + '/to-echo', bearer_token=TOKEN, follow_redirects=True).probe(2)
+    assert same.status == 500 and 'your header was Bearer ********' in same.error
+    other = http(server + '/to-localhost', bearer_token=TOKEN, follow_redirects=True).probe(2)
+    assert other.status == 500 and other.error.endswith('your header was')
+
+
+def test_http_503_is_an_answer_judged_by_status(server):
+    result = http(server + '/unavailable').probe(2)
+    assert not result.passed and not result.unreachable and result.status == 503
+    assert result.error == 'HTTP 503 Service Unavailable (expected 200); body: {"status": "starting"}'
+    assert result.evidence['reason'] == 'Service Unavailable' and result.evidence['content_type'] == 'application/json'
+    assert http(server + '/unavailable', status=[503], body_contains='starting').probe(2).passed
+    answer, failure = http(server + '/unavailable').exchange(2)
+    assert failure is None and answer.headers['retry-after'] == '5' and answer.body == b'{"status": "starting"}'
+
+
+def test_http_refused_names_the_target(closed_port):
+    result = http('http://127.0.0.1:%d/health' % closed_port).probe(2)
+    assert result.error == 'connection to http://127.0.0.1:%d/health refused (nothing listening yet?)' % closed_port
+    assert result.unreachable and result.evidence['url'] == 'http://127.0.0.1:%d/health' % closed_port
+
+
+def test_http_connect_timeout_and_read_timeout_are_told_apart(server, blackhole, monkeypatch):
+    read = http('http://127.0.0.1:%d/' % blackhole).probe(0.5)
+    assert read.unreachable and read.error == 'connected to http://127.0.0.1:%d/ but no answer within 0.5s' % blackhole
+
+    def no_connection(address, timeout=None, *args, **kwargs):
+        raise socket.timeout('timed out')
+    monkeypatch.setattr(socket, 'create_connection', no_connection)
+    connect = http(server + '/health').probe(0.5)
+    assert connect.unreachable and connect.error == 'no connection to %s/health within 0.5s' % server
+
+
+def test_http_body_that_stalls_is_bounded(server):
+    started = time.monotonic()
+    result = http(server + '/stall').probe(0.5)
+    assert result.unreachable and 'no answer from %s/stall within 0.5s' % server in result.error
+    assert time.monotonic() - started < 1.5
+
+
+def test_http_gzip_body_is_decoded_and_headers_lower_cased(server):
+    assert http(server + '/gzip', json_fields={'checks.db': 'ok'}).probe(2).passed
+    answer, _failure = http(server + '/headers', headers={'X-Api-Key': 'k1'}).exchange(2)
+    sent = json.loads(answer.body)
+    assert sent['x-api-key'] == 'k1' and sent['accept'] == '*/*' and 'gzip' in sent['accept-encoding']
+    assert answer.headers['x-twice'] == 'one, two' and answer.headers['content-type'] == 'application/json'
+
+
+def test_http_url_credentials_are_sent_as_basic_auth_and_netrc_is_not_read(server, tmp_path, monkeypatch):
+    netrc = tmp_path / '.netrc'
+    netrc.write_text('machine 127.0.0.1\nlogin netrc-user\npassword netrc-Secret-99\n')
+    netrc.chmod(0o600)
+    monkeypatch.setenv('NETRC', str(netrc))
+    monkeypatch.setenv('HOME', str(tmp_path))
+    answer, _failure = http(server.replace('http://', 'http://user:s%40cret@') + '/headers').exchange(2)
+    assert json.loads(answer.body)['authorization'] == 'Basic ' + base64.b64encode(b'user:s@cret').decode()
+    plain, _failure = http(server + '/headers').exchange(2)
+    assert 'authorization' not in json.loads(plain.body)
+
+
+def test_http_honours_proxy_environment(server, monkeypatch):
+    for name in ('NO_PROXY', 'no_proxy'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('http_proxy', server)
+    result = http('http://sdt-gate-through-proxy.invalid/health', body_contains='proxied http://sdt-gate').probe(2)
+    assert result.passed, result.error
+    monkeypatch.setenv('no_proxy', 'sdt-gate-through-proxy.invalid')
+    assert http('http://sdt-gate-through-proxy.invalid/health').probe(2).unreachable
+
+
 def test_http_rejects_non_http_urls():
     with pytest.raises(ValueError):
         HttpProbe('t', 'ftp://127.0.0.1/')
@@ -330,7 +459,19 @@ def test_tls_verification_on_by_default(tls_server):
     rejected = http(tls_server + '/health').probe(3)
     assert not rejected.passed and not rejected.unreachable
     assert 'TLS' in rejected.error and 'validate_certs' in rejected.error
-    assert http(tls_server + '/health', validate_certs=False).probe(3).passed
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')   # no InsecureRequestWarning or any other
+        assert http(tls_server + '/health', validate_certs=False).probe(3).passed
+    assert rejected.error.startswith('TLS handshake with %s/health rejected: ' % tls_server)
+    assert 'CERTIFICATE_VERIFY_FAILED' in rejected.error
+
+
+def test_probes_do_not_import_requests():
+    tree = ast.parse(open(_probes.__file__).read())
+    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+    assert not [name for name in names if name.split('.')[0] in ('requests', 'urllib3')]
+    assert not hasattr(_probes, 'requests') and not hasattr(_probes, 'HAS_REQUESTS')
 
 
 # ---------------------------------------------------------------- openapi
