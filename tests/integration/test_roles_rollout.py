@@ -779,15 +779,48 @@ def test_every_bad_input_is_named_in_one_message_before_anything_runs(make_stack
     assert not stack.ledger_file.exists() and not stack.lock_file.exists()
 
 
-def test_a_python_without_the_libraries_stops_before_anything_with_what_to_do(make_stack, images, tmp_path):
-    bare = tmp_path / 'bare-venv'
-    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(bare)], check=True, timeout=120)
+def bare_python(tmp_path, with_yaml):
+    """A virtualenv Python with nothing installed, and (with_yaml) only PyYAML added from the system's packages."""
+    venv = tmp_path / ('venv-yaml' if with_yaml else 'venv-bare')
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True, timeout=120)
+    python = venv / 'bin' / 'python'
+    if with_yaml:
+        extra = tmp_path / ('%s-site' % venv.name)
+        extra.mkdir()
+        source = Path(yaml.__file__).resolve().parent
+        (extra / 'yaml').symlink_to(source)
+        for entry in source.parent.glob('_yaml*'):
+            (extra / entry.name).symlink_to(entry)
+        site = subprocess.run([str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                              check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+        Path(site, 'pyyaml-only.pth').write_text(str(extra) + '\n')
+    probe = subprocess.run([str(python), '-c', 'import importlib.util as u; print([n for n in ("yaml", "docker", "requests", '
+                            '"urllib3") if u.find_spec(n)])'], check=True, capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == ("['yaml']" if with_yaml else '[]'), probe.stdout
+    return str(python)
+
+
+def test_a_python_with_only_the_standard_library_and_pyyaml_runs_the_rollout(make_stack, images, tmp_path):
+    """The modules speak to the engine, the registry and the health endpoints with Python's standard library: a host
+    Python without the Docker SDK or requests rolls a release out and back, and the Python check installs nothing."""
+    python = bare_python(tmp_path, with_yaml=True)
+    client = docker.from_env()
+    stack = make_stack('stdlib')
+    for release in ('r1', 'r2'):
+        assert_ok(stack.rollout(release, ansible_python_interpreter=python, rollout_python_deps='none'))
+        assert stack.running_digests(client) == images[release]
+    assert_ok(stack.rollback(True, ansible_python_interpreter=python, rollback_python_deps='none'))
+    assert stack.running_digests(client) == images['r1']
+    assert stack.ledger()['status'] == {'r1': 'good', 'r2': 'rolled_back'}
+
+
+def test_a_python_without_pyyaml_stops_before_anything_with_what_to_do(make_stack, tmp_path):
     stack = make_stack('bare')
-    run = stack.rollout('r1', ansible_python_interpreter=str(bare / 'bin' / 'python'), rollout_python_deps='none')
+    run = stack.rollout('r1', ansible_python_interpreter=bare_python(tmp_path, with_yaml=False), rollout_python_deps='none')
     assert_failed(run)
     message = ' '.join(failure_message(run).split())
-    assert 'cannot import docker and requests' in message and 'No module named docker, requests' in message, message
-    assert 'rollout_python_deps' in message, 'the message must say how to fix it'
+    assert 'cannot import yaml' in message and 'No module named yaml' in message, message
+    assert 'rollout_python_deps' in message and 'python3-yaml' in message, 'the message must say how to fix it'
     assert not stack.ledger_file.exists() and not stack.lock_file.exists()
 
 
