@@ -290,8 +290,8 @@ def test_detect_remembers_a_standalone_version_per_build(module, fake_bin, tmp_p
     assert calls.read_text().count('x') == 2
 
 
-def test_detect_remembers_the_plugin_version_until_a_file_that_decides_it_changes(module, fake_bin, tmp_path,
-                                                                                 monkeypatch):
+def test_detect_remembers_the_plugin_version_until_a_file_that_decides_it_changes(
+        module, fake_bin, tmp_path, monkeypatch):
     config_dir = tmp_path / 'docker-config'
     monkeypatch.setenv('DOCKER_CONFIG', str(config_dir))
     calls = tmp_path / 'calls'
