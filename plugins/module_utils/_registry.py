@@ -26,6 +26,10 @@
 # - Credentials go only where they belong: a token realm must be https (http only on loopback or a
 #   host listed as insecure), the token's scope is built from the repository (never taken from the
 #   challenge), and ~/.netrc is never consulted.
+# - HTTP is the standard library's (urllib.request, imported at the first exchange, not with this module): no
+#   third-party library on the managed host. Redirects are followed, but the Authorization header goes to no
+#   other origin (scheme, host, port) than the one it was meant for. Proxies come from the environment
+#   (HTTP(S)_PROXY, NO_PROXY), except that a registry on this very host is never reached through one.
 
 from __future__ import annotations
 
@@ -37,22 +41,13 @@ import os
 import re
 import threading
 import time
-import traceback
 from collections import namedtuple
 
 try:
-    from urllib.parse import urlsplit
+    from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 except ImportError:  # pragma: no cover - Python 2 is not supported; keeps the import sanity test quiet
-    from urlparse import urlsplit
-
-try:
-    import requests
-    HAS_REQUESTS = True
-    REQUESTS_IMPORT_ERROR = None
-except ImportError:  # pragma: no cover - exercised by ansible-test's import sanity test
-    requests = None
-    HAS_REQUESTS = False
-    REQUESTS_IMPORT_ERROR = traceback.format_exc()
+    from urllib import urlencode
+    from urlparse import urljoin, urlsplit, urlunsplit
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import (
     DOCKER_HUB, DOCKER_HUB_ALIASES, DOCKER_HUB_API_HOST, ImageRef, is_valid_digest,
@@ -233,18 +228,153 @@ def parse_www_authenticate(value):
 
 # ------------------------------------------------------------------ one HTTP exchange
 
-# What the client keeps of an HTTP answer: the body is read whole (and capped) before the deadline.
+# What the client keeps of an HTTP answer: the body is read whole (and capped) before the deadline. `headers` is the
+# http.client message of the answer: its get() ignores the case of the name.
 _Answer = namedtuple('_Answer', 'status_code headers content method')
 
-
-def _no_netrc(request):
-    """An `auth` that leaves the request alone: with auth=None, requests would look for credentials in ~/.netrc and
-    send them to whatever host the URL names."""
-    return request
+# Redirects followed for one exchange (a registry sends blob reads to its storage); more are a failed attempt.
+MAX_REDIRECTS = 30
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+_DEFAULT_PORTS = {'http': 80, 'https': 443}
 
 
 class _TooLarge(Exception):
     pass
+
+
+class _RedirectProblem(Exception):
+    """A redirect that is not followed: a loop, too many of them, or one to a URL that is not http(s)."""
+
+    def __init__(self, message, name):
+        super(_RedirectProblem, self).__init__(message)
+        self.name = name
+
+
+def _urllib_request():
+    """urllib.request, imported by the first exchange: with ssl, http.client and email it costs some 0.03 s, which
+    modules that import this file only for its names (or never reach a registry) do not pay."""
+    import urllib.request
+    return urllib.request
+
+
+def _origin(url):
+    """(scheme, host, port) of a URL, the default port filled in; None when the URL names no usable origin."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+def _with_query(url, params):
+    """`url` with `params` (a dict) appended to its query string, the query it already has kept."""
+    if not params:
+        return url
+    parts = urlsplit(url)
+    query = urlencode(params, doseq=True)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query + '&' + query if parts.query else query,
+                       parts.fragment))
+
+
+def _basic_authorization(credentials):
+    """The Authorization header value of HTTP basic auth. The bytes are those requests sent before: latin-1 when
+    the text has nothing else (requests failed outright on anything else; that is sent as UTF-8)."""
+    text = '%s:%s' % tuple(credentials)
+    try:
+        raw = text.encode('latin-1')
+    except UnicodeEncodeError:
+        raw = text.encode('utf-8')
+    return 'Basic ' + base64.b64encode(raw).decode('ascii')
+
+
+_REDIRECT_HANDLER = []
+
+
+def _redirect_handler_class():
+    """The urllib handler that follows redirects (defined at the first exchange, as urllib is imported then).
+
+    It differs from urllib's own in what matters here: the Authorization header is dropped when the redirect leaves
+    the origin (scheme, host, port) it was sent to, as requests did (urllib's would send the registry's token or
+    password to whatever host a redirect names); Proxy-Authorization is never carried over (the proxy handler sets it
+    again where a proxy is used); a loop or too many redirects is a failed attempt (retried), not an answer; and the
+    next hop is opened with the proxies that fit its URL."""
+    if _REDIRECT_HANDLER:
+        return _REDIRECT_HANDLER[0]
+    request = _urllib_request()
+
+    class RedirectHandler(request.BaseHandler):
+        handler_order = 500
+
+        def __init__(self, opener_for):
+            self.opener_for = opener_for
+
+        def http_error_302(self, req, fp, code, msg, headers):
+            location = headers.get('Location')
+            method = req.get_method()
+            if not location or method not in ('GET', 'HEAD'):
+                return None  # the 3xx itself is the answer
+            new_url = urljoin(req.full_url, location.strip().replace(' ', '%20'))
+            new_origin = _origin(new_url)
+            if new_origin is None or new_origin[0] not in ('http', 'https'):
+                raise _RedirectProblem('redirect to %s refused: only http and https URLs are followed'
+                                       % new_url.split('?', 1)[0], 'InvalidRedirect')
+            hops = getattr(req, 'safedeploy_redirects', 0) + 1
+            if hops > MAX_REDIRECTS:
+                raise _RedirectProblem('more than %d redirects (a loop?), the last to %s'
+                                       % (MAX_REDIRECTS, new_url.split('?', 1)[0]), 'TooManyRedirects')
+            same_origin = new_origin == _origin(req.full_url)
+            kept = {}
+            for name, value in req.headers.items():
+                lowered = name.lower()
+                if lowered in ('content-length', 'content-type', 'host', 'proxy-authorization'):
+                    continue
+                if lowered == 'authorization' and not same_origin:
+                    continue
+                kept[name] = value
+            follow = request.Request(new_url, headers=kept, method=method, origin_req_host=req.origin_req_host,
+                                     unverifiable=True)
+            follow.safedeploy_redirects = hops
+            fp.close()  # its body is not read: a redirect's body is nothing we need
+            return self.opener_for(new_url).open(follow, timeout=req.timeout)
+
+        http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    _REDIRECT_HANDLER.append(RedirectHandler)
+    return RedirectHandler
+
+
+def _failure_cause(exc):
+    """What went wrong in an exchange: the exception a URLError wraps, or the exception itself."""
+    reason = getattr(exc, 'reason', None)
+    if isinstance(reason, BaseException):
+        return reason
+    return exc
+
+
+def _is_tls_failure(exc):
+    import ssl
+    return isinstance(exc, (ssl.SSLError, ssl.CertificateError))
+
+
+def _is_transport_failure(exc):
+    """Failures of the connection, the TLS layer or the HTTP framing: a failed attempt, retried until the deadline."""
+    import http.client
+    return isinstance(exc, (OSError, http.client.HTTPException, _RedirectProblem))
+
+
+def _describe_failure(exc):
+    """'ConnectionError: [Errno 111] Connection refused': the failure's kind, then what it says (capped)."""
+    if isinstance(exc, ConnectionError):  # refused, reset, aborted, broken pipe: named as requests named them
+        name = 'ConnectionError'
+    elif isinstance(exc, _RedirectProblem):
+        name = exc.name
+    else:
+        name = type(exc).__name__
+    return '%s: %s' % (name, _short(exc) or 'no detail')
 
 
 # ------------------------------------------------------------------ the client
@@ -261,13 +391,14 @@ class RegistryClient(object):
     def __init__(self, credentials=None, docker_config=None, insecure_registries=None, timeout=DEFAULT_TIMEOUT,
                  validate_certs=True, backoff=0.5, max_backoff=8.0, session=None, sleep=time.sleep, clock=time.monotonic,
                  environ=None):
-        if not HAS_REQUESTS:
-            raise RegistryError('the Python library requests is required to talk to registries')
         self.timeout = float(timeout)
         self.validate_certs = validate_certs
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.session = session or requests.Session()
+        # An OpenerDirector of urllib to send every request with (tests); by default the client builds its own, one
+        # using the environment's proxies and one using none (for registries on this host).
+        self.session = session
+        self._openers = {}
         self._sleep = sleep
         self._clock = clock
         self.insecure = set(normalize_registry_key(host) for host in (insecure_registries or []))
@@ -442,11 +573,43 @@ class RegistryClient(object):
         return '%s%s/manifests/%s' % (self.base_url(ref.registry), ref.repository, reference)
 
     def _proxies(self, url):
-        # A proxy from the environment must not capture calls to a registry on this very host.
+        """The proxies of a urllib ProxyHandler for `url`: None (the environment's HTTP(S)_PROXY and NO_PROXY) or,
+        for a registry on this very host, {} (none): a proxy from the environment must not capture those calls."""
         host = url.split('://', 1)[-1].split('/', 1)[0]
         if is_loopback(host):
-            return {'http': None, 'https': None, 'all': None}
+            return {}
         return None
+
+    def _tls_context(self):
+        import ssl
+        if not self.validate_certs:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        # The CA bundle requests was told to use, if any; otherwise the system's trust store.
+        bundle = os.environ.get('REQUESTS_CA_BUNDLE') or os.environ.get('CURL_CA_BUNDLE')
+        if bundle:
+            if os.path.isdir(bundle):
+                return ssl.create_default_context(capath=bundle)
+            return ssl.create_default_context(cafile=bundle)
+        return ssl.create_default_context()
+
+    def _opener(self, url):
+        """The urllib opener for `url`: only http(s), no netrc, no stored passwords, our redirect handler."""
+        if self.session is not None:
+            return self.session
+        proxies = self._proxies(url)
+        key = 'direct' if proxies is not None else 'environment'
+        if key not in self._openers:
+            request = _urllib_request()
+            opener = request.OpenerDirector()
+            for handler in (request.ProxyHandler(proxies), request.UnknownHandler(), request.HTTPHandler(),
+                            request.HTTPSHandler(context=self._tls_context()), request.HTTPDefaultErrorHandler(),
+                            _redirect_handler_class()(self._opener), request.HTTPErrorProcessor()):
+                opener.add_handler(handler)
+            self._openers[key] = opener
+        return self._openers[key]
 
     def _send(self, method, url, headers, deadline, where, auth=None, params=None):
         """One logical HTTP call: retried on connection errors, 429 and 5xx until the deadline."""
@@ -472,18 +635,21 @@ class RegistryClient(object):
             retry_after = None
             try:
                 response = self._exchange(method, url, headers, remaining, auth, params)
-            except requests.exceptions.SSLError as exc:
-                raise RegistryUnreachableError(
-                    'TLS handshake with registry %s failed (%s): fix its certificate, set validate_certs: false, or '
-                    'list it in insecure_registries if it serves plain http' % (registry, _short(exc)),
-                    registry, repository, reference)
             except _TooLarge:
                 raise RegistryError('registry %s sent an answer larger than %d bytes for %s %s: refused (manifests and '
                                     'tokens are far smaller; check what answers at that address)'
                                     % (registry, MAX_RESPONSE_BYTES, method, url.split('?', 1)[0]),
                                     registry, repository, reference)
-            except requests.exceptions.RequestException as exc:
-                last_problem = _Problem('%s: %s' % (type(exc).__name__, _short(exc)))
+            except Exception as exc:  # sorted here: TLS, other transport failures (retried), anything else raised
+                cause = _failure_cause(exc)
+                if _is_tls_failure(cause):
+                    raise RegistryUnreachableError(
+                        'TLS handshake with registry %s failed (%s): fix its certificate, set validate_certs: false, or '
+                        'list it in insecure_registries if it serves plain http' % (registry, _short(cause)),
+                        registry, repository, reference)
+                if not _is_transport_failure(cause):
+                    raise
+                last_problem = _Problem(_describe_failure(cause))
             else:
                 if response is None:
                     last_problem = _Problem('no complete answer within the deadline')
@@ -503,7 +669,7 @@ class RegistryClient(object):
     def _exchange(self, method, url, headers, remaining, auth, params):
         """One HTTP exchange, answer read whole, within `remaining` seconds in all; None when it did not finish.
 
-        requests' timeout bounds each read, not the exchange: a registry trickling its answer would hold the call for
+        A socket timeout bounds each read, not the exchange: a registry trickling its answer would hold the call for
         as long as it likes. The exchange runs in a daemon thread, waited for until the deadline; a thread left
         behind ends with the module's process. Exceptions of the exchange are raised here."""
         outcome = {}
@@ -522,18 +688,31 @@ class RegistryClient(object):
         return outcome.get('answer')
 
     def _fetch(self, method, url, headers, remaining, auth, params):
-        response = self.session.request(
-            method, url, headers=headers, auth=auth or _no_netrc, params=params, timeout=max(remaining, 0.1),
-            verify=self.validate_certs, allow_redirects=True, proxies=self._proxies(url), stream=True)
+        """The exchange itself. An HTTP error status is an answer like any other (urllib raises it: it is read here),
+        HEAD reads no body, a body over MAX_RESPONSE_BYTES raises _TooLarge. `auth` is (user, password) for basic auth;
+        the header is built here and never logged."""
+        request_module = _urllib_request()
+        request = request_module.Request(_with_query(url, params), headers=headers, method=method)
+        if not request.has_header('Accept'):
+            request.add_header('Accept', '*/*')
+        if auth:
+            request.add_header('Authorization', _basic_authorization(auth))
+        try:
+            response = self._opener(url).open(request, timeout=max(remaining, 0.1))
+        except request_module.HTTPError as error:  # 4xx, 5xx, a 3xx not followed: an answer, read as such
+            response = error
         try:
             chunks, size = [], 0
             if method != 'HEAD':
-                for chunk in response.iter_content(16384):
+                while True:
+                    chunk = response.read(16384)
+                    if not chunk:
+                        break
                     size += len(chunk)
                     if size > MAX_RESPONSE_BYTES:
                         raise _TooLarge()
                     chunks.append(chunk)
-            return _Answer(response.status_code, response.headers, b''.join(chunks), method)
+            return _Answer(response.getcode(), response.headers, b''.join(chunks), method)
         finally:
             response.close()
 

@@ -207,7 +207,6 @@ notes:
     O(estimate_download=true).
   - Needs a compose CLI on the host (C(docker compose) plugin or C(docker-compose)) to render the configuration.
 requirements:
-  - requests (Python library) on the managed host
   - PyYAML (Python library) on the managed host with C(docker-compose) v1
 seealso:
   - module: safedeploy.compose.last_good_tag
@@ -406,7 +405,7 @@ import re
 import stat
 import time
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
 from ansible_collections.safedeploy.compose.plugins.module_utils._compose import (
@@ -421,7 +420,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref impo
     ImageRef, ImageRefError, is_mutable_tag, pinned,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._registry import (
-    HAS_REQUESTS, REGISTRY_ARGUMENT_SPEC, REQUESTS_IMPORT_ERROR, RegistryClient, RegistryError,
+    REGISTRY_ARGUMENT_SPEC, RegistryClient, RegistryError,
 )
 
 try:
@@ -758,8 +757,6 @@ class ComposePin(object):
         return resolved
 
     def _resolve_registry(self, users):
-        if not HAS_REQUESTS:
-            self.fail(missing_required_lib('requests'), exception=REQUESTS_IMPORT_ERROR)
         client = RegistryClient(credentials=self.params['registry_auth'], docker_config=self.params['docker_config'],
                                 insecure_registries=self.params['insecure_registries'], timeout=self.params['timeout'],
                                 validate_certs=self.params['validate_certs'])

@@ -105,7 +105,6 @@ notes:
   - Rollback targets are not verified again by the rollout and rollback roles; their digests were verified when they
     were rolled out and are in the release ledger.
 requirements:
-  - requests (Python library) on the managed host
   - cryptography (Python library) on the managed host
 seealso:
   - module: safedeploy.compose.compose_pin
@@ -176,7 +175,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import ImageRef
 from ansible_collections.safedeploy.compose.plugins.module_utils._registry import (
-    HAS_REQUESTS, REGISTRY_ARGUMENT_SPEC, REQUESTS_IMPORT_ERROR, RegistryClient,
+    REGISTRY_ARGUMENT_SPEC, RegistryClient,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._signatures import (
     CRYPTOGRAPHY_IMPORT_ERROR, FORMATS, HAS_CRYPTOGRAPHY, ImageVerifier, SignatureFormatError, load_policy,
@@ -197,8 +196,6 @@ class ImageSignature(object):
         self.module.fail_json(msg=msg, **self.result)
 
     def run(self):
-        if not HAS_REQUESTS:
-            self.fail(missing_required_lib('requests'), exception=REQUESTS_IMPORT_ERROR)
         if not HAS_CRYPTOGRAPHY:
             self.fail(missing_required_lib('cryptography'), exception=CRYPTOGRAPHY_IMPORT_ERROR)
         try:

@@ -58,6 +58,8 @@ class FakeRegistry(object):
         self.challenge_scope = None  # the scope a bearer challenge names (default: the repository's pull scope)
         self.drip = None  # seconds between the bytes of a GET answer, to trickle it
         self.referrers = None  # {(repository, digest): [descriptors]} served by the referrers API; None: no such API
+        self.redirects = {}  # {path: Location}: answered (with redirect_status) once a request is authorized
+        self.redirect_status = 307
         self.stop = threading.Event()
         self.requests = []
         self.token_requests = []
@@ -119,8 +121,15 @@ class FakeRegistry(object):
                 fake.requests.append((self.command, url.path, dict(self.headers)))
                 if fake.fail_statuses:
                     return self._reply(fake.fail_statuses.pop(0), send_body=body)
+                if url.path.startswith('/storage/'):  # where blob reads are redirected to: no auth, like signed URLs
+                    for (_repository, digest), content in fake.blobs.items():
+                        if url.path == '/storage/' + digest:
+                            return self._reply(200, {'Content-Type': 'application/octet-stream'}, content, body)
+                    return self._reply(404, send_body=body)
                 if not self._authorized():
                     return
+                if url.path in fake.redirects:
+                    return self._reply(fake.redirect_status, {'Location': fake.redirects[url.path]}, send_body=body)
                 if '/referrers/' in url.path:
                     if fake.referrers is None:
                         return self._reply(404, {'Content-Type': 'text/plain'}, b'404 page not found\n', body)
@@ -500,7 +509,6 @@ def test_errors_are_registry_errors():
     assert issubclass(ManifestNotFoundError, RegistryError)
     assert issubclass(RegistryAuthError, RegistryError)
     assert issubclass(RegistryUnreachableError, RegistryError)
-    assert _registry.HAS_REQUESTS
     assert os.path.basename(_registry.default_docker_config_path({'DOCKER_CONFIG': '/x'})) == 'config.json'
 
 
@@ -610,3 +618,149 @@ def test_referrers_api_absent_is_none_and_present_is_filtered(fake):
     assert client.referrers('%s/app/web' % fake.host, subject,
                             artifact_type='application/vnd.dev.sigstore.bundle.v0.3+json') == [bundle]
     assert client.referrers('%s/app/web' % fake.host, 'sha256:' + 'd' * 64) == []
+
+
+# ---------------------------------------------------------------- the HTTP layer (standard library, no requests)
+
+def test_requests_is_not_imported():
+    import sys
+    import subprocess
+    code = ('import sys; import ansible_collections.safedeploy.compose.plugins.module_utils._registry; '
+            'print("requests" in sys.modules, "urllib.request" in sys.modules)')
+    out = subprocess.check_output([sys.executable, '-c', code], env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.split() == [b'False', b'False'], out
+
+
+@pytest.fixture
+def other():
+    registry = FakeRegistry()
+    yield registry
+    registry.close()
+
+
+@pytest.mark.parametrize('status', [301, 302, 303, 307, 308])
+def test_a_redirect_to_another_origin_does_not_carry_the_authorization(fake, other, status):
+    fake.auth = 'basic'
+    digest = fake.add_blob('team/web', b'blob bytes')
+    other.blobs[('team/web', digest)] = b'blob bytes'
+    fake.redirects['/v2/team/web/blobs/' + digest] = 'http://%s/storage/%s' % (other.host, digest)
+    fake.redirect_status = status
+    client = client_for(credentials=[{'registry': fake.host, 'username': USER, 'password': PASSWORD}])
+    assert client.blob('%s/team/web' % fake.host, digest) == b'blob bytes'
+    assert fake.requests[-1][2].get('Authorization', '').startswith('Basic ')  # the registry got it
+    method, path, headers = other.requests[-1]
+    assert (method, path) == ('GET', '/storage/' + digest)
+    assert not any(name.lower() == 'authorization' for name in headers), headers
+    assert headers.get('Accept'), 'the other headers are kept'
+
+
+def test_a_redirect_within_the_origin_carries_the_authorization(fake):
+    fake.auth = 'basic'
+    digest = fake.add_blob('team/web', b'blob bytes')
+    fake.redirects['/v2/team/web/blobs/' + digest] = '/storage/' + digest  # relative: same scheme, host and port
+    client = client_for(credentials=[{'registry': fake.host, 'username': USER, 'password': PASSWORD}])
+    assert client.blob('%s/team/web' % fake.host, digest) == b'blob bytes'
+    method, path, headers = fake.requests[-1]
+    assert (method, path) == ('GET', '/storage/' + digest)
+    expected = 'Basic ' + base64.b64encode(('%s:%s' % (USER, PASSWORD)).encode()).decode()
+    assert headers.get('Authorization') == expected
+
+
+def test_the_same_host_on_another_port_is_another_origin(fake, other):
+    fake.auth = 'basic'
+    digest = fake.add_blob('team/web', b'blob bytes')
+    other.blobs[('team/web', digest)] = b'blob bytes'
+    fake.redirects['/v2/team/web/blobs/' + digest] = 'http://localhost:%d/storage/%s' % (other.port, digest)
+    client = client_for(credentials=[{'registry': fake.host, 'username': USER, 'password': PASSWORD}])
+    assert client.blob('%s/team/web' % fake.host, digest) == b'blob bytes'
+    assert 'Authorization' not in other.requests[-1][2]
+
+
+def test_a_redirect_loop_is_a_failed_attempt_retried_until_the_deadline(fake):
+    fake.add('team/web', 'v1', manifest_body())
+    fake.redirects['/v2/team/web/manifests/v1'] = '/v2/team/web/manifests/v1'
+    clock = Clock()
+    with pytest.raises(RegistryUnreachableError) as info:
+        client_for(clock=clock, sleep=clock.sleep, timeout=2, backoff=0.5).resolve('%s/team/web:v1' % fake.host)
+    assert 'TooManyRedirects' in str(info.value), str(info.value)
+    assert len(clock.sleeps) >= 2, 'it was not retried'
+
+
+def test_a_redirect_to_another_scheme_is_refused(fake):
+    fake.add('team/web', 'v1', manifest_body())
+    fake.redirects['/v2/team/web/manifests/v1'] = 'file:///etc/passwd'
+    clock = Clock()
+    with pytest.raises(RegistryUnreachableError) as info:
+        client_for(clock=clock, sleep=clock.sleep, timeout=1).resolve('%s/team/web:v1' % fake.host)
+    assert 'only http and https' in str(info.value), str(info.value)
+
+
+def test_an_error_status_is_an_answer_with_headers_and_body(fake):
+    client = client_for()
+    deadline = client.new_deadline()
+    url = 'http://%s/v2/team/web/blobs/sha256:%s' % (fake.host, 'e' * 64)
+    for method, content in (('GET', b'{"errors":[{"code":"BLOB_UNKNOWN"}]}'), ('HEAD', b'')):
+        answer = client._send(method, url, {}, deadline, (fake.host, 'team/web', 'x'))
+        assert (answer.status_code, answer.content, answer.method) == (404, content, method)
+        assert answer.headers.get('content-type') == answer.headers.get('Content-Type') == 'application/json'
+    fake.auth = 'bearer'
+    answer = client._send('GET', 'http://%s/v2/team/web/manifests/v1' % fake.host, {}, deadline, (fake.host, 'team/web', 'v1'))
+    assert answer.status_code == 401 and answer.headers.get('www-authenticate', '').startswith('Bearer realm=')
+
+
+def test_a_loopback_registry_ignores_the_environments_proxy(fake, other, monkeypatch):
+    for name in ('no_proxy', 'NO_PROXY', 'all_proxy', 'ALL_PROXY', 'REQUEST_METHOD'):
+        monkeypatch.delenv(name, raising=False)
+    for name in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY'):
+        monkeypatch.setenv(name, 'http://%s' % other.host)
+    digest = fake.add('team/web', 'v1', manifest_body())
+    for host in (fake.host, 'localhost:%d' % fake.port):
+        assert client_for().resolve('%s/team/web:v1' % host).digest == digest
+    assert other.requests == [], 'a loopback registry was asked through the proxy'
+    # Any other registry goes through it (the proxy here answers as the registry would).
+    other.add('team/web', 'v1', manifest_body())
+    client = client_for(insecure_registries=['registry.example.invalid:5000'])
+    assert client.resolve('registry.example.invalid:5000/team/web:v1').digest == digest
+    assert other.requests[-1][:2] == ('HEAD', '/v2/team/web/manifests/v1')
+
+
+def test_the_token_query_keeps_the_realms_own(fake):
+    fake.auth = 'bearer'
+    fake.realm = 'http://%s/token?account=%s' % (fake.host, USER)
+    digest = fake.add('team/web', 'v1', manifest_body())
+    client = client_for(credentials=[{'registry': fake.host, 'username': USER, 'password': PASSWORD}])
+    assert client.resolve('%s/team/web:v1' % fake.host).digest == digest
+    query, given = fake.token_requests[-1]
+    assert query == {'account': [USER], 'scope': ['repository:team/web:pull'], 'service': ['fake.test']}
+    assert given == 'Basic ' + base64.b64encode(('%s:%s' % (USER, PASSWORD)).encode()).decode()
+
+
+def test_a_tls_failure_is_named_and_not_retried(monkeypatch):
+    import ssl
+    from urllib.error import URLError
+    calls = []
+
+    def failing(*args):
+        calls.append(args)
+        raise URLError(ssl.SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed'))
+    client = client_for()
+    monkeypatch.setattr(client, '_fetch', failing)
+    with pytest.raises(RegistryUnreachableError) as info:
+        client.resolve('registry.example.invalid/team/web:v1')
+    assert 'TLS handshake with registry registry.example.invalid failed' in str(info.value), str(info.value)
+    assert 'CERTIFICATE_VERIFY_FAILED' in str(info.value)
+    assert len(calls) == 1
+
+
+def test_other_exceptions_of_the_exchange_are_not_swallowed(monkeypatch):
+    client = client_for()
+    monkeypatch.setattr(client, '_fetch', lambda *args: {}['bug'])
+    with pytest.raises(KeyError):
+        client.resolve('registry.example.invalid/team/web:v1')
+
+
+def test_validate_certs_chooses_the_tls_context():
+    import ssl
+    assert client_for()._tls_context().verify_mode == ssl.CERT_REQUIRED
+    unverified = client_for(validate_certs=False)._tls_context()
+    assert unverified.verify_mode == ssl.CERT_NONE and not unverified.check_hostname
