@@ -126,8 +126,8 @@ options:
     elements: str
     default: []
 notes:
-  - The modules run in the host's Python, which needs the docker library (the engine is read for RV(changed) and the
-    leftovers).
+  - The engine is read for RV(changed) and the leftovers through its API (the Python standard library; no Docker
+    SDK needed on the host).
 seealso:
   - module: safedeploy.compose.compose_pin
   - module: safedeploy.compose.compose_run
