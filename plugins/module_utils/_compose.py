@@ -216,11 +216,22 @@ def _cli_identity(kind, binary):
     if kind == 'standalone' or not real:
         return real, identity
     config_dir = os.environ.get('DOCKER_CONFIG') or os.path.join(os.path.expanduser('~'), '.docker')
+    config_file = os.path.join(config_dir, 'config.json')
+    directories = [os.path.join(config_dir, 'cli-plugins')] + _extra_plugin_dirs(config_file) + list(CLI_PLUGIN_DIRS)
     parts = [identity]
-    for path in [os.path.join(config_dir, 'config.json'), os.path.join(config_dir, 'cli-plugins', 'docker-compose')] \
-            + [os.path.join(directory, 'docker-compose') for directory in CLI_PLUGIN_DIRS]:
+    for path in [config_file] + [os.path.join(directory, 'docker-compose') for directory in directories]:
         parts.append('%s=%s' % (path, _binary_identity(path)[1] or '-'))
     return real + ' compose', '|'.join(parts)
+
+
+def _extra_plugin_dirs(config_file):
+    """The plugin directories a Docker config.json adds (cliPluginsExtraDirs), searched before the system ones."""
+    try:
+        with open(config_file) as handle:
+            extra = json.load(handle).get('cliPluginsExtraDirs')
+    except (IOError, OSError, ValueError, AttributeError):
+        return []
+    return [os.path.expanduser(item) for item in extra if isinstance(item, str)] if isinstance(extra, list) else []
 
 
 def _read_cache(cache_path):

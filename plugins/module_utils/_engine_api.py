@@ -73,14 +73,19 @@ def parse_engine_address(address):
     """('unix', path) or ('tcp', host, port) of a docker_host value; EngineAddressError naming the fix otherwise."""
     parts = urlsplit(address)
     if parts.scheme == 'unix':
-        path = parts.path or parts.netloc
+        # unix:///run/docker.sock, or the older unix://run/docker.sock that Docker's clients read as the same path
+        path = ('/' + parts.netloc + parts.path) if parts.netloc else parts.path
         if not path:
             raise EngineAddressError('docker_host %s names no socket path (unix:///var/run/docker.sock)' % address)
         return ('unix', path)
     if parts.scheme in ('tcp', 'http'):
-        if not parts.hostname:
-            raise EngineAddressError('docker_host %s names no host (tcp://127.0.0.1:2375)' % address)
-        return ('tcp', parts.hostname, parts.port or 2375)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == -1:
+            raise EngineAddressError('docker_host %s names no host and port (tcp://127.0.0.1:2375)' % address)
+        return ('tcp', parts.hostname, port or 2375)
     raise EngineAddressError(
         'docker_host %s is not supported: the modules reach the engine on a unix:// socket or a plain tcp:// address. '
         'Run them on the Docker host itself (the roles do), with its socket (unix:///var/run/docker.sock)' % address)
@@ -123,6 +128,7 @@ class EngineClient(object):
         self.address = parse_engine_address(self.base_url)
         self.timeout = timeout
         self.api = self
+        self._prefix = None  # /v<API version>, from the engine's answer to a ping
 
     # ------------------------------------------------------------ transport
 
@@ -135,7 +141,7 @@ class EngineClient(object):
         """(status, headers, body bytes) of one call, a new connection each (a Unix socket connects in microseconds
         and nothing is left half-read between calls)."""
         query = urlencode([(key, value) for key, value in (params or {}).items() if value is not None])
-        url = path + ('?' + query if query else '')
+        url = self._version_prefix() + path + ('?' + query if query else '')
         headers = {'User-Agent': USER_AGENT, 'Host': 'docker'}
         payload = None
         if body is not None:
@@ -158,6 +164,14 @@ class EngineClient(object):
             raise error(response.status, response.reason, explanation, method, path)
         return response.status, response.headers, data
 
+    def _version_prefix(self):
+        """Every call names the API version the engine speaks (its ping answers it in the API-Version header), as
+        Docker's own clients do: a call without one is deprecated by the Engine API. Before the first ping, none."""
+        if self._prefix is None:
+            self._prefix = ''
+            self.ping()
+        return self._prefix
+
     def _json(self, method, path, params=None, body=None, **kwargs):
         _status, _headers, data = self._call(method, path, params=params, body=body, **kwargs)
         return json.loads(data.decode('utf-8')) if data.strip() else None
@@ -169,7 +183,12 @@ class EngineClient(object):
     # ------------------------------------------------------------ system
 
     def ping(self):
-        self._call('GET', '/_ping')
+        """True when the engine answers; learns the API version to name in every later call."""
+        self._prefix = self._prefix or ''
+        _status, headers, _data = self._call('GET', '/_ping')
+        version = (headers.get('API-Version') or '').strip()
+        if version and all(part.isdigit() for part in version.split('.')):
+            self._prefix = '/v' + version
         return True
 
     def info(self):

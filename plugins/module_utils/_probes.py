@@ -48,7 +48,8 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
     SERVICE_LABEL,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import describe_engine_error
-from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import EngineClient
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import EngineClient, parse_engine_address
+from ansible_collections.safedeploy.compose.plugins.module_utils._proxy_env import in_no_proxy_network
 
 CHECK_TYPES = ('http', 'tcp', 'containers', 'openapi')
 DEFAULT_CHECK_TIMEOUT = 5.0
@@ -273,6 +274,7 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         if code not in (307, 308):
             for name in ('Content-length', 'Content-type', 'Transfer-encoding'):
                 kept.pop(name, None)
+        kept.pop('Proxy-authorization', None)  # the proxy handler sets it again where the next hop uses a proxy
         if not _same_origin(req.full_url, newurl):
             kept.pop('Authorization', None)
         new = urllib.request.Request(newurl, headers=kept, method=method, origin_req_host=req.origin_req_host,
@@ -366,8 +368,10 @@ class HttpProbe:
             context.verify_mode = ssl.CERT_NONE
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         opener = urllib.request.OpenerDirector()
-        # ProxyHandler() reads HTTP(S)_PROXY and NO_PROXY from the environment, as requests did
-        for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), urllib.request.HTTPHandler(),
+        # ProxyHandler() reads HTTP(S)_PROXY and NO_PROXY from the environment, as requests did; a NO_PROXY network
+        # (10.0.0.0/8), which it does not read, means no proxy
+        proxies = {} if in_no_proxy_network(self.url) else None
+        for handler in (urllib.request.ProxyHandler(proxies), urllib.request.UnknownHandler(), urllib.request.HTTPHandler(),
                         urllib.request.HTTPSHandler(context=context), urllib.request.HTTPDefaultErrorHandler(),
                         _Redirects(self.follow_redirects), urllib.request.HTTPErrorProcessor()):
             opener.add_handler(handler)
@@ -664,6 +668,7 @@ class ContainersProbe:
                 self.services.append(service)
         self._image_digests = {}  # image id -> set of its repo digests
         self.docker_host = docker_host
+        parse_engine_address(docker_host or 'unix:///var/run/docker.sock')  # an address no round can reach: said now
         self.engine_timeout = engine_timeout
         self.gate_timeout = gate_timeout
         self.timeout = float(timeout or DEFAULT_CHECK_TIMEOUT)

@@ -49,6 +49,7 @@ except ImportError:  # pragma: no cover - Python 2 is not supported; keeps the i
     from urllib import urlencode
     from urlparse import urljoin, urlsplit, urlunsplit
 
+from ansible_collections.safedeploy.compose.plugins.module_utils._proxy_env import in_no_proxy_network
 from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import (
     DOCKER_HUB, DOCKER_HUB_ALIASES, DOCKER_HUB_API_HOST, ImageRef, is_valid_digest,
 )
@@ -326,7 +327,11 @@ def _redirect_handler_class():
             if hops > MAX_REDIRECTS:
                 raise _RedirectProblem('more than %d redirects (a loop?), the last to %s'
                                        % (MAX_REDIRECTS, new_url.split('?', 1)[0]), 'TooManyRedirects')
-            same_origin = new_origin == _origin(req.full_url)
+            old_origin = _origin(req.full_url)
+            # as requests: the same origin, or the same host moving from http to https on the default ports
+            same_origin = new_origin == old_origin or (
+                old_origin is not None and old_origin[0] == 'http' and old_origin[2] == 80
+                and new_origin == ('https', old_origin[1], 443))
             kept = {}
             for name, value in req.headers.items():
                 lowered = name.lower()
@@ -574,9 +579,10 @@ class RegistryClient(object):
 
     def _proxies(self, url):
         """The proxies of a urllib ProxyHandler for `url`: None (the environment's HTTP(S)_PROXY and NO_PROXY) or,
-        for a registry on this very host, {} (none): a proxy from the environment must not capture those calls."""
+        for a registry on this very host or in a network NO_PROXY lists, {} (none): a proxy from the environment must
+        not capture those calls."""
         host = url.split('://', 1)[-1].split('/', 1)[0]
-        if is_loopback(host):
+        if is_loopback(host) or in_no_proxy_network(url):
             return {}
         return None
 
@@ -647,6 +653,13 @@ class RegistryClient(object):
                         'TLS handshake with registry %s failed (%s): fix its certificate, set validate_certs: false, or '
                         'list it in insecure_registries if it serves plain http' % (registry, _short(cause)),
                         registry, repository, reference)
+                if isinstance(cause, ValueError) and not _is_transport_failure(cause):
+                    # http.client refusing a URL or a header value (a realm, a redirect, a token with a line break):
+                    # named by its kind only, never echoing the value, which may be a credential
+                    raise RegistryError('registry %s: the request %s %s could not be sent (%s: a URL or header value the '
+                                        'registry gave is malformed)' % (registry, method, url.split('?', 1)[0],
+                                                                         type(cause).__name__),
+                                        registry, repository, reference)
                 if not _is_transport_failure(cause):
                     raise
                 last_problem = _Problem(_describe_failure(cause))

@@ -499,7 +499,7 @@ def main():
     try:
         result = stack_status(client, params)
     except Exception as exc:  # an engine call that failed half-way: say so, with the engine's address
-        if isinstance(exc, (EngineAPIError, OSError, http.client.HTTPException)):
+        if isinstance(exc, (EngineAPIError, OSError, http.client.HTTPException, ValueError)):
             module.fail_json(msg='stack_status of project %s: %s' % (
                 params['project'], describe_engine_error(exc, engine_address(params), 'list the project\'s containers')),
                 changed=False, project=params['project'])

@@ -313,11 +313,22 @@ def test_detect_remembers_the_plugin_version_until_a_file_that_decides_it_change
     (config_dir / 'config.json').write_text('{"cliPluginsExtraDirs": ["/opt/plugins"]}')
     detect_compose(module, cache_path=cache)
     assert asked() == 3
+    # a plugin dir that config.json adds: a plugin installed or upgraded there is asked again
+    extra = tmp_path / 'extra-plugins'
+    extra.mkdir()
+    (config_dir / 'config.json').write_text('{"cliPluginsExtraDirs": ["%s"]}' % extra)
+    detect_compose(module, cache_path=cache)
+    assert asked() == 4
+    detect_compose(module, cache_path=cache)
+    assert asked() == 4, 'nothing changed, yet the plugin was asked again'
+    (extra / 'docker-compose').write_text('a build in the extra dir')
+    detect_compose(module, cache_path=cache)
+    assert asked() == 5
     # an upgraded docker CLI: asked again, and its answer replaces the old one
     fake_exe(fake_bin, 'docker', 'echo x >> %s\n' % calls + PLUGIN.replace('2.24.6', '2.30.1') + '# upgraded\n')
     assert detect_compose(module, cache_path=cache).version == '2.30.1'
     assert detect_compose(module, cache_path=cache).version == '2.30.1'
-    assert asked() == 4
+    assert asked() == 6
 
 
 def test_detect_never_caches_a_failure(module, fake_bin, tmp_path):

@@ -4,6 +4,7 @@ socket: what it sends, how it reads answers and errors, the log stream format.""
 from __future__ import annotations
 
 import json
+import re
 import socketserver
 import struct
 import threading
@@ -25,6 +26,7 @@ def engine(tmp_path):
     """A fake engine on a Unix socket: answers[(method, path)] = (status, body bytes or JSON); records requests."""
     answers = {}
     seen = []
+    raw = []
 
     class Handler(BaseHTTPRequestHandler):
         def address_string(self):  # a Unix socket has no (host, port)
@@ -34,11 +36,16 @@ def engine(tmp_path):
             url = urlsplit(self.path)
             length = int(self.headers.get('Content-Length') or 0)
             body = self.rfile.read(length) if length else b''
-            path = unquote(url.path)  # the engine routes on the decoded path
-            seen.append((self.command, path, parse_qs(url.query), body))
-            status, payload = answers.get((self.command, path), (404, {'message': 'page not found'}))
+            versioned = unquote(url.path)  # the engine routes on the decoded path, with or without /v<version>
+            path = re.sub(r'^/v[0-9.]+/', '/', versioned)
+            raw.append(versioned)
+            if path != '/_ping':
+                seen.append((self.command, path, parse_qs(url.query), body))
+            status, payload = answers.get((self.command, path), (200, b'OK') if path == '/_ping' else
+                                          (404, {'message': 'page not found'}))
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
+            self.send_header('API-Version', '1.41')
             self.send_header('Content-Length', str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -53,7 +60,7 @@ def engine(tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     fake = type('Engine', (), {})()
-    fake.answers, fake.seen, fake.address = answers, seen, 'unix://' + path
+    fake.answers, fake.seen, fake.raw, fake.address = answers, seen, raw, 'unix://' + path
     yield fake
     server.shutdown()
     server.server_close()
@@ -61,14 +68,15 @@ def engine(tmp_path):
 
 def test_calls_send_the_documented_paths_and_parameters(engine):
     engine.answers[('GET', '/containers/json')] = (200, [{'Id': 'c1'}])
-    engine.answers[('GET', '/_ping')] = (200, b'OK')
     client = api.EngineClient(engine.address, timeout=5)
-    assert client.api is client and client.ping() is True
+    assert client.api is client
     assert client.containers(all=True, filters={'label': 'com.docker.compose.project=shop'}) == [{'Id': 'c1'}]
     method, path, query, _body = engine.seen[-1]
     assert (method, path) == ('GET', '/containers/json')
     assert query['all'] == ['1']
     assert json.loads(query['filters'][0]) == {'label': ['com.docker.compose.project=shop']}, 'a filter value is a list'
+    # the first call pinged, and every call names the API version the engine answered (unversioned calls are deprecated)
+    assert engine.raw == ['/_ping', '/v1.41/containers/json'], engine.raw
 
 
 def test_an_image_reference_is_one_path_segment_the_engine_decodes(engine):
@@ -139,6 +147,9 @@ def test_logs_without_a_tty_are_unframed_in_order_and_with_one_are_taken_as_they
 def test_addresses_it_cannot_reach_are_refused_naming_the_fix():
     assert api.parse_engine_address('unix:///var/run/docker.sock') == ('unix', '/var/run/docker.sock')
     assert api.parse_engine_address('tcp://127.0.0.1:2375') == ('tcp', '127.0.0.1', 2375)
+    assert api.parse_engine_address('unix://run/user/1000/docker.sock') == ('unix', '/run/user/1000/docker.sock')
+    with pytest.raises(api.EngineAddressError):
+        api.parse_engine_address('tcp://127.0.0.1:port')
     with pytest.raises(api.EngineAddressError) as ssh:
         api.parse_engine_address('ssh://deploy@host')
     assert 'not supported' in str(ssh.value) and 'unix:///var/run/docker.sock' in str(ssh.value)

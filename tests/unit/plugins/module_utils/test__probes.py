@@ -431,6 +431,36 @@ def test_http_honours_proxy_environment(server, monkeypatch):
     assert http('http://sdt-gate-through-proxy.invalid/health').probe(2).unreachable
 
 
+def test_http_goes_direct_to_a_host_in_a_no_proxy_network(server, monkeypatch):
+    """NO_PROXY may name a network (127.0.0.0/8), which urllib's own check does not read: the check then goes direct."""
+    for name in ('NO_PROXY', 'no_proxy'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('http_proxy', server)
+    closed = socket.socket()
+    closed.bind(('127.0.0.1', 0))
+    url = 'http://127.0.0.1:%d/health' % closed.getsockname()[1]
+    closed.close()  # nothing listens there: only the proxy can answer
+    assert http(url, body_contains='proxied').probe(2).passed, 'without NO_PROXY the proxy answers'
+    monkeypatch.setenv('no_proxy', 'example.invalid, 127.0.0.0/8')
+    direct = http(url).probe(2)
+    assert direct.unreachable and 'refused' in direct.error, direct.error
+
+
+def test_a_redirect_never_carries_the_proxy_password(monkeypatch):
+    """The proxy handler adds Proxy-Authorization again where the next hop uses the proxy; a hop that goes direct
+    (NO_PROXY) must not get it."""
+    import io
+    import urllib.request
+    request = urllib.request.Request('http://public.example/health', headers={
+        'Proxy-Authorization': 'Basic cHVzZXI6cHNlY3JldA==', 'Authorization': 'Bearer token', 'X-Check': '1'})
+    handler = _probes._Redirects(True)
+    elsewhere = handler.redirect_request(request, io.BytesIO(), 302, 'Found', {}, 'http://internal.example/x')
+    same = handler.redirect_request(request, io.BytesIO(), 302, 'Found', {}, 'http://public.example/y')
+    assert not elsewhere.has_header('Proxy-authorization') and not elsewhere.has_header('Authorization')
+    assert not same.has_header('Proxy-authorization') and same.get_header('Authorization') == 'Bearer token'
+    assert elsewhere.get_header('X-check') == '1'
+
+
 def test_http_rejects_non_http_urls():
     with pytest.raises(ValueError):
         HttpProbe('t', 'ftp://127.0.0.1/')
@@ -885,3 +915,10 @@ def test_containers_pinned_digests():
     assert not absent.passed and absent.evidence['missing_services'] == ['cron']
     with pytest.raises(ValueError):
         containers_probe(FakeApi(snapshot), digests={'web': 'latest'})
+
+
+def test_a_containers_check_on_an_engine_address_no_round_can_reach_is_refused_at_once():
+    with pytest.raises(ValueError) as info:
+        build_probe({'type': 'containers', 'project': 'shop'}, 'stack', docker_host='ssh://deploy@host')
+    assert 'not supported' in str(info.value) and 'unix:///var/run/docker.sock' in str(info.value)
+    assert build_probe({'type': 'containers', 'project': 'shop'}, 'stack', docker_host='unix:///run/docker.sock')

@@ -724,6 +724,28 @@ def test_a_loopback_registry_ignores_the_environments_proxy(fake, other, monkeyp
     assert other.requests[-1][:2] == ('HEAD', '/v2/team/web/manifests/v1')
 
 
+def test_a_registry_in_a_no_proxy_network_is_asked_direct(fake, other, monkeypatch):
+    for name in ('no_proxy', 'NO_PROXY', 'all_proxy', 'ALL_PROXY', 'REQUEST_METHOD'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('no_proxy', '10.0.0.0/8,127.0.0.0/8')
+    assert _registry.RegistryClient()._proxies('https://10.1.2.3:5000/v2/') == {}
+    assert _registry.RegistryClient()._proxies('https://registry.example:5000/v2/') is None
+    monkeypatch.setenv('no_proxy', 'registry.example')
+    assert _registry.RegistryClient()._proxies('https://10.1.2.3:5000/v2/') is None
+
+
+def test_a_malformed_header_value_fails_without_echoing_it(fake):
+    fake.add('team/web', 'v1', manifest_body())
+    client = client_for()
+    deadline = client.new_deadline()
+    with pytest.raises(_registry.RegistryError) as info:
+        client._send('GET', 'http://%s/v2/team/web/manifests/v1' % fake.host, {'Authorization': 'Bearer sec\nret-token'},
+                     deadline, (fake.host, 'team/web', 'v1'))
+    message = str(info.value)
+    assert 'could not be sent' in message and 'malformed' in message, message
+    assert 'ret-token' not in message and 'sec' not in message.replace('second', ''), message
+
+
 def test_the_token_query_keeps_the_realms_own(fake):
     fake.auth = 'bearer'
     fake.realm = 'http://%s/token?account=%s' % (fake.host, USER)
