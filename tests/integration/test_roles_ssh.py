@@ -3,7 +3,7 @@
 The test bed starts Debian's sshd on 127.0.0.1:2222 with its own config, host key and pid file, and lets root and
 a sudo user (testbed.SSH_SUDO_USER, passwordless sudo, not in the docker group) in by the test bed's key only
 (testbed.ssh_up()). The inventory reaches localhost through it with ansible_connection ssh; modules run with this
-venv's Python (it has docker and requests). Project sdt-rec-ssh-<random>, ports 18701-18702, images
+venv's Python (it has PyYAML). Project sdt-rec-ssh-<random>, ports 18701-18702, images
 127.0.0.1:5000/sdt-rec/ssh-{web,worker}:<release>.
 """
 
