@@ -409,12 +409,7 @@ def test_http_gzip_body_is_decoded_and_headers_lower_cased(server):
     assert answer.headers['x-twice'] == 'one, two' and answer.headers['content-type'] == 'application/json'
 
 
-def test_http_url_credentials_are_sent_as_basic_auth_and_netrc_is_not_read(server, tmp_path, monkeypatch):
-    netrc = tmp_path / '.netrc'
-    netrc.write_text('machine 127.0.0.1\nlogin netrc-user\npassword netrc-Secret-99\n')
-    netrc.chmod(0o600)
-    monkeypatch.setenv('NETRC', str(netrc))
-    monkeypatch.setenv('HOME', str(tmp_path))
+def test_http_url_credentials_are_sent_as_basic_auth_and_netrc_is_not_read(server, netrc_file):
     answer, _failure = http(server.replace('http://', 'http://user:s%40cret@') + '/headers').exchange(2)
     assert json.loads(answer.body)['authorization'] == 'Basic ' + base64.b64encode(b'user:s@cret').decode()
     plain, _failure = http(server + '/headers').exchange(2)

@@ -535,12 +535,7 @@ def test_the_token_scope_is_the_repositorys_not_the_challenges(fake):
     assert [query['scope'] for query, _given in fake.token_requests] == [['repository:team/web:pull']]
 
 
-def test_netrc_is_never_read(fake, tmp_path, monkeypatch):
-    netrc = tmp_path / '.netrc'
-    netrc.write_text('machine 127.0.0.1\nlogin netrc-user\npassword netrc-Secret-99\n')
-    netrc.chmod(0o600)
-    monkeypatch.setenv('NETRC', str(netrc))
-    monkeypatch.setenv('HOME', str(tmp_path))
+def test_netrc_is_never_read(fake, netrc_file):
     digest = fake.add('team/web', 'v1', manifest_body())
     assert client_for().resolve('%s/team/web:v1' % fake.host).digest == digest
     fake.auth, fake.public = 'bearer', {'team/web'}
