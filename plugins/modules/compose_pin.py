@@ -207,7 +207,7 @@ notes:
     O(estimate_download=true).
   - Needs a compose CLI on the host (C(docker compose) plugin or C(docker-compose)) to render the configuration.
 requirements:
-  - PyYAML (Python library) on the managed host with C(docker-compose) v1
+  - PyYAML (Python library) on the managed host (C(python3-yaml))
 seealso:
   - module: safedeploy.compose.last_good_tag
 '''
@@ -425,7 +425,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._registry impor
 
 try:
     import yaml
-except ImportError:  # pragma: no cover - only used to warn about re-pushed tags
+except ImportError:  # pragma: no cover - run() then stops, naming it
     yaml = None
 
 OVERRIDE_MODE = 0o644
@@ -577,6 +577,12 @@ class ComposePin(object):
     # ---------------------------------------------------------------- steps
 
     def run(self):
+        if yaml is None:
+            # without it the compose files' env_file entries cannot be found, and a release snapshot would silently
+            # lack them (a rollback would then not put them back)
+            self.fail('compose_pin needs the Python library PyYAML on this host (Debian: python3-yaml; the roles\' '
+                      'host_python step installs it): it reads the env_file entries of the compose files, which a '
+                      'release snapshot keeps. Nothing was written.')
         project = self.compose_project()
         try:
             _text, config = project.load_config()

@@ -207,3 +207,14 @@ def test_slotted_services_are_scaled_to_zero_in_the_override_and_the_hash():
     config = {'services': {'web': {'image': 'r/web:1'}, 'worker': {'image': 'r/worker:1'}}}
     assert compose_hash(with_images(config, pins, scale={'web': 0})) != compose_hash(with_images(config, pins))
     assert yaml.safe_load(render_override('r1', 'shop', pins))['services']['web'] == {'image': pins['web']}
+
+
+def test_without_pyyaml_the_pin_stops_before_anything_naming_it(tmp_path, monkeypatch):
+    """Without PyYAML the env_file entries of the compose files cannot be found: a snapshot would silently lack them."""
+    (tmp_path / 'compose.yaml').write_text('services:\n  web:\n    image: 127.0.0.1:5000/web:r1\n    env_file: web.env\n')
+    monkeypatch.setattr(compose_pin, 'yaml', None)
+    pin = pin_for(tmp_path, monkeypatch)
+    with pytest.raises(Failed) as info:
+        pin.run()
+    assert 'PyYAML' in str(info.value) and 'python3-yaml' in str(info.value) and 'Nothing was written' in str(info.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['compose.yaml']
