@@ -19,6 +19,7 @@ import time
 
 from ansible_collections.safedeploy.compose.plugins.module_utils._atomic_file import write_file_atomic
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import (
+    DEFAULT_ADDRESS,
     EngineAddressError,
     EngineAPIError,
     EngineClient,
@@ -28,7 +29,7 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
 from ansible_collections.safedeploy.compose.plugins.module_utils._image_ref import ImageRef, ImageRefError
 from ansible_collections.safedeploy.compose.plugins.module_utils._log_config import log_config_unbounded
 
-DEFAULT_DOCKER_HOST = 'unix:///var/run/docker.sock'
+DEFAULT_DOCKER_HOST = DEFAULT_ADDRESS
 
 DEFAULT_ENGINE_TIMEOUT = 60
 ENGINE_ARGUMENT_SPEC = dict(

@@ -48,7 +48,11 @@ from ansible_collections.safedeploy.compose.plugins.module_utils._compose import
     SERVICE_LABEL,
 )
 from ansible_collections.safedeploy.compose.plugins.module_utils._engine import describe_engine_error
-from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import EngineClient, parse_engine_address
+from ansible_collections.safedeploy.compose.plugins.module_utils._engine_api import (
+    DEFAULT_ADDRESS,
+    EngineClient,
+    parse_engine_address,
+)
 from ansible_collections.safedeploy.compose.plugins.module_utils._proxy_env import in_no_proxy_network
 
 CHECK_TYPES = ('http', 'tcp', 'containers', 'openapi')
@@ -668,7 +672,7 @@ class ContainersProbe:
                 self.services.append(service)
         self._image_digests = {}  # image id -> set of its repo digests
         self.docker_host = docker_host
-        parse_engine_address(docker_host or 'unix:///var/run/docker.sock')  # an address no round can reach: said now
+        parse_engine_address(docker_host or DEFAULT_ADDRESS)  # an address no round can reach: said now
         self.engine_timeout = engine_timeout
         self.gate_timeout = gate_timeout
         self.timeout = float(timeout or DEFAULT_CHECK_TIMEOUT)
