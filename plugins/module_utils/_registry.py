@@ -394,15 +394,14 @@ class RegistryClient(object):
     """
 
     def __init__(self, credentials=None, docker_config=None, insecure_registries=None, timeout=DEFAULT_TIMEOUT,
-                 validate_certs=True, backoff=0.5, max_backoff=8.0, session=None, sleep=time.sleep, clock=time.monotonic,
+                 validate_certs=True, backoff=0.5, max_backoff=8.0, sleep=time.sleep, clock=time.monotonic,
                  environ=None):
         self.timeout = float(timeout)
         self.validate_certs = validate_certs
         self.backoff = backoff
         self.max_backoff = max_backoff
-        # An OpenerDirector of urllib to send every request with (tests); by default the client builds its own, one
-        # using the environment's proxies and one using none (for registries on this host).
-        self.session = session
+        # urllib openers, built at first use: one using the environment's proxies, one using none (registries on this
+        # host, networks NO_PROXY lists)
         self._openers = {}
         self._sleep = sleep
         self._clock = clock
@@ -603,8 +602,6 @@ class RegistryClient(object):
 
     def _opener(self, url):
         """The urllib opener for `url`: only http(s), no netrc, no stored passwords, our redirect handler."""
-        if self.session is not None:
-            return self.session
         proxies = self._proxies(url)
         key = 'direct' if proxies is not None else 'environment'
         if key not in self._openers:

@@ -511,7 +511,6 @@ def build_probes(module, result):
         problems.append('checks is empty: give at least one check')
     if any((spec.get('running_for') or 0) < 0 for spec in params['checks']):
         problems.append('running_for must not be negative')
-    kinds = set(spec['type'] for spec in params['checks'])
 
     probes = []
     names = set()
